@@ -1,0 +1,132 @@
+"""Ingest batches: which input files each batch holds, fixed once in a manifest.
+
+A file is identified by (absolute path, size, mtime): a file already in a manifest is never
+registered again, and one rewritten in place is new. A batch id is a hash of its file list, so two
+registrars seeing the same new files name the same batch, and a sensor's run key (the batch id)
+launches it once. Registration holds a file lock, so the sensor and `ffe build` can run side by side.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from storage.atomic import atomic_write_text
+from storage.layout import Layout
+
+BATCH_PREFIX = "batch-"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.path, self.size, self.mtime_ns)
+
+
+def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> list[InputFile]:
+    """Every non-hidden file under `input_dir`, sorted by path. Files modified within the last
+    `min_age_s` seconds are left for a later scan: they may still be being copied in. Dangling
+    links are kept (ingest records them as unreadable rather than losing them)."""
+    root = Path(input_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder {root} does not exist")
+    newest_ok = time.time_ns() - int(min_age_s * 1e9)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            st = path.lstat() if path.is_symlink() and not path.exists() else path.stat()
+            if st.st_mtime_ns > newest_ok:
+                continue
+            found.append(InputFile(str(path), st.st_size, st.st_mtime_ns))
+    return sorted(found, key=lambda f: f.path)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    batch: str
+    input_dir: str
+    created_at: str
+    files: tuple[InputFile, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        raw = json.loads(path.read_text())
+        return cls(
+            batch=raw["batch"],
+            input_dir=raw["input_dir"],
+            created_at=raw["created_at"],
+            files=tuple(InputFile(**f) for f in raw["files"]),
+        )
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {**asdict(self), "files": [asdict(f) for f in self.files]}, indent=1, sort_keys=True
+        )
+
+
+def batch_id_for(files: list[InputFile]) -> str:
+    digest = hashlib.sha256(json.dumps([f.key for f in files]).encode()).hexdigest()
+    return f"{BATCH_PREFIX}{digest[:12]}"
+
+
+@contextmanager
+def _registry_lock(layout: Layout) -> Iterator[None]:
+    layout.batches.mkdir(parents=True, exist_ok=True)
+    with open(layout.batches / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def manifests(layout: Layout) -> list[Manifest]:
+    """All registered batches, oldest first."""
+    if not layout.batches.is_dir():
+        return []
+    found = [Manifest.load(p) for p in layout.batches.glob(f"{BATCH_PREFIX}*.json")]
+    return sorted(found, key=lambda m: (m.created_at, m.batch))
+
+
+def load_manifest(layout: Layout, batch: str) -> Manifest:
+    path = layout.batch_manifest(batch)
+    if not path.is_file():
+        raise FileNotFoundError(f"batch {batch!r} has no manifest at {path}")
+    return Manifest.load(path)
+
+
+def register_new_batch(
+    layout: Layout, input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0
+) -> Manifest | None:
+    """Put every file of `input_dir` that no batch holds yet into a new batch; None if none."""
+    root = Path(input_dir).expanduser().resolve()
+    with _registry_lock(layout):
+        known = {f.key for m in manifests(layout) for f in m.files}
+        new = [f for f in scan_input(root, min_age_s=min_age_s) if f.key not in known]
+        if not new:
+            return None
+        manifest = Manifest(
+            batch=batch_id_for(new),
+            input_dir=str(root),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            files=tuple(new),
+        )
+        atomic_write_text(layout.batch_manifest(manifest.batch), manifest.dumps())
+        return manifest

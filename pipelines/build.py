@@ -1,0 +1,136 @@
+"""`ffe build`: register new input files as a batch, then materialise the selected assets in
+process, one run per partition still to do. Runs land in the work folder's Dagster instance, so
+`ffe ui` shows them and a rerun skips what is already materialised."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from curation.batches import manifests, register_new_batch
+from curation.sample import write_sample
+from pipelines.definitions import build_definitions
+from pipelines.defs.ingest import ingest_batches
+from pipelines.errors import FFEError
+from pipelines.instance import open_instance
+from storage import catalog
+from storage.layout import Layout
+
+# Dagster's console logger defaults to DEBUG: every event as a line. Progress bars and INFO suffice.
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+@dataclass
+class BuildReport:
+    new_batch: str | None = None
+    new_files: int = 0
+    runs: list[str] = field(default_factory=list)  # partition keys (or "-" for unpartitioned) run
+    skipped: list[str] = field(default_factory=list)  # partitions already materialised
+    failed: dict[str, str] = field(default_factory=dict)  # partition -> first error line
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Accept Dagster's own run config (`ops: {raw_images: {config: ...}}`) or the short form
+    `{raw_images: {...}}` that a person would write."""
+    config = dict(config or {})
+    dagster_keys = {"ops", "resources", "loggers", "execution"}
+    if config and not set(config) <= dagster_keys:
+        unknown = [k for k in config if k in dagster_keys]
+        if unknown:
+            raise FFEError(f"config mixes Dagster keys {unknown} with asset names; use one form")
+        config = {"ops": {name: {"config": value} for name, value in config.items()}}
+    merged = {**_QUIET_LOGS, **config}
+    return merged
+
+
+def resolve_input(layout: Layout, input_dir: str | Path | None, echo: Callable[[str], None]) -> Path:
+    if input_dir is not None:
+        path = Path(input_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise FFEError(f"input folder {path} does not exist")
+        return path
+    path = layout.default_input
+    if not path.is_dir():
+        written = write_sample(path)
+        echo(f"no --input given: wrote the sample input ({len(written)} files) to {path}")
+    return path
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            return event.step_failure_data.error.message.strip().splitlines()[-1]
+    return "run failed"
+
+
+def build(
+    layout: Layout,
+    input_dir: str | Path | None = None,
+    selection: str = "*",
+    run_config: Mapping[str, Any] | None = None,
+    echo: Callable[[str], None] = print,
+) -> BuildReport:
+    input_path = resolve_input(layout, input_dir, echo)
+    defs = build_definitions(str(layout.root), str(input_path))
+    graph = defs.resolve_asset_graph()
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    except Exception as err:  # Dagster raises several types for a bad selection string
+        raise FFEError(f"--select {selection!r} is not a valid asset selection: {err}") from None
+    if not keys:
+        raise FFEError(f"--select {selection!r} matches no asset")
+    partitioned = sorted((k for k in keys if graph.get(k).partitions_def is not None), key=str)
+    unpartitioned = sorted((k for k in keys if graph.get(k).partitions_def is None), key=str)
+    config = normalise_run_config(run_config)
+    report = BuildReport()
+
+    with open_instance(layout) as instance:
+        manifest = register_new_batch(layout, input_path)
+        if manifest:
+            report.new_batch, report.new_files = manifest.batch, len(manifest.files)
+            echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
+        known = set(instance.get_dynamic_partitions(ingest_batches.name))
+        batches = [m.batch for m in manifests(layout)]
+        if missing := [b for b in batches if b not in known]:
+            instance.add_dynamic_partitions(ingest_batches.name, missing)
+
+        def run(partition: str | None, assets: list[dg.AssetKey]) -> None:
+            label = partition or "-"
+            try:
+                result = dg.materialize(
+                    defs.assets,
+                    selection=assets,
+                    partition_key=partition,
+                    instance=instance,
+                    resources=defs.resources,
+                    run_config=config,
+                    raise_on_error=False,
+                    tags={"ffe/launched_by": "ffe build"},
+                )
+            except dg.DagsterInvalidConfigError as err:
+                raise FFEError(f"invalid config: {err}") from None
+            report.runs.append(label)
+            if not result.success:
+                report.failed[label] = _first_error(result)
+                echo(f"FAILED {label}: {report.failed[label]}")
+
+        if partitioned:
+            done = {k: instance.get_materialized_partitions(k) for k in partitioned}
+            for batch in batches:
+                if all(batch in done[k] for k in partitioned):
+                    report.skipped.append(batch)
+                else:
+                    run(batch, partitioned)
+        if unpartitioned:
+            run(None, unpartitioned)
+
+    catalog.connect(layout).close()  # persist fresh views for outside tools
+    return report

@@ -1,0 +1,183 @@
+"""`ffe`: build, inspect and query an FFE work folder from the shell.
+
+Every error is one line on stderr and a non-zero exit; `ffe --debug ...` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from storage.layout import Layout
+
+EXIT_ERROR = 1
+
+
+def _workdir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workdir",
+        default=os.environ.get("FFE_WORKDIR", "ffe_data"),
+        help="work folder (default: $FFE_WORKDIR or ./ffe_data)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffe", description="Build the Flex Facial Expression dataset.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="write a small sample input folder (real and broken files)")
+    p.add_argument("dir", type=Path)
+
+    p = sub.add_parser("build", help="ingest new input files and materialise the asset graph")
+    _workdir_arg(p)
+    p.add_argument("--input", type=Path, default=None, help="input folder (default: <workdir>/input, "
+                   "filled with the sample if it does not exist)")
+    p.add_argument("--select", default="*", help="Dagster asset selection, e.g. '+raw_images' (default: all)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form")
+
+    p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
+    _workdir_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("query", help="run SQL on the DuckDB catalog")
+    p.add_argument("sql")
+    _workdir_arg(p)
+    p.add_argument("--json", action="store_true", help="print rows as a JSON list of objects")
+
+    p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
+    _workdir_arg(p)
+    p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
+    p.add_argument("--port", type=int, default=3000)
+    return parser
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from curation.sample import write_sample
+
+    written = write_sample(args.dir)
+    print(f"wrote {len(written)} files to {args.dir.resolve()}")
+    return 0
+
+
+def _load_config(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    import yaml
+
+    from pipelines.errors import FFEError
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise FFEError(f"config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise FFEError(f"config {path} is not valid YAML: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise FFEError(f"config {path} must be a mapping of asset names to settings")
+    return loaded
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipelines.build import build
+
+    layout = Layout.at(args.workdir)
+    report = build(layout, args.input, args.select, _load_config(args.config))
+    print(
+        f"done: {len(report.runs)} run(s), {len(report.skipped)} batch(es) already built, "
+        f"{len(report.failed)} failed; work folder {layout.root}"
+    )
+    return 0 if report.ok else EXIT_ERROR
+
+
+def _existing_layout(workdir: str) -> Layout:
+    from pipelines.errors import FFEError
+
+    layout = Layout.at(workdir)
+    if not layout.root.is_dir():
+        raise FFEError(f"work folder {layout.root} does not exist (run `ffe build` first)")
+    return layout
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.status import render_status, status
+
+    info = status(_existing_layout(args.workdir))
+    print(json.dumps(info, indent=2) if args.json else render_status(info))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from storage import catalog
+
+    with catalog.connect(_existing_layout(args.workdir), persist=False) as con:
+        rel = con.sql(args.sql)
+        if rel is None:  # a statement without a result (SET, CREATE TEMP ...)
+            return 0
+        columns, rows = rel.columns, rel.fetchall()
+    if args.json:
+        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1))
+    else:
+        print(format_rows(columns, rows))
+    return 0
+
+
+def format_rows(columns: list[str], rows: list[tuple]) -> str:
+    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pipelines.errors import FFEError
+    from pipelines.instance import open_instance
+
+    layout = Layout.at(args.workdir)
+    with open_instance(layout):  # writes dagster.yaml into the work folder and sets the gpu pool
+        pass
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
+    if dagster is None:
+        raise FFEError("the `dagster` command is not installed in this environment")
+    env = {**os.environ, "FFE_WORKDIR": str(layout.root), "DAGSTER_HOME": str(layout.dagster_home)}
+    if args.input is not None:
+        env["FFE_INPUT"] = str(args.input.resolve())
+    argv = [dagster, "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
+    print(f"Dagster UI on http://127.0.0.1:{args.port} (work folder {layout.root}); Ctrl-C stops it")
+    sys.stdout.flush()
+    os.execve(dagster, argv, env)  # replaces this process: signals reach dagster directly
+    return 0  # unreachable
+
+
+COMMANDS = {"sample": cmd_sample, "build": cmd_build, "status": cmd_status, "query": cmd_query, "ui": cmd_ui}
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module=r"dagster\..*")  # beta/preview notices, not user news
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("ffe: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"ffe {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Ingest: input files -> content-addressed originals + the `images` and `failures` tables.
+
+One dynamic partition per ingest batch. The sensor registers a batch when new files appear in the
+input folder and requests its run with the batch id as run key, so each batch (and so each file)
+is launched once.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the config and resource
+# annotations of asset functions at definition time.
+from collections import Counter
+
+import dagster as dg
+from pydantic import Field
+
+from curation.batches import load_manifest, manifests, register_new_batch
+from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
+from pipelines.progress import progress_reporter
+from pipelines.resources import FFEStorage
+from storage import tables
+
+ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")
+
+
+_DEFAULTS = IngestSettings()
+
+
+class IngestConfig(dg.Config):
+    """Run config of `raw_images`; defaults come from `IngestSettings`."""
+
+    max_megapixels: float = Field(_DEFAULTS.max_megapixels, description="larger images are refused undecoded")
+    min_side: int = Field(_DEFAULTS.min_side, description="images with a shorter side are refused")
+    formats: list[str] = Field(list(_DEFAULTS.formats), description="PIL format names accepted")
+    chunk_size: int = Field(_DEFAULTS.chunk_size, gt=0, description="files per staged chunk (resume unit)")
+    workers: int = Field(_DEFAULTS.workers, ge=0, description="decoding processes; 0 = one per core")
+    fsync_images: bool = Field(_DEFAULTS.fsync_images, description="flush each original to disk")
+
+    def settings(self) -> IngestSettings:
+        return IngestSettings(
+            max_megapixels=self.max_megapixels,
+            min_side=self.min_side,
+            formats=tuple(f.upper() for f in self.formats),
+            chunk_size=self.chunk_size,
+            workers=self.workers,
+            fsync_images=self.fsync_images,
+        )
+
+
+EVERY_FILE_ACCOUNTED = "every_file_accounted_for"
+
+
+@dg.asset(
+    partitions_def=ingest_batches,
+    group_name="ingest",
+    kinds={"parquet", "python"},
+    description="Originals stored under their sha256; one `images` row per new content, one "
+    "`failures` row per rejected file (reason and detail).",
+    check_specs=[
+        dg.AssetCheckSpec(
+            EVERY_FILE_ACCOUNTED,
+            asset="raw_images",
+            description="Each file of the batch manifest is in `images` or `failures`, exactly once.",
+        )
+    ],
+)
+def raw_images(
+    context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFEStorage
+) -> dg.MaterializeResult:
+    layout, batch = ffe.layout, context.partition_key
+    with progress_reporter(context, f"ingest {batch}") as report:
+        summary = ingest_batch(layout, batch, config.settings(), progress=report)
+    context.log.info(
+        f"{batch}: {summary.images} images, {sum(summary.failures.values())} rejected "
+        f"{dict(summary.failures)}" + (f", {summary.resumed} resumed" if summary.resumed else "")
+    )
+    return dg.MaterializeResult(
+        metadata={**summary.as_metadata(), "dagster/row_count": summary.images},
+        check_results=[_check_every_file_accounted(ffe, batch)],
+    )
+
+
+def _check_every_file_accounted(ffe: FFEStorage, batch: str) -> dg.AssetCheckResult:
+    layout = ffe.layout
+    expected = {f.path for f in load_manifest(layout, batch).files}
+    images = tables.read_partition(layout, "images", batch).column("source_uri").to_pylist()
+    failed = tables.read_partition(layout, "failures", failures_partition(batch)).column("item").to_pylist()
+    seen = Counter(images + failed)
+    missing = sorted(expected - seen.keys())
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    unexpected = sorted(seen.keys() - expected)
+    return dg.AssetCheckResult(
+        check_name=EVERY_FILE_ACCOUNTED,
+        passed=not (missing or twice or unexpected),
+        metadata={
+            "files": len(expected),
+            "missing": missing[:20],
+            "recorded_twice": twice[:20],
+            "not_in_manifest": unexpected[:20],
+        },
+    )
+
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(raw_images),
+    partitions_def=ingest_batches,
+    description="Ingest one batch of input files.",
+)
+
+
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Registers new files of the input folder as an ingest batch and launches it.",
+)
+def new_input_files(context: dg.SensorEvaluationContext, ffe: FFEStorage) -> dg.SensorResult | dg.SkipReason:
+    layout = ffe.layout
+    if not ffe.input_path.is_dir():
+        return dg.SkipReason(f"input folder {ffe.input_path} does not exist")
+    register_new_batch(layout, ffe.input_path, min_age_s=ffe.input_settle_seconds)
+    # Every registered batch becomes a partition (also those that `ffe build` registered), and each
+    # one not yet ingested gets a run; its run key stops the daemon from launching it twice.
+    known = set(context.instance.get_dynamic_partitions(ingest_batches.name))
+    batches = [m.batch for m in manifests(layout)]
+    new_partitions = [b for b in batches if b not in known]
+    to_ingest = [b for b in batches if not batch_is_ingested(layout, b)]
+    if not new_partitions and not to_ingest:
+        return dg.SkipReason("no new input files")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=b, run_key=b) for b in to_ingest],
+        dynamic_partitions_requests=[ingest_batches.build_add_request(new_partitions)] if new_partitions else [],
+    )

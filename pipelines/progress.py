@@ -1,0 +1,38 @@
+"""Progress for long steps: a tqdm bar on stderr and a Dagster log line every few seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+from tqdm import tqdm
+
+
+@contextmanager
+def progress_reporter(
+    context: dg.AssetExecutionContext, desc: str, unit: str = "file", every_s: float = 5.0
+) -> Iterator[Callable[[int, int], None]]:
+    """Yields `report(done, total)` for a domain function's `progress` argument."""
+    bar: tqdm | None = None
+    start, first, last_log = time.monotonic(), 0, 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar, first, last_log
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True)
+            first = done  # resumed work is not part of this run's rate
+        else:
+            bar.update(done - bar.n)
+        now = time.monotonic()
+        if done == total or now - last_log >= every_s:
+            last_log = now
+            rate = (done - first) / max(now - start, 1e-9)
+            context.log.info(f"{desc}: {done}/{total} {unit}s ({rate:.1f}/s)")
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()

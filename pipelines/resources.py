@@ -1,0 +1,39 @@
+"""Resources: every external system the assets touch, configured in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from storage.layout import Layout
+
+DEFAULT_WORKDIR = "ffe_data"
+
+
+def default_workdir() -> str:
+    return os.environ.get("FFE_WORKDIR", DEFAULT_WORKDIR)
+
+
+def default_input_dir() -> str:
+    """Empty means <workdir>/input."""
+    return os.environ.get("FFE_INPUT", "")
+
+
+class FFEStorage(dg.ConfigurableResource):
+    """The work folder that holds every table, image and release, and the input folder that the
+    ingest sensor watches."""
+
+    workdir: str = DEFAULT_WORKDIR
+    input_dir: str = ""  # default: <workdir>/input
+    # A file changed within this many seconds may still be being copied in: a later tick takes it.
+    input_settle_seconds: float = 2.0
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.at(self.workdir)
+
+    @property
+    def input_path(self) -> Path:
+        return Path(self.input_dir).expanduser().resolve() if self.input_dir else self.layout.default_input

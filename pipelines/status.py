@@ -1,0 +1,48 @@
+"""`ffe status`: what a work folder holds, as a dict (for --json) and as text."""
+
+from __future__ import annotations
+
+from curation.batches import manifests
+from curation.ingest import batch_is_ingested
+from storage import catalog
+from storage.schemas import TABLES
+from storage.layout import Layout
+
+
+def status(layout: Layout) -> dict:
+    with catalog.connect(layout, persist=False) as con:
+        tables = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
+        failures = con.execute(
+            "SELECT stage, reason, count(*) AS n FROM failures GROUP BY ALL ORDER BY stage, n DESC, reason"
+        ).fetchall()
+    batches = manifests(layout)
+    pending = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
+    releases = sorted(p.name for p in layout.releases.iterdir() if p.is_dir()) if layout.releases.is_dir() else []
+    return {
+        "workdir": str(layout.root),
+        "tables": tables,
+        "failures_by_reason": [{"stage": s, "reason": r, "count": n} for s, r, n in failures],
+        "batches": {
+            "registered": len(batches),
+            "files": sum(len(m.files) for m in batches),
+            "ingested": len(batches) - len(pending),
+            "pending": pending,
+        },
+        "releases": releases,
+    }
+
+
+def render_status(info: dict) -> str:
+    b = info["batches"]
+    lines = [
+        f"work folder  {info['workdir']}",
+        f"batches      {b['registered']} registered ({b['files']} files), {b['ingested']} ingested"
+        + (f", pending: {', '.join(b['pending'])}" if b["pending"] else ""),
+        "",
+        "table            rows",
+    ]
+    lines += [f"{name:<14} {rows:>6}" for name, rows in info["tables"].items()]
+    lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
+    lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
+    lines += ["", f"releases     {', '.join(info['releases']) or 'none yet'}"]
+    return "\n".join(lines)

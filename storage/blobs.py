@@ -1,0 +1,27 @@
+"""Content-addressed originals: a file's bytes live at images/<sha[:2]>/<sha>.<ext>, written once."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from storage.atomic import atomic_write_bytes
+from storage.layout import Layout
+
+
+def content_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bool = False) -> Path:
+    """Store `data` under its hash unless a complete copy is already there; return the path.
+
+    A copy of the wrong size (a torn write after power loss with fsync off) is replaced."""
+    path = layout.image_path(image_id, ext)
+    try:
+        if path.stat().st_size == len(data):
+            return path
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, data, fsync=fsync)
+    return path

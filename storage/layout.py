@@ -1,0 +1,86 @@
+"""Where everything lives in a work folder. One class, so no other module builds a path by hand.
+
+    images/ab/<sha256>.<ext>      originals, content-addressed, never rewritten
+    crops/ab/<face_id>.png        aligned face crops
+    tables/<table>/<partition>.parquet
+    catalog.duckdb                DuckDB views over tables/
+    batches/<batch>.json          ingest batch manifests (the files each batch holds)
+    staging/<asset>/<partition>/  per-chunk progress of a partition still being built
+    releases/<version>/           dataset releases
+    runs/<version>/<run_id>/      training and bench runs
+    dagster/                      the Dagster instance (runs, event logs, schedules)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> Layout:
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def crops(self) -> Path:
+        return self.root / "crops"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def batches(self) -> Path:
+        return self.root / "batches"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def default_input(self) -> Path:
+        return self.root / "input"
+
+    def table_dir(self, table: str) -> Path:
+        return self.tables / table
+
+    def table_file(self, table: str, partition: str) -> Path:
+        return self.tables / table / f"{partition}.parquet"
+
+    def staging_dir(self, asset: str, partition: str) -> Path:
+        return self.staging / asset / partition
+
+    def batch_manifest(self, batch: str) -> Path:
+        return self.batches / f"{batch}.json"
+
+    def image_path(self, image_id: str, ext: str) -> Path:
+        """Two-level fan-out by hash prefix keeps folders small at millions of files."""
+        return self.images / image_id[:2] / f"{image_id}.{ext}"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()

@@ -1,0 +1,61 @@
+"""Parquet tables: one file per (table, partition), validated against `schemas`, written atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import atomic_open
+from storage.layout import Layout
+from storage.schemas import schema_of
+
+
+def to_table(table: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> pa.Table:
+    """Rows as an Arrow table of `table`'s schema; a missing column or a wrong type raises here,
+    before anything is written."""
+    schema = schema_of(table)
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(schema)
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def write_partition(
+    layout: Layout, table: str, partition: str, rows: Iterable[Mapping[str, Any]] | pa.Table
+) -> pa.Table:
+    data = to_table(table, rows)
+    with atomic_open(layout.table_file(table, partition)) as f:
+        pq.write_table(data, f, compression="zstd")
+    return data
+
+
+def has_partition(layout: Layout, table: str, partition: str) -> bool:
+    return layout.table_file(table, partition).is_file()
+
+
+def partitions(layout: Layout, table: str) -> list[str]:
+    folder = layout.table_dir(table)
+    return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def read_partition(layout: Layout, table: str, partition: str) -> pa.Table:
+    return pq.read_table(layout.table_file(table, partition), schema=schema_of(table))
+
+
+def read_table(
+    layout: Layout, table: str, columns: list[str] | None = None, exclude: Iterable[str] = ()
+) -> pa.Table:
+    """All partitions of `table` (optionally without some), as one Arrow table; empty if none."""
+    schema = schema_of(table)
+    skip = set(exclude)
+    parts = [
+        pq.read_table(layout.table_file(table, p), columns=columns, schema=schema)
+        for p in partitions(layout, table)
+        if p not in skip
+    ]
+    if not parts:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables(parts)
