@@ -65,9 +65,14 @@ def resolve_input(layout: Layout, input_dir: str | Path | None, echo: Callable[[
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error is not None:
-            return event.step_failure_data.error.message.strip().splitlines()[-1]
+    """The root cause of the first failed step, on one line (Dagster wraps it in its own error)."""
+    for event in result.get_step_failure_events():
+        err = event.step_failure_data.error
+        if err is None:
+            continue
+        while err.cause is not None:
+            err = err.cause
+        return " ".join(err.message.split())
     return "run failed"
 
 

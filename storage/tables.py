@@ -18,8 +18,13 @@ def to_table(table: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> pa.Tab
     before anything is written."""
     schema = schema_of(table)
     if isinstance(rows, pa.Table):
-        return rows.select(schema.names).cast(schema)
-    return pa.Table.from_pylist(list(rows), schema=schema)
+        data = rows.select(schema.names).cast(schema)
+    else:
+        data = pa.Table.from_pylist(list(rows), schema=schema)
+    for f in schema:
+        if not f.nullable and data.column(f.name).null_count:
+            raise ValueError(f"{table}.{f.name} must not be null ({data.column(f.name).null_count} rows are)")
+    return data
 
 
 def write_partition(

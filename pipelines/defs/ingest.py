@@ -102,7 +102,6 @@ def _check_every_file_accounted(ffe: FFEStorage, batch: str) -> dg.AssetCheckRes
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(raw_images),
-    partitions_def=ingest_batches,
     description="Ingest one batch of input files.",
 )
 

@@ -1,0 +1,113 @@
+"""The Dagster graph: loads, materialises on real files, matches its snapshot, passes Dagster's CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from curation.batches import register_new_batch
+from curation.sample import BROKEN
+from pipelines.definitions import build_definitions
+from pipelines.defs.ingest import EVERY_FILE_ACCOUNTED, ingest_batches
+from storage import catalog
+from tests.conftest import REPO
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+BIN = Path(sys.executable).parent
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=str):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": getattr(node.partitions_def, "name", None) if node.partitions_def else None,
+            "group": node.group_name,
+            "checks": sorted(c.name for c in node.check_keys),
+        }
+    return {
+        "assets": assets,
+        "jobs": sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")),
+        "sensors": sorted(s.name for s in defs.sensors or []),
+        "schedules": sorted(s.name for s in defs.schedules or []),
+    }
+
+
+def test_graph_matches_snapshot():
+    """Update on purpose with FFE_UPDATE_SNAPSHOTS=1 when the graph changes."""
+    snap = graph_snapshot(build_definitions("unused"))
+    if os.environ.get("FFE_UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(json.dumps(snap, indent=2, sort_keys=True) + "\n")
+    assert snap == json.loads(SNAPSHOT.read_text())
+
+
+def test_materialize_raw_images_on_a_temp_folder(layout, sample_dir):
+    defs = build_definitions(str(layout.root), str(sample_dir))
+    batch = register_new_batch(layout, sample_dir).batch
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ingest_batches.name, [batch])
+        result = dg.materialize(
+            defs.assets, partition_key=batch, instance=instance, resources=defs.resources,
+            run_config={"ops": {"raw_images": {"config": {"chunk_size": 4}}}},
+        )
+        assert result.success
+        (mat,) = result.asset_materializations_for_node("raw_images")
+        assert mat.metadata["images"].value == 15
+        assert mat.metadata["failures_by_reason"].value["truncated"] == 2
+        (check,) = result.get_asset_check_evaluations()
+        assert check.check_name == EVERY_FILE_ACCOUNTED and check.passed
+        assert batch in instance.get_materialized_partitions(dg.AssetKey("raw_images"))
+
+    with catalog.connect(layout) as con:
+        assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 15
+        reasons = dict(con.execute("SELECT reason, count(*) FROM failures GROUP BY 1").fetchall())
+    assert sum(reasons.values()) == len(BROKEN) and set(reasons) == set(BROKEN.values())
+
+
+def test_bad_run_config_is_refused_before_anything_is_written(layout, sample_dir):
+    defs = build_definitions(str(layout.root), str(sample_dir))
+    batch = register_new_batch(layout, sample_dir).batch
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ingest_batches.name, [batch])
+
+        def run(config):
+            return dg.materialize(defs.assets, partition_key=batch, instance=instance, resources=defs.resources,
+                                  run_config={"ops": {"raw_images": {"config": config}}}, raise_on_error=False)
+
+        with pytest.raises(dg.DagsterInvalidConfigError, match="chunk_size"):  # a wrong type
+            run({"chunk_size": "many"})
+        with pytest.raises(dg.DagsterInvalidConfigError, match="max_pixels"):  # an unknown key
+            run({"max_pixels": 3})
+        result = run({"chunk_size": 0})  # a bound: checked when the step starts
+        assert not result.success
+        assert "greater than 0" in str(result.get_step_failure_events()[0].step_failure_data.error.cause)
+    assert not layout.tables.exists()
+
+
+def _dagster(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FFE_WORKDIR": "/nonexistent/ffe_data"}  # loading must not touch the work folder
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run([str(BIN / "dagster"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate_at_repo_root():
+    out = _dagster("definitions", "validate")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ffe" in out.stdout + out.stderr  # the code location named in pyproject
+
+
+@pytest.mark.slow
+def test_dagster_asset_list_names_the_assets():
+    out = _dagster("asset", "list", "-m", "pipelines.definitions")
+    assert out.returncode == 0, out.stderr
+    assert "raw_images" in out.stdout.split()
