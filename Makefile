@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/ffe status
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 test-fast: install

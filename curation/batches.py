@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from storage.atomic import atomic_write_text
@@ -76,9 +76,7 @@ class Manifest:
         )
 
     def dumps(self) -> str:
-        return json.dumps(
-            {**asdict(self), "files": [asdict(f) for f in self.files]}, indent=1, sort_keys=True
-        )
+        return json.dumps({**asdict(self), "files": [asdict(f) for f in self.files]}, indent=1, sort_keys=True)
 
 
 def batch_id_for(files: list[InputFile]) -> str:
@@ -112,9 +110,7 @@ def load_manifest(layout: Layout, batch: str) -> Manifest:
     return Manifest.load(path)
 
 
-def register_new_batch(
-    layout: Layout, input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0
-) -> Manifest | None:
+def register_new_batch(layout: Layout, input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> Manifest | None:
     """Put every file of `input_dir` that no batch holds yet into a new batch; None if none."""
     root = Path(input_dir).expanduser().resolve()
     with _registry_lock(layout):
@@ -125,7 +121,7 @@ def register_new_batch(
         manifest = Manifest(
             batch=batch_id_for(new),
             input_dir=str(root),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
             files=tuple(new),
         )
         atomic_write_text(layout.batch_manifest(manifest.batch), manifest.dumps())

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing import get_context
 
 import pyarrow as pa
@@ -81,7 +81,7 @@ class _Outcome:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _Outcome:
@@ -154,6 +154,17 @@ class _Staging:
         tables.write_partition(self.chunk_layout, "failures", chunk, failures)
         tables.write_partition(self.chunk_layout, "images", chunk, images)
 
+    def sweep(self) -> None:
+        """Drop what writers killed mid-file left: staged chunks, originals, final tables."""
+        for folder in (
+            self.chunk_layout.table_dir("images"),
+            self.chunk_layout.table_dir("failures"),
+            self.layout.images_temp,
+            self.layout.table_dir("images"),
+            self.layout.table_dir("failures"),
+        ):
+            sweep_temp_files(folder)
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -167,8 +178,7 @@ def ingest_batch(
     """Ingest every file of `batch`'s manifest; write its `images` and `failures` partitions."""
     manifest = load_manifest(layout, batch)
     staging = _Staging(layout, batch)
-    sweep_temp_files(staging.dir / "tables" / "images")
-    sweep_temp_files(staging.dir / "tables" / "failures")
+    staging.sweep()
 
     staged_images, staged_failures = staging.read("images"), staging.read("failures")
     done = set(staged_images.column("source_uri").to_pylist()) | set(staged_failures.column("item").to_pylist())
@@ -178,10 +188,10 @@ def ingest_batch(
     # Content already ingested, by other batches or by this one's staged chunks: first copy wins.
     earlier = tables.read_table(layout, "images", columns=["image_id", "source_uri"], exclude=[batch])
     first_source: dict[str, str] = dict(
-        zip(earlier.column("image_id").to_pylist(), earlier.column("source_uri").to_pylist())
+        zip(earlier.column("image_id").to_pylist(), earlier.column("source_uri").to_pylist(), strict=False)
     )
     first_source.update(
-        zip(staged_images.column("image_id").to_pylist(), staged_images.column("source_uri").to_pylist())
+        zip(staged_images.column("image_id").to_pylist(), staged_images.column("source_uri").to_pylist(), strict=False)
     )
 
     images: list[dict] = []

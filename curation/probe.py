@@ -116,18 +116,14 @@ def probe(
         with img:
             fmt = img.format or sniffed or "unknown"
             if fmt not in formats:
-                raise Rejected(
-                    "unsupported_format", f"{fmt} is not ingested (accepted: {', '.join(sorted(formats))})"
-                )
+                raise Rejected("unsupported_format", f"{fmt} is not ingested (accepted: {', '.join(sorted(formats))})")
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
                 raise Rejected("unsupported_format", f"{fmt} with {frames} frames (animations are not ingested)")
             w, h = img.size
             megapixels = w * h / 1e6
             if megapixels > max_megapixels:
-                raise Rejected(
-                    "too_large", f"{w}x{h} is {megapixels:.1f} MP, over the cap of {max_megapixels:g} MP"
-                )
+                raise Rejected("too_large", f"{w}x{h} is {megapixels:.1f} MP, over the cap of {max_megapixels:g} MP")
             try:
                 img.load()
             except Exception as err:  # decoders raise a zoo of types: OSError, SyntaxError, ...

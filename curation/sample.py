@@ -13,7 +13,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 # File name -> the ingest failure reason it must produce (tests and the demo check these).
@@ -44,6 +43,7 @@ def _png(img: Image.Image) -> bytes:
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of `width` x `height` black pixels: tiny on disk, huge decoded."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -36,11 +36,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="ingest new input files and materialise the asset graph")
     _workdir_arg(p)
-    p.add_argument("--input", type=Path, default=None, help="input folder (default: <workdir>/input, "
-                   "filled with the sample if it does not exist)")
+    p.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="input folder (default: <workdir>/input, filled with the sample if it does not exist)",
+    )
     p.add_argument("--select", default="*", help="Dagster asset selection, e.g. '+raw_images' (default: all)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form"
+    )
 
     p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
     _workdir_arg(p)
@@ -122,7 +127,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             return 0
         columns, rows = rel.columns, rel.fetchall()
     if args.json:
-        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1))
+        print(json.dumps([dict(zip(columns, r, strict=False)) for r in rows], default=str, indent=1))
     else:
         print(format_rows(columns, rows))
     return 0
@@ -131,7 +136,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def format_rows(columns: list[str], rows: list[tuple]) -> str:
     cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + [f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
 

@@ -15,10 +15,12 @@ def build_definitions(workdir: str | None = None, input_dir: str | None = None) 
         assets=[ingest.raw_images],
         jobs=[ingest.ingest_job],
         sensors=[ingest.new_input_files],
-        resources={"ffe": FFEStorage(
+        resources={
+            "ffe": FFEStorage(
                 workdir=workdir or default_workdir(),
                 input_dir=default_input_dir() if input_dir is None else input_dir,
-            )},
+            )
+        },
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from curation.batches import manifests
 from curation.ingest import batch_is_ingested
 from storage import catalog
-from storage.schemas import TABLES
 from storage.layout import Layout
+from storage.schemas import TABLES
 
 
 def status(layout: Layout) -> dict:

@@ -1,8 +1,9 @@
 """Atomic file writes: a reader sees the old file, the whole new file, or nothing.
 
-Data is written to a hidden temp file in the destination folder and renamed into place. A process
-killed mid-write leaves only a `.name.tmp-*` file, which no glob of ours (`*.parquet`, `*.json`)
-matches and `sweep_temp_files` removes. `fsync=True` also survives power loss (file and folder are
+Data is written to a hidden temp file (in the destination folder, or in `temp_dir` on the same file
+system) and renamed into place. A process killed mid-write leaves only a `.name.tmp-<pid>-*` file,
+which no glob of ours (`*.parquet`, `*.json`) matches and `sweep_temp_files` removes once its
+writer is gone. `fsync=True` also survives power loss (file and folder are
 flushed before and after the rename); a SIGKILL needs no fsync, since the page cache outlives the
 process.
 """
@@ -19,8 +20,9 @@ from typing import BinaryIO
 TEMP_MARKER = ".tmp-"
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+def _temp_path(path: Path, temp_dir: Path | None) -> Path:
+    name = f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    return (temp_dir or path.parent) / name
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -32,11 +34,19 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[BinaryIO]:
-    """Open a binary file for writing that appears at `path` only when the block exits cleanly."""
+def atomic_open(
+    path: str | os.PathLike[str], *, fsync: bool = True, temp_dir: str | os.PathLike[str] | None = None
+) -> Iterator[BinaryIO]:
+    """Open a binary file for writing that appears at `path` only when the block exits cleanly.
+
+    `temp_dir` (same file system as `path`) collects the temp files of many folders in one place,
+    so that one cheap sweep finds what killed writers left (the blob store's fan-out folders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    if temp_dir is not None:
+        temp_dir = Path(temp_dir)
+        temp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path, temp_dir)
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -52,8 +62,10 @@ def atomic_open(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
-    with atomic_open(path, fsync=fsync) as f:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, fsync: bool = True, temp_dir: str | os.PathLike[str] | None = None
+) -> None:
+    with atomic_open(path, fsync=fsync, temp_dir=temp_dir) as f:
         f.write(data)
 
 
@@ -61,13 +73,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = 
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+def _writer_alive(temp_name: str) -> bool:
+    try:
+        pid = int(temp_name.split(TEMP_MARKER, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def sweep_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Delete temp files that killed writers left in `folder` (not recursive); return how many."""
+    """Delete the temp files in `folder` (not recursive) whose writing process is gone; return how
+    many. Files of live writers (a batch running in parallel) are left alone."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for p in folder.glob(f".*{TEMP_MARKER}*"):
+        if _writer_alive(p.name):
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed += 1

@@ -23,5 +23,5 @@ def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bo
             return path
     except FileNotFoundError:
         pass
-    atomic_write_bytes(path, data, fsync=fsync)
+    atomic_write_bytes(path, data, fsync=fsync, temp_dir=layout.images_temp)
     return path

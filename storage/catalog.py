@@ -24,9 +24,7 @@ def _sql_str(value: str) -> str:
 def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """A typed, zero-row SELECT for a table that has no partition yet."""
     rel = con.from_arrow(schema_of(table).empty_table())
-    cols = ", ".join(
-        f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in zip(rel.columns, rel.types)
-    )
+    cols = ", ".join(f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in zip(rel.columns, rel.types, strict=False))
     return f"SELECT {cols} WHERE false"
 
 

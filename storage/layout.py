@@ -1,14 +1,14 @@
 """Where everything lives in a work folder. One class, so no other module builds a path by hand.
 
-    images/ab/<sha256>.<ext>      originals, content-addressed, never rewritten
-    crops/ab/<face_id>.png        aligned face crops
-    tables/<table>/<partition>.parquet
-    catalog.duckdb                DuckDB views over tables/
-    batches/<batch>.json          ingest batch manifests (the files each batch holds)
-    staging/<asset>/<partition>/  per-chunk progress of a partition still being built
-    releases/<version>/           dataset releases
-    runs/<version>/<run_id>/      training and bench runs
-    dagster/                      the Dagster instance (runs, event logs, schedules)
+images/ab/<sha256>.<ext>      originals, content-addressed, never rewritten
+crops/ab/<face_id>.png        aligned face crops
+tables/<table>/<partition>.parquet
+catalog.duckdb                DuckDB views over tables/
+batches/<batch>.json          ingest batch manifests (the files each batch holds)
+staging/<asset>/<partition>/  per-chunk progress of a partition still being built
+releases/<version>/           dataset releases
+runs/<version>/<run_id>/      training and bench runs
+dagster/                      the Dagster instance (runs, event logs, schedules)
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ class Layout:
 
     def batch_manifest(self, batch: str) -> Path:
         return self.batches / f"{batch}.json"
+
+    @property
+    def images_temp(self) -> Path:
+        """Temp files of originals being written; renamed into images/ab/ when complete."""
+        return self.images / ".tmp"
 
     def image_path(self, image_id: str, ext: str) -> Path:
         """Two-level fan-out by hash prefix keeps folders small at millions of files."""

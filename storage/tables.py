@@ -49,9 +49,7 @@ def read_partition(layout: Layout, table: str, partition: str) -> pa.Table:
     return pq.read_table(layout.table_file(table, partition), schema=schema_of(table))
 
 
-def read_table(
-    layout: Layout, table: str, columns: list[str] | None = None, exclude: Iterable[str] = ()
-) -> pa.Table:
+def read_table(layout: Layout, table: str, columns: list[str] | None = None, exclude: Iterable[str] = ()) -> pa.Table:
     """All partitions of `table` (optionally without some), as one Arrow table; empty if none."""
     schema = schema_of(table)
     skip = set(exclude)

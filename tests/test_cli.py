@@ -43,11 +43,13 @@ def test_build_status_query_and_rebuild(tmp_path, sample_dir, capsys):
     code, out, _ = ffe(capsys, "status", "--workdir", work)
     assert code == 0 and "unsupported_format" in out and "images             15" in out
 
-    code, out, _ = ffe(capsys, "query", "SELECT count(*) AS n FROM images WHERE exif_orientation = 6",
-                       "--workdir", work, "--json")
+    code, out, _ = ffe(
+        capsys, "query", "SELECT count(*) AS n FROM images WHERE exif_orientation = 6", "--workdir", work, "--json"
+    )
     assert json.loads(out) == [{"n": 1}]
-    code, out, _ = ffe(capsys, "query", "SELECT format, count(*) AS n FROM images GROUP BY 1 ORDER BY 1",
-                       "--workdir", work)
+    code, out, _ = ffe(
+        capsys, "query", "SELECT format, count(*) AS n FROM images GROUP BY 1 ORDER BY 1", "--workdir", work
+    )
     assert out.splitlines()[0].split() == ["format", "n"] and "(3 rows)" in out
 
     code, out, _ = ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work)
@@ -66,8 +68,9 @@ def test_build_config_file_reaches_the_asset(tmp_path, sample_dir, capsys):
     cfg.write_text("raw_images:\n  max_megapixels: 0.2\n")  # below the 512x512 sample pictures
     work = str(tmp_path / "w")
     assert ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work, "--config", str(cfg))[0] == 0
-    _, out, _ = ffe(capsys, "query", "SELECT count(*) AS n FROM failures WHERE reason = 'too_large'",
-                    "--workdir", work, "--json")
+    _, out, _ = ffe(
+        capsys, "query", "SELECT count(*) AS n FROM failures WHERE reason = 'too_large'", "--workdir", work, "--json"
+    )
     assert json.loads(out)[0]["n"] > 5
 
 
@@ -97,8 +100,9 @@ def test_errors_are_one_clear_line(tmp_path, sample_dir, capsys, argv, message):
 def test_a_failing_step_fails_the_build_and_names_the_batch(tmp_path, sample_dir, capsys):
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text("raw_images:\n  chunk_size: 0\n")
-    code, out, _ = ffe(capsys, "build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"),
-                       "--config", str(cfg))
+    code, out, _ = ffe(
+        capsys, "build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg)
+    )
     assert code == 1
     assert "FAILED batch-" in out and "greater than 0" in out and "1 failed" in out
 
@@ -107,6 +111,7 @@ def test_a_failing_step_fails_the_build_and_names_the_batch(tmp_path, sample_dir
 def test_console_script_runs_and_errors_without_traceback(tmp_path):
     ok = subprocess.run([FFE, "sample", str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([FFE, "status", "--workdir", str(tmp_path / "none")], capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [FFE, "status", "--workdir", str(tmp_path / "none")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -55,7 +55,10 @@ def test_materialize_raw_images_on_a_temp_folder(layout, sample_dir):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(ingest_batches.name, [batch])
         result = dg.materialize(
-            defs.assets, partition_key=batch, instance=instance, resources=defs.resources,
+            defs.assets,
+            partition_key=batch,
+            instance=instance,
+            resources=defs.resources,
             run_config={"ops": {"raw_images": {"config": {"chunk_size": 4}}}},
         )
         assert result.success
@@ -79,8 +82,14 @@ def test_bad_run_config_is_refused_before_anything_is_written(layout, sample_dir
         instance.add_dynamic_partitions(ingest_batches.name, [batch])
 
         def run(config):
-            return dg.materialize(defs.assets, partition_key=batch, instance=instance, resources=defs.resources,
-                                  run_config={"ops": {"raw_images": {"config": config}}}, raise_on_error=False)
+            return dg.materialize(
+                defs.assets,
+                partition_key=batch,
+                instance=instance,
+                resources=defs.resources,
+                run_config={"ops": {"raw_images": {"config": config}}},
+                raise_on_error=False,
+            )
 
         with pytest.raises(dg.DagsterInvalidConfigError, match="chunk_size"):  # a wrong type
             run({"chunk_size": "many"})
@@ -95,8 +104,7 @@ def test_bad_run_config_is_refused_before_anything_is_written(layout, sample_dir
 def _dagster(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "FFE_WORKDIR": "/nonexistent/ffe_data"}  # loading must not touch the work folder
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run([str(BIN / "dagster"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([str(BIN / "dagster"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -37,12 +38,15 @@ def test_sample_batch_sorts_every_file_into_images_or_failures(layout, sample_di
         stored = layout.root / row["path"]
         data = stored.read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["image_id"] == stored.stem
-        assert data == open(row["source_uri"], "rb").read()
+        assert data == Path(row["source_uri"]).read_bytes()
         assert row["bytes"] == len(data)
 
     rows = {os.path.basename(r["source_uri"]): r for r in images}
-    assert (rows["astronaut_exif_rotated.jpg"]["exif_orientation"], rows["astronaut_exif_rotated.jpg"]["width"],
-            rows["astronaut_exif_rotated.jpg"]["height"]) == (6, 512, 512)
+    assert (
+        rows["astronaut_exif_rotated.jpg"]["exif_orientation"],
+        rows["astronaut_exif_rotated.jpg"]["width"],
+        rows["astronaut_exif_rotated.jpg"]["height"],
+    ) == (6, 512, 512)
     assert (rows["astronaut_rotated_90.jpg"]["width"], rows["astronaut_rotated_90.jpg"]["height"]) == (512, 512)
     assert (rows["chelsea_cat.jpg"]["width"], rows["chelsea_cat.jpg"]["height"]) == (451, 300)
     assert rows["astronaut_grey.png"]["mode"] == "L" and rows["astronaut_alpha.png"]["mode"] == "RGBA"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 
 import pyarrow as pa
 import pytest
@@ -11,7 +12,7 @@ from storage.atomic import atomic_open, atomic_write_bytes, sweep_temp_files
 from storage.blobs import put_image
 from storage.schemas import CATEGORIES, CATEGORIES_6, TABLES
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _failure(item: str, partition: str = "p") -> dict:
@@ -20,17 +21,36 @@ def _failure(item: str, partition: str = "p") -> dict:
 
 def _image(image_id: str, batch: str, at: dt.datetime) -> dict:
     return dict(
-        image_id=image_id, path=f"images/{image_id}.jpg", source_uri=f"/in/{batch}/{image_id}", batch=batch,
-        format="JPEG", mode="RGB", width=10, height=20, exif_orientation=1, bytes=5, ingested_at=at,
+        image_id=image_id,
+        path=f"images/{image_id}.jpg",
+        source_uri=f"/in/{batch}/{image_id}",
+        batch=batch,
+        format="JPEG",
+        mode="RGB",
+        width=10,
+        height=20,
+        exif_orientation=1,
+        bytes=5,
+        ingested_at=at,
     )
 
 
 def test_categories_are_the_papers_twelve_in_order():
     assert CATEGORIES == (
-        "happy", "sad", "angry", "fear", "surprised", "disgust",
-        "confused", "contempt", "confident", "shy", "sleepy", "anxious",
+        "happy",
+        "sad",
+        "angry",
+        "fear",
+        "surprised",
+        "disgust",
+        "confused",
+        "contempt",
+        "confident",
+        "shy",
+        "sleepy",
+        "anxious",
     )
-    assert CATEGORIES_6 == CATEGORIES[:6]
+    assert CATEGORIES[:6] == CATEGORIES_6
 
 
 def test_atomic_write_appears_whole_or_not_at_all(tmp_path):
@@ -49,12 +69,17 @@ def test_atomic_write_appears_whole_or_not_at_all(tmp_path):
 
 
 def test_temp_files_of_killed_writers_match_no_glob_and_are_swept(tmp_path):
-    leftover = tmp_path / ".x.parquet.tmp-123-abcd"  # what a SIGKILLed writer leaves
-    leftover.write_bytes(b"partial")
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs: a SIGKILLed writer
+    (tmp_path / f".x.parquet.tmp-{gone.pid}-abcd").write_bytes(b"partial")
+    live = tmp_path / f".y.parquet.tmp-{os.getpid()}-beef"  # a writer still at work
+    live.write_bytes(b"in progress")
     (tmp_path / "done.parquet").write_bytes(b"ok")
     assert [p.name for p in tmp_path.glob("*.parquet")] == ["done.parquet"]
     assert sweep_temp_files(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "done.parquet"]
 
 
 def test_write_partition_validates_before_writing(layout):

@@ -62,9 +62,7 @@ EVERY_FILE_ACCOUNTED = "every_file_accounted_for"
         )
     ],
 )
-def raw_images(
-    context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFEStorage
-) -> dg.MaterializeResult:
+def raw_images(context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFEStorage) -> dg.MaterializeResult:
     layout, batch = ffe.layout, context.partition_key
     with progress_reporter(context, f"ingest {batch}") as report:
         summary = ingest_batch(layout, batch, config.settings(), progress=report)
