@@ -13,6 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 # File name -> the ingest failure reason it must produce (tests and the demo check these).
@@ -106,6 +107,24 @@ def broken_files(good: dict[str, bytes]) -> dict[str, bytes]:
         "animation.gif": gif.getvalue(),
         "astronaut_copy.jpg": jpg,
     }
+
+
+def write_variants(folder: str | Path, n: int, size: tuple[int, int] = (256, 192), seed: int = 0) -> list[Path]:
+    """`n` distinct JPEGs of the astronaut at `size`, each with its own faint noise (so its own
+    hash): volume for benchmarks and the kill-and-rerun test."""
+    from skimage import data
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = np.asarray(Image.fromarray(data.astronaut()).resize(size), dtype=np.int16)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        noisy = np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"variant_{i:05d}.jpg"
+        path.write_bytes(_jpeg(Image.fromarray(noisy)))
+        paths.append(path)
+    return paths
 
 
 def write_sample(folder: str | Path) -> list[Path]:

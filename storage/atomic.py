@@ -33,6 +33,43 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _open_new(tmp: Path) -> BinaryIO:
+    try:
+        return open(tmp, "wb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:  # folders are made on first use only: no mkdir call per file
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        return open(tmp, "wb")  # noqa: SIM115
+
+
+def publish(tmp: Path, path: Path, *, fsync: bool = True) -> None:
+    """Rename a complete temp file to its final name (same file system), making folders on demand."""
+    try:
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        if not tmp.exists():
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def write_temp(data: bytes, path: Path, *, fsync: bool = True, temp_dir: Path | None = None) -> Path:
+    """Write `data` to a new temp file meant to become `path`; `publish` it or unlink it."""
+    tmp = _temp_path(path, temp_dir)
+    try:
+        with _open_new(tmp) as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | os.PathLike[str], *, fsync: bool = True, temp_dir: str | os.PathLike[str] | None = None
@@ -42,20 +79,14 @@ def atomic_open(
     `temp_dir` (same file system as `path`) collects the temp files of many folders in one place,
     so that one cheap sweep finds what killed writers left (the blob store's fan-out folders)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if temp_dir is not None:
-        temp_dir = Path(temp_dir)
-        temp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, temp_dir)
+    tmp = _temp_path(path, Path(temp_dir) if temp_dir is not None else None)
     try:
-        with open(tmp, "wb") as f:
+        with _open_new(tmp) as f:
             yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_dir(path.parent)
+        publish(tmp, path, fsync=fsync)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -65,8 +96,14 @@ def atomic_open(
 def atomic_write_bytes(
     path: str | os.PathLike[str], data: bytes, *, fsync: bool = True, temp_dir: str | os.PathLike[str] | None = None
 ) -> None:
-    with atomic_open(path, fsync=fsync, temp_dir=temp_dir) as f:
-        f.write(data)
+    path = Path(path)
+    tmp = write_temp(data, path, fsync=fsync, temp_dir=Path(temp_dir) if temp_dir is not None else None)
+    try:
+        publish(tmp, path, fsync=fsync)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:

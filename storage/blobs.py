@@ -13,15 +13,17 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bool = False) -> Path:
-    """Store `data` under its hash unless a complete copy is already there; return the path.
-
-    A copy of the wrong size (a torn write after power loss with fsync off) is replaced."""
-    path = layout.image_path(image_id, ext)
+def _complete_copy_exists(path: Path, size: int) -> bool:
+    """A copy of the wrong size (a torn write after power loss with fsync off) does not count."""
     try:
-        if path.stat().st_size == len(data):
-            return path
+        return path.stat().st_size == size
     except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, data, fsync=fsync, temp_dir=layout.images_temp)
+        return False
+
+
+def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bool = False) -> Path:
+    """Store `data` under its hash unless a complete copy is already there; return the path."""
+    path = layout.image_path(image_id, ext)
+    if not _complete_copy_exists(path, len(data)):
+        atomic_write_bytes(path, data, fsync=fsync, temp_dir=layout.images_temp)
     return path

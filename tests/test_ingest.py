@@ -10,9 +10,8 @@ import pytest
 
 from curation.batches import register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
-from curation.sample import BROKEN
+from curation.sample import BROKEN, write_variants
 from storage import tables
-from tests.conftest import distinct_jpegs
 
 
 def _rows(layout, table, partition):
@@ -110,7 +109,7 @@ class Interrupt(Exception):
 
 
 def test_interrupted_batch_resumes_and_ingests_every_file_once(layout, tmp_path):
-    paths = distinct_jpegs(tmp_path / "in", 40)
+    paths = write_variants(tmp_path / "in", 40)
     batch = register_new_batch(layout, tmp_path / "in").batch
     settings = IngestSettings(chunk_size=8, workers=1)
 
@@ -132,7 +131,7 @@ def test_interrupted_batch_resumes_and_ingests_every_file_once(layout, tmp_path)
 
 
 def test_process_pool_gives_the_same_rows_as_one_process(layout, tmp_path, sample_dir):
-    distinct_jpegs(sample_dir / "more", 40)
+    write_variants(sample_dir / "more", 40)
     batch = register_new_batch(layout, sample_dir).batch
 
     def outcome(workers):
@@ -141,5 +140,6 @@ def test_process_pool_gives_the_same_rows_as_one_process(layout, tmp_path, sampl
         fails = {(r["item"], r["reason"]) for r in _rows(layout, "failures", failures_partition(batch))}
         return imgs, fails
 
-    assert IngestSettings(workers=2).worker_count(64) == 2
+    assert IngestSettings(workers=2).worker_count(64) == 2  # as asked
+    assert IngestSettings(workers=0).worker_count(40) == 1  # auto: too few files to pay for a pool
     assert outcome(1) == outcome(2)

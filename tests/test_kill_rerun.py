@@ -13,9 +13,9 @@ import pytest
 
 from curation.batches import manifests
 from curation.ingest import batch_is_ingested
+from curation.sample import write_variants
 from storage import catalog, tables
 from storage.layout import Layout
-from tests.conftest import distinct_jpegs
 
 FFE = str(Path(sys.executable).parent / "ffe")
 
@@ -27,7 +27,7 @@ def _staged_chunks(work: Path) -> list[Path]:
 @pytest.mark.slow
 def test_sigkill_mid_batch_then_rerun_ingests_every_good_file_once(tmp_path):
     inp, work = tmp_path / "in", tmp_path / "work"
-    good = distinct_jpegs(inp, 600, size=(640, 480))
+    good = write_variants(inp, 600, size=(640, 480))
     (inp / "broken.jpg").write_bytes(good[0].read_bytes()[:2000])
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text("raw_images:\n  chunk_size: 10\n  workers: 1\n")
