@@ -12,6 +12,7 @@ every file that is not a new image, with a reason from `curation.probe` plus `un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections import Counter
@@ -28,6 +29,7 @@ from curation.probe import Rejected, probe
 from storage import tables
 from storage.atomic import sweep_temp_files
 from storage.blobs import content_id, put_image
+from storage.errors import StorageError
 from storage.layout import Layout
 
 STAGE = "raw_images"
@@ -103,7 +105,10 @@ def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _O
     except Rejected as rej:
         return _Outcome(file.path, reason=rej.reason, detail=rej.detail, size=len(data))
     image_id = content_id(data)
-    stored = put_image(layout, data, image_id, info.extension, fsync=settings.fsync_images)
+    try:
+        stored = put_image(layout, data, image_id, info.extension, fsync=settings.fsync_images)
+    except OSError as err:  # the work folder's fault, not the file's: stop the batch
+        raise StorageError(f"cannot store {file.path} under {layout.images}: {err.strerror or err}") from None
     return _Outcome(file.path, image_id=image_id, path=layout.relative(stored), info=info.__dict__, size=len(data))
 
 
@@ -144,11 +149,20 @@ class _Staging:
         parts = [tables.read_partition(self.chunk_layout, table, c) for c in sorted(done)]
         return pa.concat_tables(parts) if parts else tables.to_table(table, [])
 
+    def done_items(self) -> set[str]:
+        """Input files that staged chunks hold, as images or as failures."""
+        return set(self.read("images").column("source_uri").to_pylist()) | set(
+            self.read("failures").column("item").to_pylist()
+        )
+
     def write_chunk(self, images: list[dict], failures: list[dict]) -> None:
         existing = self.chunk_ids()
         chunk = f"{int(existing[-1]) + 1 if existing else 0:06d}"
-        tables.write_partition(self.chunk_layout, "failures", chunk, failures)
-        tables.write_partition(self.chunk_layout, "images", chunk, images)
+        try:
+            tables.write_partition(self.chunk_layout, "failures", chunk, failures)
+            tables.write_partition(self.chunk_layout, "images", chunk, images)
+        except OSError as err:
+            raise StorageError(f"cannot stage {len(images) + len(failures)} rows in {self.dir}: {err}") from None
 
     def sweep(self) -> None:
         """Drop what writers killed mid-file left: staged chunks, originals, final tables."""
@@ -176,8 +190,8 @@ def ingest_batch(
     staging = _Staging(layout, batch)
     staging.sweep()
 
-    staged_images, staged_failures = staging.read("images"), staging.read("failures")
-    done = set(staged_images.column("source_uri").to_pylist()) | set(staged_failures.column("item").to_pylist())
+    done = staging.done_items()
+    staged_images = staging.read("images")
     todo = [f for f in manifest.files if f.path not in done]
     summary = IngestSummary(batch=batch, files=len(manifest.files), resumed=len(manifest.files) - len(todo))
 
@@ -196,36 +210,30 @@ def ingest_batch(
     if progress:
         progress(n_done, summary.files)
     worker = _Worker(layout, settings)
-    for out in _outcomes(todo, worker, settings.worker_count(len(todo))):
-        if out.image_id is not None and out.image_id in first_source:
-            out = _Outcome(
-                out.item,
-                reason="duplicate",
-                detail=f"same bytes as image {out.image_id[:16]}... from {first_source[out.image_id]}",
-            )
-        if out.image_id is None:
-            failures.append(
-                dict(item=out.item, stage=STAGE, reason=out.reason, detail=out.detail, partition=batch, at=_now())
-            )
-        else:
-            first_source[out.image_id] = out.item
-            images.append(
-                dict(
-                    image_id=out.image_id,
-                    path=out.path,
-                    source_uri=out.item,
-                    batch=batch,
-                    bytes=out.size,
-                    ingested_at=_now(),
-                    **out.info,
+    try:
+        for out in _outcomes(todo, worker, settings.worker_count(len(todo))):
+            if out.image_id is not None and out.image_id in first_source:
+                out = _Outcome(
+                    out.item,
+                    reason="duplicate",
+                    detail=f"same bytes as image {out.image_id[:16]}... from {first_source[out.image_id]}",
                 )
-            )
-        n_done += 1
-        if len(images) + len(failures) >= settings.chunk_size:
+            if out.image_id is None:
+                failures.append(_failure_row(out, batch))
+            else:
+                first_source[out.image_id] = out.item
+                images.append(_image_row(out, batch))
+            n_done += 1
+            if len(images) + len(failures) >= settings.chunk_size:
+                staging.write_chunk(images, failures)
+                images, failures = [], []
+            if progress:
+                progress(n_done, summary.files)
+    except StorageError as err:
+        with contextlib.suppress(OSError):  # keep what this run finished, if there is room for it
             staging.write_chunk(images, failures)
-            images, failures = [], []
-        if progress:
-            progress(n_done, summary.files)
+        kept = len(staging.done_items())
+        raise StorageError(f"{err} ({kept} of {summary.files} files of {batch} are kept; rerun to resume)") from None
     if images or failures or not staging.chunk_ids():
         staging.write_chunk(images, failures)
 
@@ -239,6 +247,22 @@ def ingest_batch(
     summary.images = all_images.num_rows
     summary.failures = Counter(all_failures.column("reason").to_pylist())
     return summary
+
+
+def _failure_row(out: _Outcome, batch: str) -> dict:
+    return dict(item=out.item, stage=STAGE, reason=out.reason, detail=out.detail, partition=batch, at=_now())
+
+
+def _image_row(out: _Outcome, batch: str) -> dict:
+    return dict(
+        image_id=out.image_id,
+        path=out.path,
+        source_uri=out.item,
+        batch=batch,
+        bytes=out.size,
+        ingested_at=_now(),
+        **out.info,
+    )
 
 
 def failures_partition(batch: str) -> str:

@@ -4,6 +4,7 @@ process, one run per partition still to do. Runs land in the work folder's Dagst
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pipelines.defs.ingest import ingest_batches
 from pipelines.errors import FFEError
 from pipelines.instance import open_instance
 from storage import catalog
+from storage.errors import StorageError
 from storage.layout import Layout
 
 # Dagster's console logger defaults to DEBUG: every event as a line. Progress bars and INFO suffice.
@@ -62,6 +64,23 @@ def resolve_input(layout: Layout, input_dir: str | Path | None, echo: Callable[[
         written = write_sample(path)
         echo(f"no --input given: wrote the sample input ({len(written)} files) to {path}")
     return path
+
+
+def _describe_abort(err: BaseException, layout: Layout) -> str:
+    """Why a run was aborted: our own StorageError if one set it off (a full disk stops both the
+    asset and Dagster's attempt to record the failure), else Dagster's error; and a full disk."""
+    text = " ".join(str(err).split())
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, StorageError):
+            text = f"{cause}; Dagster could not record the failure either: {text}"
+            break
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    free = shutil.disk_usage(layout.root).free
+    if free < 16 * 2**20:
+        text += f" -- the disk holding {layout.root} is full ({free // 1024} KiB free): free space and rerun to resume"
+    return text
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
@@ -122,6 +141,8 @@ def build(
                 )
             except dg.DagsterInvalidConfigError as err:
                 raise FFEError(f"invalid config: {err}") from None
+            except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
+                raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
             report.runs.append(label)
             if not result.success:
                 report.failed[label] = _first_error(result)

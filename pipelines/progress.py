@@ -16,7 +16,8 @@ def progress_reporter(
 ) -> Iterator[Callable[[int, int], None]]:
     """Yields `report(done, total)` for a domain function's `progress` argument."""
     bar: tqdm | None = None
-    start, first, last_log = time.monotonic(), 0, 0.0
+    start = last_log = time.monotonic()
+    first = 0
 
     def report(done: int, total: int) -> None:
         nonlocal bar, first, last_log
@@ -26,7 +27,7 @@ def progress_reporter(
         else:
             bar.update(done - bar.n)
         now = time.monotonic()
-        if done == total or now - last_log >= every_s:
+        if done == total or (done > first and now - last_log >= every_s):
             last_log = now
             rate = (done - first) / max(now - start, 1e-9)
             context.log.info(f"{desc}: {done}/{total} {unit}s ({rate:.1f}/s)")
