@@ -22,13 +22,13 @@ from tests.conftest import REPO
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _graphql(port: int, query: str) -> dict:
+def graphql(port: int, query: str) -> dict:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
         data=json.dumps({"query": query}).encode(),
@@ -38,12 +38,24 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
+def wait_until_up(proc: subprocess.Popen, port: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).close()
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert time.monotonic() < deadline, "the webserver did not come up"
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.server
 def test_webserver_lists_the_assets_over_graphql(tmp_path):
     layout = Layout.at(tmp_path / "work")
     home = prepare_dagster_home(layout)  # the same instance config that `ffe ui` uses
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "FFE_WORKDIR": str(layout.root)}
     proc = subprocess.Popen(
         [str(BIN / "dagster-webserver"), "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)],
@@ -54,23 +66,15 @@ def test_webserver_lists_the_assets_over_graphql(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).close()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, "webserver did not come up"
-                time.sleep(0.5)
-        nodes = _graphql(port, "{ assetNodes { assetKey { path } groupName isPartitioned } }")["data"]["assetNodes"]
+        wait_until_up(proc, port)
+        nodes = graphql(port, "{ assetNodes { assetKey { path } groupName isPartitioned } }")["data"]["assetNodes"]
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
         assert by_key["raw_images"] == {
             "assetKey": {"path": ["raw_images"]},
             "groupName": "ingest",
             "isPartitioned": True,
         }
-        sensors = _graphql(
+        sensors = graphql(
             port,
             '{ sensorsOrError(repositorySelector: {repositoryLocationName: "pipelines.definitions", '
             'repositoryName: "__repository__"}) { ... on Sensors { results { name } } } }',
