@@ -13,6 +13,7 @@ every file that is not a new image, with a reason from `curation.probe` plus `un
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections import Counter
@@ -112,24 +113,19 @@ def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _O
     return _Outcome(file.path, image_id=image_id, path=layout.relative(stored), info=info.__dict__, size=len(data))
 
 
-class _Worker:
-    """Picklable callable for the process pool (the layout and settings travel once per task)."""
-
-    def __init__(self, layout: Layout, settings: IngestSettings):
-        self.layout, self.settings = layout, settings
-
-    def __call__(self, file: InputFile) -> _Outcome:
-        return _ingest_one(self.layout, self.settings, file)
-
-
-def _outcomes(files: list[InputFile], worker: _Worker, n_workers: int) -> Iterator[_Outcome]:
-    """Outcomes in input order, decoded by `n_workers` processes."""
+def _outcomes(layout: Layout, settings: IngestSettings, files: list[InputFile]) -> Iterator[_Outcome]:
+    """Outcomes in input order, decoded by `settings.worker_count` processes."""
+    one = functools.partial(_ingest_one, layout, settings)  # picklable, for the pool
+    n_workers = settings.worker_count(len(files))
     if n_workers <= 1:
-        yield from map(worker, files)
+        yield from map(one, files)
         return
     # forkserver: forking a process that runs Dagster's threads is not safe.
-    with ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver")) as pool:
-        yield from pool.map(worker, files, chunksize=8)
+    pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"))
+    try:
+        yield from pool.map(one, files, chunksize=8)
+    finally:  # on an error or interrupt, drop the files not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Staging:
@@ -209,9 +205,8 @@ def ingest_batch(
     n_done = summary.resumed
     if progress:
         progress(n_done, summary.files)
-    worker = _Worker(layout, settings)
     try:
-        for out in _outcomes(todo, worker, settings.worker_count(len(todo))):
+        for out in _outcomes(layout, settings, todo):
             if out.image_id is not None and out.image_id in first_source:
                 out = _Outcome(
                     out.item,

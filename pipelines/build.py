@@ -45,12 +45,10 @@ def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     config = dict(config or {})
     dagster_keys = {"ops", "resources", "loggers", "execution"}
     if config and not set(config) <= dagster_keys:
-        unknown = [k for k in config if k in dagster_keys]
-        if unknown:
-            raise FFEError(f"config mixes Dagster keys {unknown} with asset names; use one form")
+        if mixed := sorted(set(config) & dagster_keys):
+            raise FFEError(f"config mixes Dagster keys {mixed} with asset names; use one form")
         config = {"ops": {name: {"config": value} for name, value in config.items()}}
-    merged = {**_QUIET_LOGS, **config}
-    return merged
+    return {**_QUIET_LOGS, **config}
 
 
 def resolve_input(layout: Layout, input_dir: str | Path | None, echo: Callable[[str], None]) -> Path:
