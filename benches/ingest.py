@@ -4,7 +4,8 @@ Baseline: in one process, read each file, sha256 it and decode it fully with PIL
 validating ingest must do. Measured against it:
   - `ingest_batch` with one worker (the same work plus storing originals, staging and tables),
   - `ingest_batch` with one worker per core (the process pool),
-  - `ffe build` end to end (batch registration + Dagster run + catalog), one worker per core.
+  - `ffe build` end to end on a fresh work folder (batch registration, creating the Dagster
+    instance, the run, the catalog), one worker per core.
 The machine's speed drifts between seconds, so each round times the baseline and both ingests back
 to back and the reported ratios are medians over rounds of those paired ratios; throughputs are the
 best round's. The page cache is warm for all. Prints one JSON line and writes it to

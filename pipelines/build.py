@@ -5,6 +5,7 @@ process, one run per partition still to do. Runs land in the work folder's Dagst
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,9 @@ def build(
     defs = build_definitions(str(layout.root), str(input_path))
     graph = defs.resolve_asset_graph()
     try:
-        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+        with warnings.catch_warnings():  # the selection parser's beta notice is not user news
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            keys = dg.AssetSelection.from_string(selection).resolve(graph)
     except Exception as err:  # Dagster raises several types for a bad selection string
         raise FFEError(f"--select {selection!r} is not a valid asset selection: {err}") from None
     if not keys:
