@@ -15,23 +15,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing import get_context
-
-import pyarrow as pa
 
 from curation.batches import InputFile, load_manifest
+from curation.parallel import ordered_map
 from curation.probe import Rejected, probe
 from storage import tables
-from storage.atomic import sweep_temp_files
 from storage.blobs import content_id, put_image
 from storage.errors import StorageError
 from storage.layout import Layout
+from storage.staging import ChunkWriter, Staging
 
 STAGE = "raw_images"
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
@@ -113,68 +109,6 @@ def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _O
     return _Outcome(file.path, image_id=image_id, path=layout.relative(stored), info=info.__dict__, size=len(data))
 
 
-def _outcomes(layout: Layout, settings: IngestSettings, files: list[InputFile]) -> Iterator[_Outcome]:
-    """Outcomes in input order, decoded by `settings.worker_count` processes."""
-    one = functools.partial(_ingest_one, layout, settings)  # picklable, for the pool
-    n_workers = settings.worker_count(len(files))
-    if n_workers <= 1:
-        yield from map(one, files)
-        return
-    # forkserver: forking a process that runs Dagster's threads is not safe.
-    pool = ProcessPoolExecutor(n_workers, mp_context=get_context("forkserver"))
-    try:
-        yield from pool.map(one, files, chunksize=8)
-    finally:  # on an error or interrupt, drop the files not yet started
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _Staging:
-    """The staged chunks of one batch: what an interrupted run already finished."""
-
-    def __init__(self, layout: Layout, batch: str):
-        self.layout = layout
-        self.dir = layout.staging_dir(STAGE, batch)
-        self.chunk_layout = Layout(self.dir)  # chunk files reuse the table writers
-
-    def chunk_ids(self) -> list[str]:
-        # The images file is written last, so it marks a complete chunk.
-        return tables.partitions(self.chunk_layout, "images")
-
-    def read(self, table: str) -> pa.Table:
-        done = set(self.chunk_ids())
-        parts = [tables.read_partition(self.chunk_layout, table, c) for c in sorted(done)]
-        return pa.concat_tables(parts) if parts else tables.to_table(table, [])
-
-    def done_items(self) -> set[str]:
-        """Input files that staged chunks hold, as images or as failures."""
-        return set(self.read("images").column("source_uri").to_pylist()) | set(
-            self.read("failures").column("item").to_pylist()
-        )
-
-    def write_chunk(self, images: list[dict], failures: list[dict]) -> None:
-        existing = self.chunk_ids()
-        chunk = f"{int(existing[-1]) + 1 if existing else 0:06d}"
-        try:
-            tables.write_partition(self.chunk_layout, "failures", chunk, failures)
-            tables.write_partition(self.chunk_layout, "images", chunk, images)
-        except OSError as err:
-            raise StorageError(f"cannot stage {len(images) + len(failures)} rows in {self.dir}: {err}") from None
-
-    def sweep(self) -> None:
-        """Drop what writers killed mid-file left: staged chunks, originals, final tables."""
-        for folder in (
-            self.chunk_layout.table_dir("images"),
-            self.chunk_layout.table_dir("failures"),
-            self.layout.images_temp,
-            self.layout.table_dir("images"),
-            self.layout.table_dir("failures"),
-        ):
-            sweep_temp_files(folder)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def ingest_batch(
     layout: Layout,
     batch: str,
@@ -183,30 +117,34 @@ def ingest_batch(
 ) -> IngestSummary:
     """Ingest every file of `batch`'s manifest; write its `images` and `failures` partitions."""
     manifest = load_manifest(layout, batch)
-    staging = _Staging(layout, batch)
-    staging.sweep()
-
-    done = staging.done_items()
+    staging = Staging(layout, STAGE, batch, ["images", "failures"])
     staged_images = staging.read("images")
+    done = set(staged_images.column("source_uri").to_pylist()) | set(
+        staging.read("failures").column("item").to_pylist()
+    )
     todo = [f for f in manifest.files if f.path not in done]
     summary = IngestSummary(batch=batch, files=len(manifest.files), resumed=len(manifest.files) - len(todo))
 
     # Content already ingested, by other batches or by this one's staged chunks: first copy wins.
     earlier = tables.read_table(layout, "images", columns=["image_id", "source_uri"], exclude=[batch])
-    first_source: dict[str, str] = dict(
-        zip(earlier.column("image_id").to_pylist(), earlier.column("source_uri").to_pylist(), strict=False)
-    )
-    first_source.update(
-        zip(staged_images.column("image_id").to_pylist(), staged_images.column("source_uri").to_pylist(), strict=False)
-    )
+    first_source: dict[str, str] = {}
+    for t in (earlier, staged_images):
+        first_source.update(zip(t.column("image_id").to_pylist(), t.column("source_uri").to_pylist(), strict=True))
 
-    images: list[dict] = []
-    failures: list[dict] = []
     n_done = summary.resumed
+
+    def tick() -> None:
+        nonlocal n_done
+        n_done += 1
+        if progress:
+            progress(n_done, summary.files)
+
     if progress:
         progress(n_done, summary.files)
+    writer = ChunkWriter(staging, settings.chunk_size, on_item=tick)
+    one = functools.partial(_ingest_one, layout, settings)
     try:
-        for out in _outcomes(layout, settings, todo):
+        for out in ordered_map(one, todo, settings.worker_count(len(todo)), chunksize=8):
             if out.image_id is not None and out.image_id in first_source:
                 out = _Outcome(
                     out.item,
@@ -214,33 +152,22 @@ def ingest_batch(
                     detail=f"same bytes as image {out.image_id[:16]}... from {first_source[out.image_id]}",
                 )
             if out.image_id is None:
-                failures.append(_failure_row(out, batch))
+                writer.add("failures", _failure_row(out, batch))
             else:
                 first_source[out.image_id] = out.item
-                images.append(_image_row(out, batch))
-            n_done += 1
-            if len(images) + len(failures) >= settings.chunk_size:
-                staging.write_chunk(images, failures)
-                images, failures = [], []
-            if progress:
-                progress(n_done, summary.files)
+                writer.add("images", _image_row(out, batch))
+            writer.item_done()
     except StorageError as err:
         with contextlib.suppress(OSError):  # keep what this run finished, if there is room for it
-            staging.write_chunk(images, failures)
-        kept = len(staging.done_items())
+            writer.flush()
+        kept = staging.read("images").num_rows + staging.read("failures").num_rows
         raise StorageError(f"{err} ({kept} of {summary.files} files of {batch} are kept; rerun to resume)") from None
-    if images or failures or not staging.chunk_ids():
-        staging.write_chunk(images, failures)
+    writer.flush(force=not staging.chunk_ids())
 
-    # The partition's tables appear only now, whole; the failures file goes last, so a crash
-    # between the two leaves staging in place and the rerun simply writes both again.
-    all_images, all_failures = staging.read("images"), staging.read("failures")
-    tables.write_partition(layout, "images", batch, all_images)
-    tables.write_partition(layout, "failures", failures_partition(batch), all_failures)
-    staging.remove()
-
-    summary.images = all_images.num_rows
-    summary.failures = Counter(all_failures.column("reason").to_pylist())
+    # The partition's tables appear only now, whole; failures last (see batch_is_ingested).
+    written = staging.publish({"images": batch, "failures": failures_partition(batch)})
+    summary.images = written["images"].num_rows
+    summary.failures = Counter(written["failures"].column("reason").to_pylist())
     return summary
 
 

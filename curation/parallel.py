@@ -1,0 +1,28 @@
+"""Run a function over items in worker processes, results in input order.
+
+Workers are started with forkserver (forking a process that runs Dagster's threads is not safe).
+A worker keeps what it loads in module globals, so a model is loaded once per worker, not per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 4) -> Iterator[R]:
+    """`map(fn, items)` on `workers` processes (in this process when `workers` <= 1). `fn` must be
+    picklable (a module-level function or a functools.partial of one)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+    try:
+        yield from pool.map(fn, items, chunksize=chunksize)
+    finally:  # on an error or interrupt, drop the items not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
