@@ -58,12 +58,17 @@ def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> 
     return sorted(found, key=lambda f: f.path)
 
 
+DOMAINS = ("real", "anime")
+
+
 @dataclass(frozen=True)
 class Manifest:
     batch: str
     input_dir: str
     created_at: str
     files: tuple[InputFile, ...]
+    domain: str = "real"  # real | anime: FFE is half of each
+    pre_cropped: bool = False  # every image is one face: taken whole where no face is found
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -73,6 +78,8 @@ class Manifest:
             input_dir=raw["input_dir"],
             created_at=raw["created_at"],
             files=tuple(InputFile(**f) for f in raw["files"]),
+            domain=raw.get("domain", "real"),
+            pre_cropped=bool(raw.get("pre_cropped", False)),
         )
 
     def dumps(self) -> str:
@@ -110,8 +117,17 @@ def load_manifest(layout: Layout, batch: str) -> Manifest:
     return Manifest.load(path)
 
 
-def register_new_batch(layout: Layout, input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> Manifest | None:
+def register_new_batch(
+    layout: Layout,
+    input_dir: str | os.PathLike[str],
+    *,
+    min_age_s: float = 0.0,
+    domain: str = "real",
+    pre_cropped: bool = False,
+) -> Manifest | None:
     """Put every file of `input_dir` that no batch holds yet into a new batch; None if none."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
     root = Path(input_dir).expanduser().resolve()
     with _registry_lock(layout):
         known = {f.key for m in manifests(layout) for f in m.files}
@@ -123,6 +139,8 @@ def register_new_batch(layout: Layout, input_dir: str | os.PathLike[str], *, min
             input_dir=str(root),
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
             files=tuple(new),
+            domain=domain,
+            pre_cropped=pre_cropped,
         )
         atomic_write_text(layout.batch_manifest(manifest.batch), manifest.dumps())
         return manifest

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from curation.batches import InputFile, load_manifest
-from curation.parallel import ordered_map
+from curation.parallel import ordered_map, worker_count
 from curation.probe import Rejected, probe
 from storage import tables
 from storage.blobs import content_id, put_image
@@ -41,13 +40,6 @@ class IngestSettings:
     chunk_size: int = 256  # files per staged chunk: the most a crash can cost
     workers: int = 0  # processes decoding in parallel; 0 = one per core for big enough batches
     fsync_images: bool = False  # flush every stored original to disk (power-loss safety, slower)
-
-    def worker_count(self, n_files: int) -> int:
-        """`workers` if set; else one per core, as far as the batch pays for a pool: starting one
-        costs ~0.3 s (forkserver, imports), worth it from a few hundred files."""
-        if self.workers > 0:
-            return max(1, min(self.workers, n_files))
-        return max(1, min(os.cpu_count() or 1, n_files // 128))
 
 
 @dataclass
@@ -144,7 +136,7 @@ def ingest_batch(
     writer = ChunkWriter(staging, settings.chunk_size, on_item=tick)
     one = functools.partial(_ingest_one, layout, settings)
     try:
-        for out in ordered_map(one, todo, settings.worker_count(len(todo)), chunksize=8):
+        for out in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):
             if out.image_id is not None and out.image_id in first_source:
                 out = _Outcome(
                     out.item,

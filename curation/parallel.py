@@ -6,6 +6,7 @@ A worker keeps what it loads in module globals, so a model is loaded once per wo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -13,6 +14,15 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def worker_count(requested: int, n_items: int, items_per_worker: int) -> int:
+    """`requested` workers if set (> 0); else one per core, as far as the work pays for starting
+    them: auto mode gives each worker at least `items_per_worker` items (a worker's start, imports
+    and model loading cost a fraction of a second)."""
+    if requested > 0:
+        return max(1, min(requested, n_items))
+    return max(1, min(os.cpu_count() or 1, n_items // items_per_worker))
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 4) -> Iterator[R]:

@@ -100,7 +100,11 @@ def build(
     selection: str = "*",
     run_config: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = print,
+    *,
+    domain: str = "real",
+    pre_cropped: bool = False,
 ) -> BuildReport:
+    """`domain` and `pre_cropped` describe the new batch, if the input folder has new files."""
     input_path = resolve_input(layout, input_dir, echo)
     defs = build_definitions(str(layout.root), str(input_path))
     graph = defs.resolve_asset_graph()
@@ -112,13 +116,25 @@ def build(
         raise FFEError(f"--select {selection!r} is not a valid asset selection: {err}") from None
     if not keys:
         raise FFEError(f"--select {selection!r} matches no asset")
-    partitioned = sorted((k for k in keys if graph.get(k).partitions_def is not None), key=str)
-    unpartitioned = sorted((k for k in keys if graph.get(k).partitions_def is None), key=str)
+    # Like make: what the selection needs upstream and is not built yet is built too.
+    upstream = dg.AssetSelection.assets(*keys).upstream().resolve(graph) - keys
+
+    def split(ks):
+        return (
+            sorted((k for k in ks if graph.get(k).partitions_def is not None), key=str),
+            sorted((k for k in ks if graph.get(k).partitions_def is None), key=str),
+        )
+
+    partitioned, unpartitioned = split(keys)
+    partitioned_up, unpartitioned_up = split(upstream)
     config = normalise_run_config(run_config)
     report = BuildReport()
 
     with open_instance(layout) as instance:
-        manifest = register_new_batch(layout, input_path)
+        try:
+            manifest = register_new_batch(layout, input_path, domain=domain, pre_cropped=pre_cropped)
+        except ValueError as err:
+            raise FFEError(str(err)) from None
         if manifest:
             report.new_batch, report.new_files = manifest.batch, len(manifest.files)
             echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
@@ -149,15 +165,17 @@ def build(
                 report.failed[label] = _first_error(result)
                 echo(f"FAILED {label}: {report.failed[label]}")
 
-        if partitioned:
-            done = {k: instance.get_materialized_partitions(k) for k in partitioned}
+        if partitioned or (unpartitioned and partitioned_up):
+            done = {k: instance.get_materialized_partitions(k) for k in partitioned + partitioned_up}
             for batch in batches:
-                if all(batch in done[k] for k in partitioned):
+                missing_up = [k for k in partitioned_up if batch not in done[k]]
+                if all(batch in done[k] for k in partitioned) and not missing_up:
                     report.skipped.append(batch)
                 else:
-                    run(batch, partitioned)
+                    run(batch, sorted(set(partitioned) | set(missing_up), key=str))
         if unpartitioned:
-            run(None, unpartitioned)
+            never_built = [k for k in unpartitioned_up if instance.get_latest_materialization_event(k) is None]
+            run(None, sorted(set(unpartitioned) | set(never_built), key=str))
 
     catalog.connect(layout).close()  # persist fresh views for outside tools
     return report

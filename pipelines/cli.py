@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, default=None, help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form"
     )
+    p.add_argument("--domain", choices=["real", "anime"], default="real", help="what new files are (default real)")
+    p.add_argument(
+        "--pre-cropped", action="store_true", help="each new image is one face: taken whole where none is found"
+    )
 
     p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
     _workdir_arg(p)
@@ -93,7 +97,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pipelines.build import build
 
     layout = Layout.at(args.workdir)
-    report = build(layout, args.input, args.select, _load_config(args.config))
+    report = build(
+        layout, args.input, args.select, _load_config(args.config), domain=args.domain, pre_cropped=args.pre_cropped
+    )
     print(
         f"done: {len(report.runs)} run(s), {len(report.skipped)} batch(es) already built, "
         f"{len(report.failed)} failed; work folder {layout.root}"

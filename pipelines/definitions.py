@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.defs import ingest
+from pipelines.defs import curation, ingest
 from pipelines.resources import FFEStorage, default_input_dir, default_workdir
+
+ASSETS = [ingest.raw_images, curation.faces, curation.face_embeddings, curation.identities]
+
+# Ingest and curate one batch: every asset partitioned by batch. The assets across all batches
+# (identities) follow by declarative automation (the daemon) or `ffe build`.
+batch_job = dg.define_asset_job(
+    ingest.BATCH_JOB,
+    selection=dg.AssetSelection.assets(*[a for a in ASSETS if a.partitions_def == ingest.ingest_batches]),
+    description="Ingest and curate one batch of input files.",
+)
 
 
 def build_definitions(workdir: str | None = None, input_dir: str | None = None) -> dg.Definitions:
     """The graph over one work folder; defaults from $FFE_WORKDIR and $FFE_INPUT."""
     return dg.Definitions(
-        assets=[ingest.raw_images],
-        jobs=[ingest.ingest_job],
+        assets=ASSETS,
+        jobs=[batch_job],
         sensors=[ingest.new_input_files],
         resources={
             "ffe": FFEStorage(

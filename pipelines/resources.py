@@ -29,6 +29,10 @@ class FFEStorage(dg.ConfigurableResource):
     input_dir: str = ""  # default: <workdir>/input
     # A file changed within this many seconds may still be being copied in: a later tick takes it.
     input_settle_seconds: float = 2.0
+    # What new batches from the input folder are: `real` or `anime`, and whether each image is
+    # one face already cropped (taken whole where no face is found).
+    domain: str = "real"
+    pre_cropped: bool = False
 
     @property
     def layout(self) -> Layout:

@@ -39,9 +39,9 @@ def render_status(info: dict) -> str:
         f"batches      {b['registered']} registered ({b['files']} files), {b['ingested']} ingested"
         + (f", pending: {', '.join(b['pending'])}" if b["pending"] else ""),
         "",
-        "table            rows",
+        "table                rows",
     ]
-    lines += [f"{name:<14} {rows:>6}" for name, rows in info["tables"].items()]
+    lines += [f"{name:<18} {rows:>6}" for name, rows in info["tables"].items()]
     lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
     lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
     lines += ["", f"releases     {', '.join(info['releases']) or 'none yet'}"]

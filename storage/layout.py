@@ -87,5 +87,8 @@ class Layout:
         """Two-level fan-out by hash prefix keeps folders small at millions of files."""
         return self.images / image_id[:2] / f"{image_id}.{ext}"
 
+    def crop_path(self, face_id: str) -> Path:
+        return self.crops / face_id[:2] / f"{face_id}.png"
+
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -54,9 +54,81 @@ FAILURES = pa.schema(
     ]
 )
 
+# MediaPipe FaceLandmarker's 52 ARKit-style blendshapes, in its output order.
+BLENDSHAPES: tuple[str, ...] = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft",
+    "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft",
+    "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
+    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)  # fmt: skip
+N_LANDMARKS = 478
+
+_F32 = pa.float32()
+
+# One row per face found (quality-rejected faces included: `quality_ok` false, `reject_reason` set).
+# Coordinates are pixels of the image as displayed (EXIF orientation applied).
+FACES = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),  # <image_id[:16]>_<index>, largest face first
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("domain", pa.string(), nullable=False),  # real | anime
+        pa.field("face_index", pa.int16(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),  # dlib_hog | scrfd | landmarker | whole_image
+        pa.field("det_score", _F32),  # the detector's own score, where it gives one
+        pa.field("bbox_x0", _F32, nullable=False),
+        pa.field("bbox_y0", _F32, nullable=False),
+        pa.field("bbox_x1", _F32, nullable=False),
+        pa.field("bbox_y1", _F32, nullable=False),
+        pa.field("landmarks", pa.list_(_F32, N_LANDMARKS * 3)),  # x, y, z per point; null: whole_image
+        pa.field("blendshapes", pa.struct([pa.field(n, _F32) for n in BLENDSHAPES])),
+        pa.field("yaw", _F32),  # degrees; head turned to the image's right is positive
+        pa.field("pitch", _F32),  # degrees
+        pa.field("roll", _F32),  # degrees
+        pa.field("kps5", pa.list_(_F32, 10)),  # eyes, nose tip, mouth corners in crop pixels
+        pa.field("crop_path", pa.string(), nullable=False),  # relative to the work folder
+        pa.field("crop_phash", pa.int64(), nullable=False),  # 64-bit DCT hash of the crop
+        pa.field("face_px", _F32, nullable=False),  # sqrt of the face box area, source pixels
+        pa.field("sharpness", _F32, nullable=False),  # variance of the Laplacian of the crop
+        pa.field("brightness", _F32, nullable=False),  # mean luminance (0-255) of the crop's centre
+        pa.field("out_of_frame", _F32, nullable=False),  # share of the crop outside the image
+        pa.field("quality_ok", pa.bool_(), nullable=False),
+        pa.field("reject_reason", pa.string(), nullable=False),  # comma-separated; "" when ok
+    ]
+)
+
+FACE_EMBEDDINGS = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),  # dlib_resnet_v1 | arcface:<file name>
+        pa.field("vector", pa.list_(_F32), nullable=False),
+    ]
+)
+
+# One row per face that passed quality, assigned once (incrementally): ids never change.
+IDENTITIES = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("identity_id", pa.string(), nullable=False),
+        pa.field("duplicate_of", pa.string()),  # face_id of an earlier copy of the same shot
+        pa.field("distance", _F32, nullable=False),  # to the identity's centre when assigned
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("assigned_at", _TIMESTAMP, nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "failures": FAILURES,
+    "faces": FACES,
+    "face_embeddings": FACE_EMBEDDINGS,
+    "identities": IDENTITIES,
 }
 
 

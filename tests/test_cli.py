@@ -41,7 +41,7 @@ def test_build_status_query_and_rebuild(tmp_path, sample_dir, capsys):
     assert reasons == {r: list(BROKEN.values()).count(r) for r in set(BROKEN.values())}
 
     code, out, _ = ffe(capsys, "status", "--workdir", work)
-    assert code == 0 and "unsupported_format" in out and "images             15" in out
+    assert code == 0 and "unsupported_format" in out and "images                 15" in out
 
     code, out, _ = ffe(
         capsys, "query", "SELECT count(*) AS n FROM images WHERE exif_orientation = 6", "--workdir", work, "--json"

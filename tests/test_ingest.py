@@ -10,6 +10,7 @@ import pytest
 
 from curation.batches import register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
+from curation.parallel import worker_count
 from curation.sample import BROKEN, write_variants
 from storage import tables
 
@@ -140,6 +141,6 @@ def test_process_pool_gives_the_same_rows_as_one_process(layout, tmp_path, sampl
         fails = {(r["item"], r["reason"]) for r in _rows(layout, "failures", failures_partition(batch))}
         return imgs, fails
 
-    assert IngestSettings(workers=2).worker_count(64) == 2  # as asked
-    assert IngestSettings(workers=0).worker_count(40) == 1  # auto: too few files to pay for a pool
+    assert worker_count(2, 64, 128) == 2  # as asked
+    assert worker_count(0, 40, 128) == 1  # auto: too few files to pay for a pool
     assert outcome(1) == outcome(2)

@@ -97,15 +97,11 @@ def _check_every_file_accounted(ffe: FFEStorage, batch: str) -> dg.AssetCheckRes
     )
 
 
-ingest_job = dg.define_asset_job(
-    "ingest_job",
-    selection=dg.AssetSelection.assets(raw_images),
-    description="Ingest one batch of input files.",
-)
+BATCH_JOB = "batch_job"  # every asset partitioned by ingest batch: see pipelines/definitions.py
 
 
 @dg.sensor(
-    job=ingest_job,
+    job_name=BATCH_JOB,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers new files of the input folder as an ingest batch and launches it.",
@@ -114,7 +110,9 @@ def new_input_files(context: dg.SensorEvaluationContext, ffe: FFEStorage) -> dg.
     layout = ffe.layout
     if not ffe.input_path.is_dir():
         return dg.SkipReason(f"input folder {ffe.input_path} does not exist")
-    register_new_batch(layout, ffe.input_path, min_age_s=ffe.input_settle_seconds)
+    register_new_batch(
+        layout, ffe.input_path, min_age_s=ffe.input_settle_seconds, domain=ffe.domain, pre_cropped=ffe.pre_cropped
+    )
     # Every registered batch becomes a partition (also those that `ffe build` registered), and each
     # one not yet ingested gets a run; its run key stops the daemon from launching it twice.
     known = set(context.instance.get_dynamic_partitions(ingest_batches.name))

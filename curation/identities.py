@@ -1,0 +1,170 @@
+"""Identity clusters across all batches, built incrementally so that ids never change.
+
+Batches are assigned in registration order, once each: a batch's faces (those that passed quality
+and have a vector) join the nearest existing identity when within `same_person_distance` of its
+centre (the mean vector of its members), else open a new one named after its first face. A face
+that is the same shot as an earlier member (perceptual hash of the aligned crops within
+`duplicate_hash_bits` and vectors within `duplicate_distance`: re-encoded, resized, cropped or
+rotated copies) is marked `duplicate_of` that member, does not move the centre, and stays out of
+releases. Rows of an assigned batch are never rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from curation.batches import manifests
+from curation.quality import hamming
+from storage import tables
+from storage.layout import Layout
+
+# Same-person distance by embedding model (Euclidean; ArcFace vectors are unit length).
+DEFAULT_SAME_PERSON = {"dlib_resnet_v1": 0.5, "arcface": 1.1}  # arcface: cos similarity > 0.395
+# Copies of one shot: dlib moves a grey or re-encoded copy by up to ~0.2; a mirror image differs by
+# ~0.2 too, but its hash by ~32 bits, so it is a new picture (as it is for training).
+DEFAULT_DUPLICATE = {"dlib_resnet_v1": 0.25, "arcface": 0.5}
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    same_person_distance: float = 0.0  # 0: the embedding model's default (DEFAULT_SAME_PERSON)
+    duplicate_distance: float = 0.0  # 0: the model's default (DEFAULT_DUPLICATE)
+    duplicate_hash_bits: int = 12  # of 64
+
+    def thresholds(self, model: str) -> tuple[float, float]:
+        family = "arcface" if model.startswith("arcface") else model
+        same = self.same_person_distance or DEFAULT_SAME_PERSON.get(family, 0.5)
+        dup = self.duplicate_distance or DEFAULT_DUPLICATE.get(family, 0.25)
+        return same, dup
+
+
+class _Identity:
+    def __init__(self, identity_id: str):
+        self.id = identity_id
+        self.total: np.ndarray | None = None
+        self.count = 0
+        self.originals: list[tuple[str, np.ndarray, int]] = []  # (face_id, vector, phash)
+
+    def add(self, face_id: str, vec: np.ndarray, phash: int) -> None:
+        self.total = vec.copy() if self.total is None else self.total + vec
+        self.count += 1
+        self.originals.append((face_id, vec, phash))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.total / self.count
+
+
+def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identity], str | None]:
+    """Identities as the already-assigned batches left them."""
+    ids: dict[str, _Identity] = {}
+    model = None
+    if not assigned:
+        return ids, model
+    rows = tables.read_table(layout, "identities").to_pylist()
+    vectors = {}
+    for batch in assigned:
+        emb = tables.read_partition(layout, "face_embeddings", batch)
+        vectors.update(zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True))
+        if emb.num_rows:
+            model = emb.column("model")[0].as_py()
+    hashes = _phashes(layout, assigned)
+    for r in sorted(rows, key=lambda r: (r["assigned_at"], r["face_id"])):
+        ident = ids.setdefault(r["identity_id"], _Identity(r["identity_id"]))
+        if r["duplicate_of"] is None:
+            ident.add(r["face_id"], np.asarray(vectors[r["face_id"]], dtype=np.float64), hashes[r["face_id"]])
+    return ids, model
+
+
+def _phashes(layout: Layout, batches: list[str]) -> dict[str, int]:
+    return {face_id: h for face_id, (h, _) in _face_facts(layout, batches).items()}
+
+
+def _face_facts(layout: Layout, batches: list[str]) -> dict[str, tuple[int, float]]:
+    """face_id -> (crop hash, face size in source pixels)."""
+    out = {}
+    for batch in batches:
+        for r in tables.read_partition(layout, "faces", batch).select(["face_id", "crop_phash", "face_px"]).to_pylist():
+            out[r["face_id"]] = (r["crop_phash"], r["face_px"])
+    return out
+
+
+def pending_batches(layout: Layout) -> tuple[list[str], list[str]]:
+    """(batches already assigned, batches with vectors waiting), in registration order."""
+    order = [m.batch for m in manifests(layout)]
+    have_vectors = set(tables.partitions(layout, "face_embeddings"))
+    assigned = set(tables.partitions(layout, "identities"))
+    return [b for b in order if b in assigned], [b for b in order if b in have_vectors and b not in assigned]
+
+
+def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySettings()) -> dict:
+    """Assign every waiting batch; returns counts for the run's metadata."""
+    assigned, waiting = pending_batches(layout)
+    ids, model = _load_state(layout, assigned)
+    new_faces = new_ids = dups = 0
+    for batch in waiting:
+        emb = tables.read_partition(layout, "face_embeddings", batch)
+        batch_models = set(emb.column("model").to_pylist())
+        if model is not None and batch_models - {model}:
+            raise ValueError(
+                f"{batch} has vectors of {sorted(batch_models)} but identities use {model}: "
+                "re-embed the batch with the same model"
+            )
+        if batch_models:
+            model = next(iter(batch_models))
+        same, dup = settings.thresholds(model or "")
+        facts = _face_facts(layout, [batch])
+        hashes = {f: h for f, (h, _) in facts.items()}
+        rows = []
+        # Biggest faces first: of several copies of a shot, the sharpest source stays the original.
+        order = sorted(
+            zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True),
+            key=lambda fv: (-facts[fv[0]][1], fv[0]),
+        )
+        for face_id, vector in order:
+            vec = np.asarray(vector, dtype=np.float64)
+            best, dist = None, float("inf")
+            for ident in ids.values():
+                d = float(np.linalg.norm(ident.centre - vec))
+                if d < dist:
+                    best, dist = ident, d
+            duplicate_of = None
+            if best is not None and dist <= same:
+                for orig_id, orig_vec, orig_hash in best.originals:
+                    if hamming(orig_hash, hashes[face_id]) <= settings.duplicate_hash_bits and (
+                        float(np.linalg.norm(orig_vec - vec)) <= dup
+                    ):
+                        duplicate_of = orig_id
+                        break
+                ident = best
+            else:
+                ident = ids[f"idn_{face_id}"] = _Identity(f"idn_{face_id}")
+                dist = 0.0
+                new_ids += 1
+            if duplicate_of is None:
+                ident.add(face_id, vec, hashes[face_id])
+            else:
+                dups += 1
+            rows.append(
+                dict(
+                    face_id=face_id,
+                    identity_id=ident.id,
+                    duplicate_of=duplicate_of,
+                    distance=dist,
+                    batch=batch,
+                    assigned_at=datetime.now(UTC),
+                )
+            )
+        tables.write_partition(layout, "identities", batch, rows)
+        new_faces += len(rows)
+    return {
+        "batches_assigned": len(waiting),
+        "faces_assigned": new_faces,
+        "new_identities": new_ids,
+        "duplicates": dups,
+        "identities": len(ids),
+        "model": model or "",
+    }
