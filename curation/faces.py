@@ -10,6 +10,7 @@ batch marked `pre_cropped` (anime sets), an image with no face found is taken wh
 
 from __future__ import annotations
 
+import atexit
 import math
 from dataclasses import dataclass, field
 
@@ -80,6 +81,8 @@ class FaceModels:
             "faces.landmarker_model", path, lambda _: vision.FaceLandmarker.create_from_options(options),
             "MediaPipe FaceLandmarker .task model",
         )  # fmt: skip
+        # Close before interpreter teardown: MediaPipe's own finaliser fails once modules are gone.
+        atexit.register(self.landmarker.close)
         self.hog = dlib.get_frontal_face_detector() if s.detector == "dlib_hog" else None
         self.scrfd = None
         if s.detector == "scrfd":

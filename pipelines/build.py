@@ -128,6 +128,9 @@ def build(
     partitioned, unpartitioned = split(keys)
     partitioned_up, unpartitioned_up = split(upstream)
     config = normalise_run_config(run_config)
+    known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
+    if unknown := sorted(set(config.get("ops", {})) - known):
+        raise FFEError(f"config names unknown asset(s) {', '.join(unknown)}; assets: {', '.join(sorted(known))}")
     report = BuildReport()
 
     with open_instance(layout) as instance:
@@ -145,6 +148,9 @@ def build(
 
         def run(partition: str | None, assets: list[dg.AssetKey]) -> None:
             label = partition or "-"
+            names = {k.to_python_identifier() for k in assets}
+            # Each run gets the config of its own assets: Dagster refuses config for others.
+            run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
             try:
                 result = dg.materialize(
                     defs.assets,
@@ -152,7 +158,7 @@ def build(
                     partition_key=partition,
                     instance=instance,
                     resources=defs.resources,
-                    run_config=config,
+                    run_config=run_config,
                     raise_on_error=False,
                     tags={"ffe/launched_by": "ffe build"},
                 )

@@ -31,14 +31,17 @@ def test_sample_writes_good_and_broken_files(tmp_path, capsys):
 def test_build_status_query_and_rebuild(tmp_path, sample_dir, capsys):
     work = str(tmp_path / "w")
     code, out, _ = ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work)
-    assert code == 0 and "1 run(s)" in out and "0 failed" in out
+    assert code == 0 and "0 failed" in out
 
     code, out, _ = ffe(capsys, "status", "--workdir", work, "--json")
     info = json.loads(out)
-    assert info["tables"] == {"images": 15, "failures": 9}
+    assert (info["tables"]["images"], info["tables"]["failures"], info["tables"]["faces"]) == (15, 13, 11)
     assert info["batches"]["ingested"] == 1 and info["batches"]["pending"] == []
-    reasons = {f["reason"]: f["count"] for f in info["failures_by_reason"]}
+    reasons = {f["reason"]: f["count"] for f in info["failures_by_reason"] if f["stage"] == "raw_images"}
     assert reasons == {r: list(BROKEN.values()).count(r) for r in set(BROKEN.values())}
+    assert [(f["stage"], f["reason"], f["count"]) for f in info["failures_by_reason"] if f["stage"] == "faces"] == [
+        ("faces", "no_face", 4)  # camera, cat, coffee, rocket
+    ]
 
     code, out, _ = ffe(capsys, "status", "--workdir", work)
     assert code == 0 and "unsupported_format" in out and "images                 15" in out
@@ -53,7 +56,7 @@ def test_build_status_query_and_rebuild(tmp_path, sample_dir, capsys):
     assert out.splitlines()[0].split() == ["format", "n"] and "(3 rows)" in out
 
     code, out, _ = ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work)
-    assert code == 0 and "0 run(s), 1 batch(es) already built" in out
+    assert code == 0 and "1 batch(es) already built" in out  # only `identities`, across batches, reruns
 
 
 def test_build_without_input_uses_the_sample(tmp_path, capsys):
@@ -67,7 +70,8 @@ def test_build_config_file_reaches_the_asset(tmp_path, sample_dir, capsys):
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text("raw_images:\n  max_megapixels: 0.2\n")  # below the 512x512 sample pictures
     work = str(tmp_path / "w")
-    assert ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work, "--config", str(cfg))[0] == 0
+    assert ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work, "--config", str(cfg),
+               "--select", "raw_images")[0] == 0  # fmt: skip
     _, out, _ = ffe(
         capsys, "query", "SELECT count(*) AS n FROM failures WHERE reason = 'too_large'", "--workdir", work, "--json"
     )
@@ -84,11 +88,13 @@ def test_build_config_file_reaches_the_asset(tmp_path, sample_dir, capsys):
         (["build", "--input", "{sample}", "--workdir", "{work}", "--select", "no_such_asset"], "no_such_asset"),
         (["build", "--input", "{sample}", "--workdir", "{work}", "--config", "{tmp}/bad.yaml"], "max_pixels"),
         (["build", "--input", "{sample}", "--workdir", "{work}", "--config", "{tmp}/nope.yaml"], "nope.yaml"),
+        (["build", "--input", "{sample}", "--workdir", "{work}", "--config", "{tmp}/typo.yaml"], "raw_image;"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path, sample_dir, capsys, argv, message):
     (tmp_path / "w").mkdir()
     (tmp_path / "bad.yaml").write_text("raw_images:\n  max_pixels: 3\n")
+    (tmp_path / "typo.yaml").write_text("raw_image:\n  max_megapixels: 3\n")
     subst = {"tmp": str(tmp_path), "work": str(tmp_path / "w"), "sample": str(sample_dir)}
     code, _, err = ffe(capsys, *[a.format(**subst) for a in argv])
     assert code == 1
@@ -101,8 +107,9 @@ def test_a_failing_step_fails_the_build_and_names_the_batch(tmp_path, sample_dir
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text("raw_images:\n  chunk_size: 0\n")
     code, out, _ = ffe(
-        capsys, "build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg)
-    )
+        capsys, "build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
+        "--select", "raw_images",
+    )  # fmt: skip
     assert code == 1
     assert "FAILED batch-" in out and "greater than 0" in out and "1 failed" in out
 

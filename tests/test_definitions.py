@@ -56,6 +56,7 @@ def test_materialize_raw_images_on_a_temp_folder(layout, sample_dir):
         instance.add_dynamic_partitions(ingest_batches.name, [batch])
         result = dg.materialize(
             defs.assets,
+            selection=["raw_images"],
             partition_key=batch,
             instance=instance,
             resources=defs.resources,
@@ -84,6 +85,7 @@ def test_bad_run_config_is_refused_before_anything_is_written(layout, sample_dir
         def run(config):
             return dg.materialize(
                 defs.assets,
+                selection=["raw_images"],
                 partition_key=batch,
                 instance=instance,
                 resources=defs.resources,

@@ -31,7 +31,7 @@ def test_sigkill_mid_batch_then_rerun_ingests_every_good_file_once(tmp_path):
     (inp / "broken.jpg").write_bytes(good[0].read_bytes()[:2000])
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text("raw_images:\n  chunk_size: 10\n  workers: 1\n")
-    argv = [FFE, "build", "--input", str(inp), "--workdir", str(work), "--config", str(cfg)]
+    argv = [FFE, "build", "--input", str(inp), "--workdir", str(work), "--config", str(cfg), "--select", "raw_images"]
 
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -1,0 +1,146 @@
+"""Identity vectors and clusters: flips of one person close, different people far, ids stable as
+batches arrive, copies of one shot marked as duplicates; the ArcFace path on a tiny ONNX model."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from curation.batches import register_new_batch
+from curation.curate import curate_batch
+from curation.embeddings import ArcFaceEmbedder, EmbeddingSettings, embed_batch, embedder
+from curation.faces import FaceSettings, describe, face_models, find_faces
+from curation.identities import DEFAULT_SAME_PERSON, assign_identities
+from curation.ingest import ingest_batch
+from curation.models import ModelError
+from storage import catalog, tables
+from tests.test_faces import group_photo
+
+
+def _vector(rgb, which=0, emb=None):
+    s = FaceSettings()
+    rgb = np.ascontiguousarray(rgb)
+    d = describe(rgb, find_faces(rgb, face_models(s), s)[which], s)
+    return (emb or embedder(EmbeddingSettings())).embed(d.crop, np.asarray(d.fields["kps5"]).reshape(5, 2))
+
+
+def test_flipped_copy_is_the_same_person_and_other_people_are_not():
+    from skimage import data
+
+    threshold = DEFAULT_SAME_PERSON["dlib_resnet_v1"]
+    astro = data.astronaut()
+    v, v_flip = _vector(astro), _vector(astro[:, ::-1])
+    assert v.shape == (128,) and np.linalg.norm(v - v_flip) < threshold / 2
+    group = group_photo()
+    others = [_vector(group, k) for k in range(6)]
+    pairs = [np.linalg.norm(a - b) for i, a in enumerate(others) for b in others[i + 1 :]]
+    assert min(pairs) > threshold and min(np.linalg.norm(v - o) for o in others) > threshold
+
+
+def build(layout, folder):
+    batch = register_new_batch(layout, folder).batch
+    ingest_batch(layout, batch)
+    curate_batch(layout, batch, workers=1)
+    embed_batch(layout, batch, EmbeddingSettings(workers=1))
+    return batch
+
+
+def test_sample_astronauts_are_one_identity_and_ids_stay_stable(layout, sample_dir, tmp_path):
+    first = build(layout, sample_dir)
+    info = assign_identities(layout)
+    assert info["batches_assigned"] == 1 and info["identities"] == 1
+    with catalog.connect(layout, persist=False) as con:
+        rows = con.execute(
+            "SELECT regexp_extract(i.source_uri, '[^/]+$') AS name, d.identity_id, d.duplicate_of "
+            "FROM identities d JOIN faces f USING (face_id) JOIN images i USING (image_id)"
+        ).fetchall()
+    names = {name for name, _, _ in rows}
+    for expected in ("astronaut.jpg", "astronaut_flipped.jpg", "astronaut_face_crop.jpg", "astronaut_exif_rotated.jpg",
+                     "astronaut_rotated_90.jpg", "astronaut_tilted_15.jpg", "astronaut.webp"):  # fmt: skip
+        assert expected in names
+    assert len({ident for _, ident, _ in rows}) == 1
+    dup = {name: d for name, _, d in rows}
+    assert dup["astronaut_flipped.jpg"] is None  # a mirror image is a picture of its own
+    assert dup["astronaut_exif_rotated.jpg"] is not None and dup["astronaut.webp"] is not None  # same shot
+    before = {r["face_id"]: r["identity_id"] for r in tables.read_table(layout, "identities").to_pylist()}
+
+    # A new batch: a group photo of six other people and one more astronaut copy.
+    more = tmp_path / "more"
+    more.mkdir()
+    import insightface.data
+
+    shutil.copy(insightface.data.__file__.replace("__init__.py", "images/t1.jpg"), more / "group.jpg")
+    from PIL import Image
+
+    Image.open(sample_dir / "astronaut_flipped.jpg").save(more / "astro_again.jpg", quality=70)  # re-encoded
+    second = build(layout, more)
+    info = assign_identities(layout)
+    assert info["batches_assigned"] == 1 and info["new_identities"] >= 4  # six people; a turned one may fail pose
+    after = tables.read_table(layout, "identities").to_pylist()
+    assert {r["face_id"]: r["identity_id"] for r in after if r["batch"] == first} == before  # ids unchanged
+    second_rows = [r for r in after if r["batch"] == second]
+    astro_id = next(iter(set(before.values())))
+    (again,) = [r for r in second_rows if r["identity_id"] == astro_id]  # the copy joins her ...
+    assert again["duplicate_of"] is not None  # ... as a copy of the flipped shot
+    assert assign_identities(layout)["batches_assigned"] == 0  # nothing left: a no-op
+
+
+def tiny_arcface(path):
+    """A random ArcFace-shaped ONNX model: 1x3x112x112 in, 1x512 out (what insightface routes to
+    ArcFaceONNX), built here so no weights are downloaded."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3 * 8 * 8, 512)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 3 * 8 * 8], np.int64), "shape")
+    nodes = [
+        helper.make_node("AveragePool", ["data"], ["pooled"], kernel_shape=[14, 14], strides=[14, 14], name="pool"),
+        helper.make_node("Reshape", ["pooled", "shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "w"], ["fc1"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_arcface",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 512])],
+        [w, shape],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_arcface_path_runs_a_local_onnx_model(tmp_path, layout, sample_dir):
+    model_dir = tmp_path / "antelope"
+    model_dir.mkdir()
+    tiny_arcface(model_dir / "glintr100.onnx")
+    emb = ArcFaceEmbedder(str(model_dir))
+    from skimage import data
+
+    v = _vector(data.astronaut(), emb=emb)
+    assert v.shape == (512,) and abs(np.linalg.norm(v) - 1) < 1e-5 and emb.name == "arcface:glintr100.onnx"
+    v2 = _vector(data.astronaut(), emb=emb)
+    assert np.allclose(v, v2)  # deterministic
+
+    batch = register_new_batch(layout, sample_dir).batch
+    ingest_batch(layout, batch)
+    curate_batch(layout, batch, workers=1)
+    info = embed_batch(layout, batch, EmbeddingSettings(model="arcface", arcface_model=str(model_dir), workers=1))
+    assert info["model"] == "arcface:glintr100.onnx" and info["faces"] == 10
+    vectors = tables.read_partition(layout, "face_embeddings", batch).column("vector").to_pylist()
+    assert {len(v) for v in vectors} == {512}
+
+
+def test_bad_arcface_model_paths_are_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="face_embeddings.arcface_model: no model path is configured"):
+        ArcFaceEmbedder("")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="holds no .onnx model"):
+        ArcFaceEmbedder(str(tmp_path / "empty"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage" * 50)
+    with pytest.raises(ModelError, match=r"face_embeddings.arcface_model: .*bad.onnx is not a valid insightface"):
+        ArcFaceEmbedder(str(bad))
