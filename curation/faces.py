@@ -81,8 +81,7 @@ class FaceModels:
             "faces.landmarker_model", path, lambda _: vision.FaceLandmarker.create_from_options(options),
             "MediaPipe FaceLandmarker .task model",
         )  # fmt: skip
-        # Close before interpreter teardown: MediaPipe's own finaliser fails once modules are gone.
-        atexit.register(self.landmarker.close)
+        atexit.register(_skip_finaliser_at_exit, type(self.landmarker))
         self.hog = dlib.get_frontal_face_detector() if s.detector == "dlib_hog" else None
         self.scrfd = None
         if s.detector == "scrfd":
@@ -99,6 +98,12 @@ class FaceModels:
             shapes = {c.category_name: float(c.score) for c in result.face_blendshapes[k]}
             faces.append((lm, shapes, np.asarray(result.facial_transformation_matrixes[k], dtype=np.float64)))
         return faces
+
+
+def _skip_finaliser_at_exit(cls: type) -> None:
+    """MediaPipe's finaliser runs at interpreter exit, after the thread pools it needs are shut
+    down, and prints a traceback. The process is ending and frees everything anyway."""
+    cls.__del__ = lambda self: None
 
 
 def _load_scrfd(path):

@@ -92,6 +92,11 @@ def test_group_photo_finds_every_face_largest_first(models):
              for d in (describe(rgb, f, FaceSettings()).fields for f in found)]  # fmt: skip
     assert areas == sorted(areas, reverse=True)
     assert len(find_faces(rgb, models, FaceSettings(max_faces=2))) == 2
+    # One of them is turned well to the side: kept, described, and rejected for its pose.
+    fields = [describe(rgb, f, FaceSettings()).fields for f in found]
+    turned = [f for f in fields if abs(f["yaw"]) > 45]
+    assert len(turned) == 1 and turned[0]["reject_reason"] == "pose"
+    assert sum(f["quality_ok"] for f in fields) == 5
 
 
 def test_no_face_in_a_cat_or_a_cup(models):
@@ -168,3 +173,55 @@ def test_missing_or_corrupt_model_is_one_clear_error(tmp_path):
         face_models(FaceSettings(landmarker_model=str(bad)))
     with pytest.raises(ModelError, match="faces.scrfd_model: no model path is configured"):
         face_models(FaceSettings(detector="scrfd"))
+
+
+def tiny_scrfd(path):
+    """An SCRFD-shaped ONNX model (1x3x640x640 in; scores and box distances for strides 8/16/32 with
+    two anchors each), built here instead of downloaded. Every anchor scores ~0.99 and proposes a box
+    of 12 strides around itself: the detector code runs for real and the landmarker then keeps the
+    boxes that hold a face."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes, outputs = [], [], []
+    for kind, channels, per_anchor, bias in (("score", 2, 1, 5.0), ("bbox", 8, 4, 6.0)):
+        for stride in (8, 16, 32):
+            name = f"{kind}{stride}"
+            inits += [
+                numpy_helper.from_array(np.zeros((channels, 3, 1, 1), np.float32), f"{name}_w"),
+                numpy_helper.from_array(np.full(channels, bias, np.float32), f"{name}_b"),
+                numpy_helper.from_array(np.array([-1, per_anchor], np.int64), f"{name}_shape"),
+            ]
+            pooled = f"pool{stride}_{kind}"
+            nodes += [
+                helper.make_node("AveragePool", ["input.1"], [pooled], kernel_shape=[stride, stride],
+                                 strides=[stride, stride]),
+                helper.make_node("Conv", [pooled, f"{name}_w", f"{name}_b"], [f"{name}_conv"]),
+                helper.make_node("Sigmoid" if kind == "score" else "Relu", [f"{name}_conv"], [f"{name}_act"]),
+                helper.make_node("Transpose", [f"{name}_act"], [f"{name}_t"], perm=[0, 2, 3, 1]),
+                helper.make_node("Reshape", [f"{name}_t", f"{name}_shape"], [name]),
+            ]  # fmt: skip
+            outputs.append(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, [(640 // stride) ** 2 * 2, per_anchor])
+            )
+    graph = helper.make_graph(
+        nodes, "tiny_scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 640, 640])],
+        outputs, inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_scrfd_detector_from_a_local_onnx_model(tmp_path, astronaut):
+    settings = FaceSettings(detector="scrfd", scrfd_model=str(tiny_scrfd(tmp_path / "scrfd_tiny.onnx")))
+    models = face_models(settings)
+    (found,) = find_faces(np.ascontiguousarray(astronaut), models, settings)
+    assert found.detector == "scrfd" and found.det_score > 0.9
+    d = describe(np.ascontiguousarray(astronaut), found, settings)
+    assert d.fields["quality_ok"] and d.fields["blendshapes"]["mouthSmileLeft"] > 0.5
+    with pytest.raises(ModelError, match=r"faces.scrfd_model: .*not a valid insightface SCRFD"):
+        from tests.test_identities import tiny_arcface
+
+        face_models(FaceSettings(detector="scrfd", scrfd_model=str(tiny_arcface(tmp_path / "rec.onnx"))))
