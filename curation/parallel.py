@@ -12,6 +12,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TypeVar
 
+# Modules whose functions run in worker processes (see ordered_map).
+WORKER_MODULES = ("curation.ingest", "curation.curate", "curation.embeddings")
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -32,11 +35,12 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunksiz
         yield from map(fn, items)
         return
     ctx = get_context("forkserver")
-    # The fork server imports the work's module once; every worker forks from it with the heavy
-    # imports (OpenCV, MediaPipe, dlib, pyarrow) done, so a new pool starts in a fraction of a second.
+    # The fork server (one per process, started by the first pool) imports the worker modules
+    # once; every worker forks from it with the heavy imports (OpenCV, MediaPipe, dlib, pyarrow)
+    # done, so a pool starts in a fraction of a second. It must know all of them at its start.
     module = getattr(getattr(fn, "func", fn), "__module__", None)
-    if module and module != "__main__":
-        ctx.set_forkserver_preload([module])
+    extra = [module] if module and module != "__main__" and module not in WORKER_MODULES else []
+    ctx.set_forkserver_preload([*WORKER_MODULES, *extra])
     pool = ProcessPoolExecutor(workers, mp_context=ctx)
     try:
         yield from pool.map(fn, items, chunksize=chunksize)
