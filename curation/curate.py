@@ -128,17 +128,7 @@ def curate_batch(
     )
     todo = [im for im in images if im["image_id"] not in done]
     summary = FacesSummary(batch=batch, images=len(images), resumed=len(images) - len(todo))
-    n_done = summary.resumed
-
-    def tick() -> None:
-        nonlocal n_done
-        n_done += 1
-        if progress:
-            progress(n_done, len(images))
-
-    if progress:
-        progress(n_done, len(images))
-    writer = ChunkWriter(staging, chunk_size, on_item=tick)
+    writer = ChunkWriter(staging, chunk_size, total=len(images), done=summary.resumed, progress=progress)
     one = functools.partial(_curate_one, layout, run, batch)
     try:
         for rows, fail in ordered_map(one, todo, worker_count(workers, len(todo), 16), chunksize=2):

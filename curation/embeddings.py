@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.compute as pc
 
@@ -108,8 +109,6 @@ def embedder(s: EmbeddingSettings) -> DlibEmbedder | ArcFaceEmbedder:
 
 
 def _embed_one(layout: Layout, s: EmbeddingSettings, face: dict) -> tuple[str, list[float]]:
-    import cv2
-
     bgr = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
     if bgr is None:
         raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
@@ -133,15 +132,7 @@ def embed_batch(
     staging = Staging(layout, STAGE, batch, ["face_embeddings"])
     done = set(staging.read("face_embeddings").column("face_id").to_pylist())
     todo = [f for f in faces if f["face_id"] not in done]
-    n_done = len(faces) - len(todo)
-
-    def tick() -> None:
-        nonlocal n_done
-        n_done += 1
-        if progress:
-            progress(n_done, len(faces))
-
-    writer = ChunkWriter(staging, settings.chunk_size, on_item=tick)
+    writer = ChunkWriter(staging, settings.chunk_size, total=len(faces), done=len(faces) - len(todo), progress=progress)
     one = functools.partial(_embed_one, layout, settings)
     try:
         for face_id, vec in ordered_map(one, todo, worker_count(settings.workers, len(todo), 16), chunksize=2):

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from curation import align, quality
-from curation.models import ModelError, cached, default_landmarker, load, model_file
+from curation.models import cached, default_landmarker, load, model_file
 from storage.schemas import BLENDSHAPES
 
 
@@ -82,6 +82,7 @@ class FaceModels:
             "MediaPipe FaceLandmarker .task model",
         )  # fmt: skip
         atexit.register(_skip_finaliser_at_exit, type(self.landmarker))
+        self.detector_name = s.detector
         self.hog = dlib.get_frontal_face_detector() if s.detector == "dlib_hog" else None
         self.scrfd = None
         if s.detector == "scrfd":
@@ -188,7 +189,7 @@ def find_faces(rgb: np.ndarray, models: FaceModels, s: FaceSettings, *, pre_crop
         hit = _landmark_box(rgb, box, models, s.landmark_margin)
         if hit is None:
             continue
-        f = Found(models_name(models), score, *hit, box=box)
+        f = Found(models.detector_name, score, *hit, box=box)
         if all(_iou(_bbox(f, rgb.shape), _bbox(g, rgb.shape)) < 0.5 for g in found):
             found.append(f)
     if not found:  # the detector saw nothing: profile faces and big close-ups still land here
@@ -201,10 +202,6 @@ def find_faces(rgb: np.ndarray, models: FaceModels, s: FaceSettings, *, pre_crop
         return (x1 - x0) * (y1 - y0)
 
     return sorted(found, key=area, reverse=True)[: s.max_faces]
-
-
-def models_name(models: FaceModels) -> str:
-    return "dlib_hog" if models.hog is not None else "scrfd"
 
 
 def describe(rgb: np.ndarray, f: Found, s: FaceSettings) -> Described:
@@ -258,6 +255,3 @@ def describe(rgb: np.ndarray, f: Found, s: FaceSettings) -> Described:
         ),  # fmt: skip
         crop=crop,
     )
-
-
-__all__ = ["FaceSettings", "Found", "Described", "FaceModels", "ModelError", "face_models", "find_faces", "describe"]

@@ -123,17 +123,7 @@ def ingest_batch(
     for t in (earlier, staged_images):
         first_source.update(zip(t.column("image_id").to_pylist(), t.column("source_uri").to_pylist(), strict=True))
 
-    n_done = summary.resumed
-
-    def tick() -> None:
-        nonlocal n_done
-        n_done += 1
-        if progress:
-            progress(n_done, summary.files)
-
-    if progress:
-        progress(n_done, summary.files)
-    writer = ChunkWriter(staging, settings.chunk_size, on_item=tick)
+    writer = ChunkWriter(staging, settings.chunk_size, total=summary.files, done=summary.resumed, progress=progress)
     one = functools.partial(_ingest_one, layout, settings)
     try:
         for out in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):

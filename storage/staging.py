@@ -71,22 +71,35 @@ class Staging:
 
 
 class ChunkWriter:
-    """Collects rows per table and stages them every `chunk_size` finished items."""
+    """Collects rows per table, stages them every `chunk_size` finished items, and reports
+    progress as (items done, `total`), counting the `done` items an earlier run staged."""
 
-    def __init__(self, staging: Staging, chunk_size: int, on_item: Callable[[], None] | None = None):
-        self.staging, self.chunk_size, self.on_item = staging, chunk_size, on_item
+    def __init__(
+        self,
+        staging: Staging,
+        chunk_size: int,
+        *,
+        total: int = 0,
+        done: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ):
+        self.staging, self.chunk_size = staging, chunk_size
+        self.total, self.done, self.progress = total, done, progress
         self.rows: dict[str, list[dict]] = {t: [] for t in staging.table_names}
         self.items = 0
+        if progress:
+            progress(done, total)
 
     def add(self, table: str, row: dict) -> None:
         self.rows[table].append(row)
 
     def item_done(self) -> None:
         self.items += 1
+        self.done += 1
         if self.items >= self.chunk_size:
             self.flush()
-        if self.on_item:
-            self.on_item()
+        if self.progress:
+            self.progress(self.done, self.total)
 
     def flush(self, *, force: bool = False) -> None:
         """Stage what is pending; `force` stages even an empty chunk (so a partition with no
