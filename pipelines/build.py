@@ -31,7 +31,7 @@ _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 class BuildReport:
     new_batch: str | None = None
     new_files: int = 0
-    runs: list[str] = field(default_factory=list)  # partition keys (or "-" for unpartitioned) run
+    runs: list[str] = field(default_factory=list)  # partition keys run ("all batches": unpartitioned)
     skipped: list[str] = field(default_factory=list)  # partitions already materialised
     failed: dict[str, str] = field(default_factory=dict)  # partition -> first error line
 
@@ -147,7 +147,7 @@ def build(
             instance.add_dynamic_partitions(ingest_batches.name, missing)
 
         def run(partition: str | None, assets: list[dg.AssetKey]) -> None:
-            label = partition or "-"
+            label = partition or "all batches"
             names = {k.to_python_identifier() for k in assets}
             # Each run gets the config of its own assets: Dagster refuses config for others.
             run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.defs import curation, ingest
+from pipelines.defs import annotation, curation, ingest
 from pipelines.resources import FFEStorage, default_input_dir, default_workdir
 
-ASSETS = [ingest.raw_images, curation.faces, curation.face_embeddings, curation.identities]
+ASSETS = [
+    ingest.raw_images,
+    curation.faces,
+    curation.face_embeddings,
+    curation.identities,
+    annotation.prelabels,
+    annotation.affect_scores,
+]
 
 # Ingest and curate one batch: every asset partitioned by batch. The assets across all batches
 # (identities) follow by declarative automation (the daemon) or `ffe build`.

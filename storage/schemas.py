@@ -123,12 +123,56 @@ IDENTITIES = pa.schema(
     ]
 )
 
+
+def _category_fields(nullable: bool) -> list[pa.Field]:
+    return [pa.field(c, _F32, nullable=nullable) for c in CATEGORIES]
+
+
+# Model scores per face: the annotators' starting point and the embedded default's labels.
+PRELABELS = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        *_category_fields(nullable=False),
+    ]
+)
+
+# One row per annotator per face (the latest version of their annotation).
+ANNOTATIONS = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("annotator", pa.string(), nullable=False),
+        pa.field("task_id", pa.int64(), nullable=False),
+        pa.field("annotation_id", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # submitted | skipped | unusable
+        *_category_fields(nullable=True),  # null when skipped or unusable
+        pa.field("lead_time_s", _F32),
+        pa.field("updated_at", _TIMESTAMP, nullable=False),
+    ]
+)
+
+# The label of each face: consensus of human annotations, or the model's pre-label.
+AFFECT_SCORES = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        *_category_fields(nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # human | model
+        pa.field("n_annotators", pa.int16(), nullable=False),
+        pa.field("agreement", _F32),  # 1 - mean |rating - consensus| over raters and categories (human)
+        pa.field("model_version", pa.string(), nullable=False),  # of the pre-label (also for human rows)
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "failures": FAILURES,
     "faces": FACES,
     "face_embeddings": FACE_EMBEDDINGS,
     "identities": IDENTITIES,
+    "prelabels": PRELABELS,
+    "annotations": ANNOTATIONS,
+    "affect_scores": AFFECT_SCORES,
 }
 
 

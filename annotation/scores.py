@@ -1,0 +1,103 @@
+"""Pre-labels per batch, and the affect score of every face: the consensus of its human
+annotations where it has any, else its model pre-label."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from annotation.agreement import krippendorff_alpha_interval
+from annotation.consensus import consensus
+from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
+from storage import tables
+from storage.layout import Layout
+from storage.schemas import CATEGORIES
+
+ALL = "all"  # the single partition file of tables that span every batch
+
+
+def prelabel_batch(layout: Layout, batch: str) -> dict:
+    """Write `prelabels/<batch>` for every face of the batch that has blendshapes."""
+    faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes"]).to_pylist()
+    rows, skipped = [], 0
+    for face in faces:
+        scores = scores_from_blendshapes(face["blendshapes"])
+        if scores is None:
+            skipped += 1  # a face taken whole: nothing to read, people must label it
+            continue
+        rows.append(dict(face_id=face["face_id"], batch=batch, model_version=MODEL_VERSION, **scores))
+    tables.write_partition(layout, "prelabels", batch, rows)
+    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": MODEL_VERSION}
+
+
+@dataclass
+class ScoreReport:
+    faces: int
+    human: int
+    model: int
+    eligible: int  # faces that can enter a release: in an identity and not a duplicate
+    covered: int  # eligible faces with a score
+    alpha: dict[str, float]  # per category, over faces with two or more human ratings
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.eligible if self.eligible else 1.0
+
+
+def _human_ratings(layout: Layout) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """face_id -> [(annotator, 12 scores)] for submitted annotations."""
+    out: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for r in tables.read_table(layout, "annotations").to_pylist():
+        if r["status"] == "submitted":
+            out[r["face_id"]].append((r["annotator"], np.array([r[c] for c in CATEGORIES], dtype=np.float64)))
+    return out
+
+
+def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = None) -> ScoreReport:
+    """Write `affect_scores/all` from every batch's pre-labels and the synced annotations."""
+    prelabels = {r["face_id"]: r for r in tables.read_table(layout, "prelabels").to_pylist()}
+    human = _human_ratings(layout)
+    rows = []
+    for face_id in sorted(prelabels.keys() | human.keys()):
+        pre = prelabels.get(face_id)
+        version = pre["model_version"] if pre else ""
+        if face_id in human:
+            raters = human[face_id]
+            matrix = np.stack([s for _, s in raters])
+            weights = np.array([(reliability or {}).get(a, 1.0) for a, _ in raters])
+            centre = consensus(matrix, weights)
+            spread = float(np.nanmean(np.abs(matrix - centre)))
+            rows.append(dict(face_id=face_id, source="human", n_annotators=len(raters),
+                             agreement=1.0 - spread, model_version=version,
+                             **dict(zip(CATEGORIES, centre.tolist(), strict=True))))  # fmt: skip
+        else:
+            rows.append(dict(face_id=face_id, source="model", n_annotators=0, agreement=None,
+                             model_version=version, **{c: pre[c] for c in CATEGORIES}))  # fmt: skip
+    tables.write_partition(layout, "affect_scores", ALL, rows)
+
+    eligible = {r["face_id"] for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None}
+    scored = {r["face_id"] for r in rows}
+    return ScoreReport(
+        faces=len(rows),
+        human=sum(r["source"] == "human" for r in rows),
+        model=sum(r["source"] == "model" for r in rows),
+        eligible=len(eligible),
+        covered=len(eligible & scored),
+        alpha=alpha_per_category(human),
+    )
+
+
+def alpha_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:
+    """Krippendorff's alpha (interval) per category over faces x annotators; NaN without overlap."""
+    annotators = sorted({a for raters in human.values() for a, _ in raters})
+    if not annotators:
+        return dict.fromkeys(CATEGORIES, math.nan)
+    col = {a: i for i, a in enumerate(annotators)}
+    cube = np.full((len(human), len(annotators), len(CATEGORIES)), np.nan)
+    for i, raters in enumerate(human.values()):
+        for a, s in raters:
+            cube[i, col[a]] = s
+    return {c: krippendorff_alpha_interval(cube[:, :, k]) for k, c in enumerate(CATEGORIES)}

@@ -1,0 +1,92 @@
+"""Annotation: model pre-labels per batch -> the affect score of every face.
+
+`affect_scores` takes the consensus of human annotations where a face has them (the Label Studio
+sync fills `annotations`) and the model's pre-label elsewhere. Its checks block: a labeling round
+with too little coverage or agreement cannot reach a release.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the config and resource
+# annotations of asset functions at definition time.
+import math
+
+import dagster as dg
+from pydantic import Field
+
+from annotation.scores import build_affect_scores, prelabel_batch
+from pipelines.defs.curation import faces, identities
+from pipelines.defs.ingest import ingest_batches
+from pipelines.resources import FFEStorage
+
+
+@dg.asset(
+    partitions_def=ingest_batches,
+    deps=[faces],
+    group_name="annotation",
+    kinds={"parquet", "python"},
+    description="12 category scores per face from its blendshapes (FACS-based mapping, docs/annotation.md).",
+)
+def prelabels(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.MaterializeResult:
+    info = prelabel_batch(ffe.layout, context.partition_key)
+    return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["faces"]})
+
+
+class AffectScoresConfig(dg.Config):
+    min_coverage: float = Field(0.95, ge=0.0, le=1.0, description="share of release-eligible faces with a score")
+    min_alpha: float = Field(0.6, description="Krippendorff's alpha (interval) per category, human ratings")
+
+
+COVERAGE = "coverage"
+AGREEMENT = "agreement"
+
+
+@dg.asset(
+    deps=[prelabels, identities],
+    group_name="annotation",
+    kinds={"parquet", "python"},
+    automation_condition=dg.AutomationCondition.eager(),
+    description="The label of every face: consensus of its human annotations, else its model pre-label.",
+    check_specs=[
+        dg.AssetCheckSpec(COVERAGE, asset="affect_scores", blocking=True,
+                          description="Release-eligible faces (in an identity, not a duplicate) have scores."),
+        dg.AssetCheckSpec(AGREEMENT, asset="affect_scores", blocking=True,
+                          description="Human raters agree (alpha per category) where faces have two or more."),
+    ],
+)  # fmt: skip
+def affect_scores(
+    context: dg.AssetExecutionContext, config: AffectScoresConfig, ffe: FFEStorage
+) -> dg.MaterializeResult:
+    report = build_affect_scores(ffe.layout)
+    measured = {c: a for c, a in report.alpha.items() if not math.isnan(a)}
+    low = {c: round(a, 3) for c, a in measured.items() if a < config.min_alpha}
+    context.log.info(f"affect_scores: {report.human} human, {report.model} model; coverage {report.coverage:.3f}")
+    return dg.MaterializeResult(
+        metadata={
+            "faces": report.faces,
+            "human": report.human,
+            "model": report.model,
+            "coverage": report.coverage,
+            "alpha": {c: round(a, 4) for c, a in measured.items()},
+            "dagster/row_count": report.faces,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=COVERAGE,
+                passed=report.coverage >= config.min_coverage,
+                metadata={
+                    "eligible": report.eligible,
+                    "covered": report.covered,
+                    "coverage": report.coverage,
+                    "min_coverage": config.min_coverage,
+                },
+            ),  # fmt: skip
+            dg.AssetCheckResult(
+                check_name=AGREEMENT,
+                passed=not low,
+                metadata={
+                    "below_min_alpha": low,
+                    "measured_categories": len(measured),
+                    "note": "" if measured else "no face has two human ratings yet: nothing to measure",
+                },
+            ),
+        ],
+    )

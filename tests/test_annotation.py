@@ -1,0 +1,148 @@
+"""Agreement statistics on published worked examples, consensus, pre-labels and affect scores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+
+from annotation.agreement import icc, krippendorff_alpha_interval
+from annotation.consensus import consensus, robust_mean, weighted_median
+from annotation.prelabels import MODEL_VERSION, RECIPES, scores_from_blendshapes
+from annotation.scores import build_affect_scores
+from pipelines.cli import main
+from storage import tables
+from storage.schemas import BLENDSHAPES, CATEGORIES
+
+NA = np.nan
+
+
+def test_alpha_on_krippendorffs_worked_example():
+    # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability": 4 observers, 12 units,
+    # missing values; interval alpha = 0.849.
+    coders = np.array([
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, NA, NA, NA],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NA, 3],
+        [NA, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NA],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NA],
+    ])  # fmt: skip
+    assert krippendorff_alpha_interval(coders.T) == pytest.approx(0.849, abs=5e-4)
+
+
+def test_icc_on_shrout_and_fleiss_worked_example():
+    # Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges.
+    ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    got = icc(ratings)
+    published = {"ICC1": 0.17, "ICC2": 0.29, "ICC3": 0.71, "ICC1k": 0.44, "ICC2k": 0.62, "ICC3k": 0.91}
+    for key, value in published.items():
+        assert got[key] == pytest.approx(value, abs=0.006), key
+
+
+def test_perfect_agreement_is_one_and_an_adversarial_rater_lowers_it():
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0, 1, 40)
+    same = np.stack([truth, truth, truth], axis=1)
+    assert krippendorff_alpha_interval(same) == pytest.approx(1.0)
+    assert icc(same)["ICC2"] == pytest.approx(1.0)
+    noisy = np.clip(same + rng.normal(0, 0.05, same.shape), 0, 1)
+    adversarial = np.column_stack([noisy, 1.0 - truth])
+    a_noisy, a_adv = krippendorff_alpha_interval(noisy), krippendorff_alpha_interval(adversarial)
+    assert 0.85 < a_noisy < 1.0 and a_adv < a_noisy - 0.3
+    assert icc(adversarial)["ICC2"] < icc(noisy)["ICC2"] - 0.3
+
+
+def test_alpha_is_undefined_without_pairs_or_variation():
+    assert math.isnan(krippendorff_alpha_interval(np.array([[0.5, NA], [0.2, NA]])))
+    assert math.isnan(krippendorff_alpha_interval(np.full((3, 2), 0.4)))
+    assert all(math.isnan(v) for v in icc(np.array([[1.0, NA], [2.0, 3.0]])).values())
+
+
+def test_consensus_resists_one_outlier():
+    assert robust_mean([0.6, 0.62, 0.0]) == pytest.approx(0.61, abs=0.025)  # plain mean: 0.41
+    assert robust_mean([0.6, 0.62, 0.58]) == pytest.approx(0.6, abs=1e-9)
+    assert robust_mean([0.2, NA, 0.4]) == pytest.approx(0.3)
+    assert math.isnan(robust_mean([NA, NA]))
+    # A more reliable rater counts more.
+    assert robust_mean([0.3, 0.5], [3.0, 1.0]) < 0.35 < robust_mean([0.3, 0.5], [1.0, 3.0])
+    assert weighted_median(np.array([0.1, 0.9, 0.5]), np.array([1.0, 1.0, 1.0])) == 0.5
+    got = consensus(np.array([[0.8, 0.1], [0.82, 0.12], [0.1, 0.9]]))
+    assert got[0] == pytest.approx(0.8, abs=0.05) and got[1] == pytest.approx(0.12, abs=0.05)
+
+
+def test_prelabel_recipes_cover_every_category_and_read_a_smile():
+    assert set(RECIPES) == set(CATEGORIES)
+    neutral = dict.fromkeys(BLENDSHAPES, 0.0)
+    assert scores_from_blendshapes(neutral) == dict.fromkeys(CATEGORIES, 0.0)
+    smile = {**neutral, "mouthSmileLeft": 0.9, "mouthSmileRight": 0.9, "cheekSquintLeft": 0.3}
+    scores = scores_from_blendshapes(smile)
+    assert max(scores, key=scores.get) == "happy" and scores["happy"] > 0.9
+    wide = {**neutral, "browInnerUp": 0.8, "browOuterUpLeft": 0.8, "browOuterUpRight": 0.8, "eyeWideLeft": 0.7,
+            "eyeWideRight": 0.7, "jawOpen": 0.8}  # fmt: skip
+    scores = scores_from_blendshapes(wide)
+    assert max(scores, key=scores.get) == "surprised" and scores["surprised"] > scores["fear"]
+    assert scores_from_blendshapes(None) is None
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_demo_fills_affect_scores_from_prelabels(tmp_path, sample_dir, capsys):
+    work = tmp_path / "w"
+    assert main(["build", "--input", str(sample_dir), "--workdir", str(work)]) == 0
+    capsys.readouterr()
+    sql = "SELECT source, count(*) AS n, min(happy) AS h, max(sad) AS s, min(model_version) AS v FROM affect_scores"
+    assert main(["query", sql + " GROUP BY 1", "--workdir", str(work), "--json"]) == 0
+    import json
+
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["source"] == "model" and row["n"] == 11 and row["v"] == MODEL_VERSION
+    assert row["h"] > 0.8 and row["s"] < 0.3  # the astronaut smiles in every copy
+
+
+def _annotation(face_id, annotator, scores, status="submitted", n=[0]):  # noqa: B006 - a running id
+    n[0] += 1
+    return dict(face_id=face_id, annotator=annotator, task_id=n[0], annotation_id=n[0], status=status,
+                lead_time_s=12.0, updated_at=dt.datetime.now(dt.UTC), **scores)  # fmt: skip
+
+
+def test_human_annotations_override_the_model_with_a_robust_consensus(tmp_path, sample_dir, capsys):
+    from storage.layout import Layout
+
+    work = tmp_path / "w"
+    assert main(["build", "--input", str(sample_dir), "--workdir", str(work)]) == 0
+    layout = Layout.at(work)
+    face_ids = sorted(tables.read_table(layout, "prelabels").column("face_id").to_pylist())
+    base = dict.fromkeys(CATEGORIES, 0.0)
+    rows = []
+    for k, face in enumerate(face_ids[:4]):
+        level = 0.2 + 0.2 * k
+        rows += [_annotation(face, "ann1", {**base, "happy": level}),
+                 _annotation(face, "ann2", {**base, "happy": level + 0.02})]  # fmt: skip
+    rows.append(_annotation(face_ids[5], "ann3", dict.fromkeys(CATEGORIES), status="unusable"))
+    tables.write_partition(layout, "annotations", "sync-1", rows)
+    report = build_affect_scores(layout)
+    assert report.human == 4 and report.model == len(face_ids) - 4
+    assert report.alpha["happy"] > 0.9  # two raters agree across four faces
+
+    tables.write_partition(layout, "annotations", "sync-2", [_annotation(face_ids[0], "ann3", {**base, "happy": 1.0})])
+    report = build_affect_scores(layout)
+    assert report.alpha["happy"] < 0.5  # the outlier shows in the agreement ...
+    by_face = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
+    first = by_face[face_ids[0]]
+    assert first["source"] == "human" and first["n_annotators"] == 3
+    assert first["happy"] == pytest.approx(0.21, abs=0.03)  # ... and barely moves the consensus
+    assert by_face[face_ids[5]]["source"] == "model"  # "unusable" is no rating
+
+
+def test_blocking_coverage_check_stops_a_batch_without_labels(tmp_path, capsys):
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path / "anime"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).save(folder / "character.png")  # taken whole: no blendshapes, no pre-label
+    code = main(["build", "--input", str(folder), "--workdir", str(tmp_path / "w"), "--domain", "anime",
+                 "--pre-cropped"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED all batches" in out and "affect_scores: coverage" in out
