@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     _workdir_arg(p)
     p.add_argument("--json", action="store_true", help="print rows as a JSON list of objects")
 
+    p = sub.add_parser("annotate", help="Label Studio: set up the project, push tasks, sync, report")
+    p.add_argument("action", choices=["setup", "push", "sync", "report"])
+    _workdir_arg(p)
+    p.add_argument("--json", action="store_true", help="report: print JSON")
+
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)
     p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
@@ -167,7 +172,62 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # unreachable
 
 
-COMMANDS = {"sample": cmd_sample, "build": cmd_build, "status": cmd_status, "query": cmd_query, "ui": cmd_ui}
+def cmd_annotate(args: argparse.Namespace) -> int:
+    """The server is named by $FFE_LABEL_STUDIO_URL and $FFE_LABEL_STUDIO_TOKEN (never a flag:
+    a token on a command line ends up in shell histories and process lists)."""
+    from annotation import sync
+
+    layout = _existing_layout(args.workdir)
+    if args.action == "report":
+        from annotation.report import annotation_report, plot_distributions
+
+        info = annotation_report(layout)
+        png = plot_distributions(layout, layout.root / "reports" / "annotation_scores.png")
+        info["plot"] = str(png)
+        print(json.dumps(info, indent=2) if args.json else render_report(info))
+        return 0
+    settings = sync.settings_from_env(layout)
+    if args.action == "setup":
+        print(f"project {sync.setup(layout, settings)} ready on {settings.url}")
+    elif args.action == "push":
+        info = sync.push(layout, settings)
+        print(
+            f"pushed {info['pushed']} new task(s) of {info['eligible_faces']} eligible faces to project {info['project_id']}"
+        )
+    else:
+        info = sync.sync(layout, settings)
+        print(f"synced {info['annotations']} annotation(s) {info['by_status']}; quarantined {info['quarantined']}")
+    return 0
+
+
+def render_report(info: dict) -> str:
+    lines = [
+        f"faces with human scores  {info['faces_with_human_scores']} of {info['eligible_faces']} eligible",
+        f"annotations              {info['annotations']} {info['by_status']}",
+        "",
+        "category    alpha    ICC(2,1)",
+    ]
+    for c, a in info["alpha"].items():
+        i = info["icc2_two_busiest"].get(c)
+        lines.append(f"{c:<11} {'-' if a is None else f'{a:.3f}':>6}   {'-' if i is None else f'{i:.3f}':>6}")
+    lines += ["", "annotator                  submitted  skipped  unusable  mean |diff| from consensus"]
+    for name, a in info["annotators"].items():
+        diff = a["mean_abs_diff_from_consensus"]
+        lines.append(
+            f"{name:<26} {a['submitted']:>9} {a['skipped']:>8} {a['unusable']:>9}  {'-' if diff is None else diff}"
+        )
+    lines += ["", f"score distributions: {info['plot']}"]
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "sample": cmd_sample,
+    "annotate": cmd_annotate,
+    "build": cmd_build,
+    "status": cmd_status,
+    "query": cmd_query,
+    "ui": cmd_ui,
+}
 
 
 def one_line(err: BaseException) -> str:

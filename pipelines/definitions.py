@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.defs import annotation, curation, ingest
-from pipelines.resources import FFEStorage, default_input_dir, default_workdir
+from pipelines.resources import FFEStorage, default_input_dir, default_workdir, label_studio_from_env
 
 ASSETS = [
     ingest.raw_images,
@@ -14,6 +14,8 @@ ASSETS = [
     curation.face_embeddings,
     curation.identities,
     annotation.prelabels,
+    annotation.annotation_tasks,
+    annotation.annotations,
     annotation.affect_scores,
 ]
 
@@ -30,13 +32,14 @@ def build_definitions(workdir: str | None = None, input_dir: str | None = None) 
     """The graph over one work folder; defaults from $FFE_WORKDIR and $FFE_INPUT."""
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[batch_job],
-        sensors=[ingest.new_input_files],
+        jobs=[batch_job, annotation.annotation_sync_job],
+        sensors=[ingest.new_input_files, annotation.annotation_sync],
         resources={
             "ffe": FFEStorage(
                 workdir=workdir or default_workdir(),
                 input_dir=default_input_dir() if input_dir is None else input_dir,
-            )
+            ),
+            "label_studio": label_studio_from_env(),
         },
     )
 

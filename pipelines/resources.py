@@ -41,3 +41,30 @@ class FFEStorage(dg.ConfigurableResource):
     @property
     def input_path(self) -> Path:
         return Path(self.input_dir).expanduser().resolve() if self.input_dir else self.layout.default_input
+
+
+class LabelStudioResource(dg.ConfigurableResource):
+    """The Label Studio server annotators work in. No URL: the embedded default, where every face is
+    labelled by its model pre-label. The token comes from $FFE_LABEL_STUDIO_TOKEN (a Dagster EnvVar,
+    so it is neither shown in the UI nor logged)."""
+
+    url: str = ""
+    token: str = ""
+    project_title: str = "FFE intensity"
+    overlap: int = 2
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+    def settings(self, layout: Layout):
+        from annotation.sync import settings_from_env
+
+        return settings_from_env(
+            layout, url=self.url, token=self.token, project_title=self.project_title, overlap=self.overlap
+        )
+
+
+def label_studio_from_env() -> LabelStudioResource:
+    token = dg.EnvVar("FFE_LABEL_STUDIO_TOKEN") if os.environ.get("FFE_LABEL_STUDIO_TOKEN") else ""
+    return LabelStudioResource(url=os.environ.get("FFE_LABEL_STUDIO_URL", ""), token=token)

@@ -13,9 +13,12 @@ import dagster as dg
 from pydantic import Field
 
 from annotation.scores import build_affect_scores, prelabel_batch
+from annotation.sync import push, sync
 from pipelines.defs.curation import faces, identities
 from pipelines.defs.ingest import ingest_batches
-from pipelines.resources import FFEStorage
+from pipelines.resources import FFEStorage, LabelStudioResource
+
+NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-label"
 
 
 @dg.asset(
@@ -30,6 +33,56 @@ def prelabels(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.Material
     return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["faces"]})
 
 
+@dg.asset(
+    deps=[prelabels, identities],
+    group_name="annotation",
+    kinds={"labelstudio", "python"},
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Release-eligible faces pushed to Label Studio as tasks, pre-labels as predictions "
+    "(idempotent by face_id).",
+)
+def annotation_tasks(
+    context: dg.AssetExecutionContext, ffe: FFEStorage, label_studio: LabelStudioResource
+) -> dg.MaterializeResult:
+    if not label_studio.configured:
+        return dg.MaterializeResult(metadata={"skipped": NO_SERVER})
+    info = push(ffe.layout, label_studio.settings(ffe.layout))
+    context.log.info(f"annotation_tasks: {info}")
+    return dg.MaterializeResult(metadata=info)
+
+
+@dg.asset(
+    deps=[annotation_tasks],
+    group_name="annotation",
+    kinds={"labelstudio", "parquet"},
+    description="Annotations pulled from Label Studio: one row per annotator per face (the latest edit); "
+    "malformed ones quarantined in `failures`.",
+)
+def annotations(
+    context: dg.AssetExecutionContext, ffe: FFEStorage, label_studio: LabelStudioResource
+) -> dg.MaterializeResult:
+    if not label_studio.configured:
+        return dg.MaterializeResult(metadata={"skipped": NO_SERVER})
+    info = sync(ffe.layout, label_studio.settings(ffe.layout))
+    context.log.info(f"annotations: {info}")
+    return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["annotations"]})
+
+
+annotation_sync_job = dg.define_asset_job(
+    "annotation_sync_job",
+    selection=dg.AssetSelection.assets("annotations", "affect_scores"),
+    description="Pull annotations from Label Studio and recompute the affect scores.",
+)
+
+
+@dg.sensor(job=annotation_sync_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Every 5 minutes, pull new and edited annotations (when a server is configured).")  # fmt: skip
+def annotation_sync(context: dg.SensorEvaluationContext, label_studio: LabelStudioResource):
+    if not label_studio.configured:
+        return dg.SkipReason(NO_SERVER)
+    return dg.RunRequest()  # no run key: every tick pulls; the pull itself is idempotent
+
+
 class AffectScoresConfig(dg.Config):
     min_coverage: float = Field(0.95, ge=0.0, le=1.0, description="share of release-eligible faces with a score")
     min_alpha: float = Field(0.6, description="Krippendorff's alpha (interval) per category, human ratings")
@@ -40,7 +93,7 @@ AGREEMENT = "agreement"
 
 
 @dg.asset(
-    deps=[prelabels, identities],
+    deps=[prelabels, identities, annotations],
     group_name="annotation",
     kinds={"parquet", "python"},
     automation_condition=dg.AutomationCondition.eager(),

@@ -1,0 +1,77 @@
+"""The annotation report: progress, agreement per category and per annotator, and a PNG of the
+score distributions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from annotation.agreement import icc
+from annotation.scores import _human_ratings, alpha_per_category
+from storage import tables
+from storage.layout import Layout
+from storage.schemas import CATEGORIES
+
+
+def annotation_report(layout: Layout) -> dict:
+    human = _human_ratings(layout)
+    rows = tables.read_table(layout, "annotations").to_pylist()
+    scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
+    eligible = sum(1 for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None)
+    alpha = alpha_per_category(human)
+    # ICC(2,1) per category on the faces that every annotator of the two busiest rated.
+    per_annotator: dict[str, dict] = {}
+    for r in rows:
+        a = per_annotator.setdefault(r["annotator"], {"submitted": 0, "skipped": 0, "unusable": 0, "errors": []})
+        a[r["status"]] += 1
+        face = scores.get(r["face_id"])
+        if r["status"] == "submitted" and face is not None and face["source"] == "human":
+            a["errors"].extend(abs(r[c] - face[c]) for c in CATEGORIES)
+    annotators = {
+        name: {k: v for k, v in a.items() if k != "errors"}
+        | {"mean_abs_diff_from_consensus": round(float(np.mean(a["errors"])), 4) if a["errors"] else None}
+        for name, a in sorted(per_annotator.items())
+    }
+    icc2 = {}
+    busiest = sorted(per_annotator, key=lambda n: -per_annotator[n]["submitted"])[:2]
+    if len(busiest) == 2:
+        both = [raters for raters in human.values() if {a for a, _ in raters} >= set(busiest)]
+        for k, c in enumerate(CATEGORIES):
+            mat = np.array([[dict(raters)[a][k] for a in busiest] for raters in both]) if both else np.empty((0, 2))
+            icc2[c] = icc(mat)["ICC2"] if len(mat) else math.nan
+    return {
+        "eligible_faces": eligible,
+        "faces_with_human_scores": len(human),
+        "annotations": len(rows),
+        "by_status": {s: sum(r["status"] == s for r in rows) for s in ("submitted", "skipped", "unusable")},
+        "alpha": {c: (None if math.isnan(a) else round(a, 4)) for c, a in alpha.items()},
+        "icc2_two_busiest": {c: (None if math.isnan(v) else round(v, 4)) for c, v in icc2.items()},
+        "annotators": annotators,
+    }
+
+
+def plot_distributions(layout: Layout, path: Path) -> Path:
+    """A 3x4 grid of histograms: each category's affect scores, human and model apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = tables.read_table(layout, "affect_scores").to_pylist()
+    fig, axes = plt.subplots(3, 4, figsize=(12, 8), sharex=True)
+    bins = np.linspace(0, 1, 21)
+    for ax, c in zip(axes.flat, CATEGORIES, strict=True):
+        for source, colour in (("model", "#999999"), ("human", "#d04a02")):
+            values = [r[c] for r in rows if r["source"] == source]
+            if values:
+                ax.hist(values, bins=bins, color=colour, alpha=0.7, label=f"{source} ({len(values)})")
+        ax.set_title(c)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Affect score distributions per category")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
