@@ -191,9 +191,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         print(f"project {sync.setup(layout, settings)} ready on {settings.url}")
     elif args.action == "push":
         info = sync.push(layout, settings)
-        print(
-            f"pushed {info['pushed']} new task(s) of {info['eligible_faces']} eligible faces to project {info['project_id']}"
-        )
+        n, of, project = info["pushed"], info["eligible_faces"], info["project_id"]
+        print(f"pushed {n} new task(s) of {of} eligible faces to project {project}")
     else:
         info = sync.sync(layout, settings)
         print(f"synced {info['annotations']} annotation(s) {info['by_status']}; quarantined {info['quarantined']}")
