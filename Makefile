@@ -6,9 +6,21 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-fast lint bench clean-demo
+LS_VENV  := .venv-ls
+LS_STAMP := $(LS_VENV)/.installed
+LS_VERSION := 1.23.2
+
+.PHONY: install label-studio demo test test-fast lint bench clean-demo
 
 install: $(STAMP)
+
+# The annotation server lives in its own venv: its pins clash with ours. The tests start it.
+label-studio: $(LS_STAMP)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip --disable-pip-version-check -q install label-studio==$(LS_VERSION)
+	touch $(LS_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,12 +36,12 @@ demo: install
 	$(BIN)/ffe build
 	$(BIN)/ffe status
 
-test: install
+test: install label-studio
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	FFE_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio $(BIN)/pytest
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not server"
 
 lint: install
 	$(BIN)/ruff check .

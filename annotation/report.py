@@ -68,7 +68,9 @@ def plot_distributions(layout: Layout, path: Path) -> Path:
             if values:
                 ax.hist(values, bins=bins, color=colour, alpha=0.7, label=f"{source} ({len(values)})")
         ax.set_title(c)
-    axes.flat[0].legend(fontsize=8)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8)
     fig.suptitle("Affect score distributions per category")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,3 +33,31 @@ def sample_dir(sample_master: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
     return Layout.at(tmp_path / "work")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server on loopback for the session (installed by `make label-studio`,
+    which `make test` runs first). Its local-files document root is pytest's temp folder, so every
+    test's work folder can serve its crops."""
+    import os
+    import secrets
+    import socket
+
+    from annotation.local_server import start
+
+    binary = Path(os.environ.get("FFE_LABEL_STUDIO_BIN", REPO / ".venv-ls" / "bin" / "label-studio"))
+    if not binary.is_file():
+        pytest.skip("Label Studio is not installed: run `make label-studio` (make test does)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(20)
+    server = start(
+        binary, tmp_path_factory.mktemp("label-studio"), port, token=token, password=secrets.token_hex(12),
+        document_root=tmp_path_factory.getbasetemp(),
+    )  # fmt: skip
+    try:
+        yield server.url, token
+    finally:
+        server.stop()

@@ -1,0 +1,140 @@
+"""Against a real Label Studio server: the project, task push, annotations from several annotators,
+sync, consensus and agreement; reruns change nothing; malformed input is quarantined."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotation import labelstudio as lsapi
+from annotation import sync
+from annotation.agreement import krippendorff_alpha_interval
+from annotation.scores import build_affect_scores
+from pipelines.cli import main
+from storage import tables
+from storage.layout import Layout
+from storage.schemas import CATEGORIES
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture
+def built(tmp_path, sample_dir, capsys):
+    """A work folder with the sample and insightface's group photo curated and pre-labelled."""
+    import insightface.data
+
+    shutil.copy(Path(insightface.data.__file__).parent / "images" / "t1.jpg", sample_dir / "group.jpg")
+    work = tmp_path / "w"
+    select = "key:prelabels or key:identities"  # and what they need upstream
+    assert main(["build", "--input", str(sample_dir), "--workdir", str(work), "--select", select]) == 0
+    capsys.readouterr()
+    return Layout.at(work)
+
+
+def _settings(layout, label_studio, title, **kw):
+    url, token = label_studio
+    return sync.settings_from_env(layout, **{"url": url, "token": token, "project_title": title, **kw})
+
+
+def _result(scores: dict[str, float], unusable: bool = False) -> list[dict]:
+    result = [{"from_name": c, "to_name": "image", "type": "number", "value": {"number": v}} for c, v in scores.items()]
+    if unusable:
+        result.append({"from_name": "usable", "to_name": "image", "type": "choices",
+                       "value": {"choices": ["unusable face"]}})  # fmt: skip
+    return result
+
+
+def test_push_annotate_sync_consensus_and_reruns(built, label_studio):
+    layout = built
+    settings = _settings(layout, label_studio, "FFE test round 1")
+    first = sync.push(layout, settings)
+    eligible = first["eligible_faces"]
+    assert first["pushed"] == eligible >= 6  # the astronaut, her mirror image, the group's faces
+    assert sync.push(layout, settings)["pushed"] == 0  # idempotent by face_id
+
+    ls = lsapi.connect(settings)
+    project = lsapi.ensure_project(ls, settings)
+    assert lsapi.ensure_project(ls, settings) == project  # found, not created again
+    org = ls.users.whoami().active_organization
+    users = {name: ls.users.create(username=name, email=f"{name}@ffe.local", active_organization=org).id
+             for name in ("ann1", "ann2", "ann3")}  # fmt: skip
+    tasks = sorted(lsapi._all_tasks(ls, project, settings), key=lambda t: t.data["face_id"])
+    assert len(tasks) == eligible and all(t.predictions or t.total_predictions for t in tasks)
+
+    # ann1 and ann2 agree on every face (happy rises face by face); ann3 rates face 0 far off,
+    # skips face 1, marks face 2 unusable, and sends a malformed answer for face 3.
+    base = dict.fromkeys(CATEGORIES, 0.0)
+    for k, task in enumerate(tasks):
+        level = round(0.05 * (2 + 3 * k) % 1.0, 2)
+        for name, delta in (("ann1", 0.0), ("ann2", 0.05)):
+            ls.annotations.create(id=task.id, result=_result({**base, "happy": round(min(1.0, level + delta), 2)}),
+                                  completed_by=users[name], lead_time=5.0)  # fmt: skip
+    ls.annotations.create(
+        id=tasks[0].id, result=_result({**base, "happy": 1.0, "sad": 1.0}), completed_by=users["ann3"]
+    )
+    ls.annotations.create(id=tasks[1].id, result=[], completed_by=users["ann3"], was_cancelled=True)
+    ls.annotations.create(id=tasks[2].id, result=_result(base, unusable=True), completed_by=users["ann3"])
+    ls.annotations.create(id=tasks[3].id, result=_result({**base, "happy": 0.33, "sad": 1.7}),
+                          completed_by=users["ann3"])  # fmt: skip
+
+    info = sync.sync(layout, settings)
+    assert info["by_status"] == {"submitted": 2 * eligible + 1, "skipped": 1, "unusable": 1}
+    assert info["quarantined"] == 1
+    (bad,) = [f for f in tables.read_table(layout, "failures").to_pylist() if f["stage"] == "annotations"]
+    assert bad["reason"] == "malformed_annotation" and "off the 0.05 step" in bad["detail"] and "1.7" in bad["detail"]
+    before = tables.read_partition(layout, "annotations", "all")
+    assert sync.sync(layout, settings)["annotations"] == before.num_rows
+    assert tables.read_partition(layout, "annotations", "all").equals(before)  # a rerun changes nothing
+
+    report = build_affect_scores(layout)
+    assert report.human == eligible
+    rows = tables.read_partition(layout, "annotations", "all").to_pylist()
+    happy = {(r["face_id"], r["annotator"]): r["happy"] for r in rows if r["status"] == "submitted"}
+    faces = sorted({f for f, _ in happy})
+    two = np.array([[happy.get((f, a), np.nan) for a in ("ann1@ffe.local", "ann2@ffe.local")] for f in faces])
+    alpha_two = krippendorff_alpha_interval(two)
+    assert alpha_two > 0.95  # ann1 and ann2 agree on every face ...
+    assert 0.2 < report.alpha["happy"] < alpha_two - 0.1  # ... and ann3's one outlier shows
+    scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
+    face0 = scores[tasks[0].data["face_id"]]
+    assert face0["source"] == "human" and face0["n_annotators"] == 3
+    assert face0["happy"] == pytest.approx(0.125, abs=0.06) and face0["sad"] < 0.1  # the outlier barely counts
+
+    # An edit replaces the annotator's earlier value.
+    (ann,) = [a for a in ls.annotations.list(id=tasks[4].id) if a.completed_by == users["ann1"]]
+    ls.annotations.update(id=ann.id, result=_result({**base, "happy": 0.95}))
+    sync.sync(layout, settings)
+    rows = tables.read_partition(layout, "annotations", "all").to_pylist()
+    (edited,) = [r for r in rows if r["annotation_id"] == ann.id]
+    assert edited["happy"] == pytest.approx(0.95) and len(rows) == before.num_rows
+
+
+def test_bad_token_and_unreachable_server_are_clear_errors(built, label_studio, capsys, monkeypatch):
+    layout = built
+    with pytest.raises(lsapi.LabelStudioError, match="refused the token"):
+        sync.setup(layout, _settings(layout, label_studio, "x", token="not-the-token"))
+    with pytest.raises(lsapi.LabelStudioError, match="did not answer"):
+        sync.setup(layout, _settings(layout, label_studio, "x", url="http://127.0.0.1:9", attempts=2))
+    monkeypatch.setenv("FFE_LABEL_STUDIO_URL", label_studio[0])
+    monkeypatch.setenv("FFE_LABEL_STUDIO_TOKEN", "wrong-token-value")
+    assert main(["annotate", "push", "--workdir", str(layout.root)]) == 1
+    err = capsys.readouterr().err
+    assert "refused the token" in err and "wrong-token-value" not in err  # the token is never shown
+
+
+def test_ffe_annotate_cli_round_trip(built, label_studio, capsys, monkeypatch):
+    monkeypatch.setenv("FFE_LABEL_STUDIO_URL", label_studio[0])
+    monkeypatch.setenv("FFE_LABEL_STUDIO_TOKEN", label_studio[1])
+    work = str(built.root)
+    assert main(["annotate", "setup", "--workdir", work]) == 0
+    assert main(["annotate", "push", "--workdir", work]) == 0
+    assert main(["annotate", "push", "--workdir", work]) == 0
+    out = capsys.readouterr().out
+    assert "pushed 0 new task(s)" in out.splitlines()[-1]
+    assert main(["annotate", "sync", "--workdir", work]) == 0
+    assert main(["annotate", "report", "--workdir", work]) == 0
+    out = capsys.readouterr().out
+    assert "category    alpha" in out and (built.root / "reports" / "annotation_scores.png").is_file()
