@@ -34,7 +34,7 @@ class ServerSettings:
     crops_dir: str = ""  # where the crops are (a local-files storage path under the document root)
     document_root: str = ""  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
     attempts: int = 6  # tries per call while the server is down (backoff 0.5 s, 1 s, 2 s ...)
-    batch_size: int = 200  # tasks per import call
+    batch_size: int = 1000  # tasks per import call
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return f"ServerSettings(url={self.url!r}, project_title={self.project_title!r}, token=***)"
@@ -120,12 +120,18 @@ def ensure_project(ls, settings: ServerSettings) -> int:
     return project_id
 
 
-def _all_tasks(ls, project_id: int, settings: ServerSettings) -> list:
-    return retrying(lambda: list(ls.tasks.list(project=project_id, fields="all")), "list tasks", settings)
+PAGE = 1000  # tasks per listing page: fewer round trips than the default 100
+
+
+def _all_tasks(ls, project_id: int, settings: ServerSettings, fields: str = "all") -> list:
+    """Every task of the project (`fields="all"`: with annotations and predictions)."""
+    return retrying(
+        lambda: list(ls.tasks.list(project=project_id, fields=fields, page_size=PAGE)), "list tasks", settings
+    )
 
 
 def pushed_face_ids(ls, project_id: int, settings: ServerSettings) -> set[str]:
-    return {t.data.get("face_id") for t in _all_tasks(ls, project_id, settings)}
+    return {t.data.get("face_id") for t in _all_tasks(ls, project_id, settings, fields="task_only")}
 
 
 def task_payload(face_id: str, image_url: str, prelabel: dict | None, model_version: str) -> dict:
@@ -189,16 +195,38 @@ def _parse(result: list[dict]) -> tuple[str, dict[str, float | None], list[str]]
     return "submitted", scores, problems
 
 
+def export_annotated(ls, project_id: int, settings: ServerSettings) -> list[dict]:
+    """The server's own JSON export of every annotated task (one bulk call: the fastest read)."""
+    import json
+
+    def download() -> list[dict]:
+        body = b"".join(ls.projects.exports.download_sync(id=project_id, export_type="JSON", download_all_tasks=False))
+        return json.loads(body)
+
+    return retrying(download, "export annotations", settings)
+
+
+def _annotator(completed_by: Any, users: dict[int, str]) -> str:
+    if isinstance(completed_by, dict):  # some exports embed the user
+        return completed_by.get("email") or f"user-{completed_by.get('id')}"
+    return users.get(completed_by, f"user-{completed_by}")
+
+
 def pull_annotations(ls, project_id: int, known_faces: set[str], settings: ServerSettings) -> Pulled:
     """Every annotation of the project, validated: one row per annotator per face (their latest)."""
-    users = {u.id: u.email or u.username for u in retrying(lambda: list(ls.users.list()), "list users", settings)}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # the user list loads while the export runs
+        user_list = pool.submit(retrying, lambda: list(ls.users.list()), "list users", settings)
+        exported = export_annotated(ls, project_id, settings)
+        users = {u.id: u.email or u.username for u in user_list.result()}
     latest: dict[tuple[str, str], dict] = {}
     quarantined = []
-    for task in _all_tasks(ls, project_id, settings):
-        face_id = task.data.get("face_id")
-        for ann in task.annotations or []:
-            item = f"task {task.id} annotation {ann['id']}"
-            annotator = users.get(ann.get("completed_by"), f"user-{ann.get('completed_by')}")
+    for task in exported:
+        face_id = (task.get("data") or {}).get("face_id")
+        for ann in task.get("annotations") or []:
+            item = f"task {task['id']} annotation {ann['id']}"
+            annotator = _annotator(ann.get("completed_by"), users)
             if face_id not in known_faces:
                 quarantined.append(
                     dict(item=item, reason="unknown_face", detail=f"face_id {face_id!r} is not in faces")
@@ -212,7 +240,7 @@ def pull_annotations(ls, project_id: int, known_faces: set[str], settings: Serve
                 quarantined.append(dict(item=item, reason="malformed_annotation", detail="; ".join(problems)))
                 continue
             updated = datetime.fromisoformat(ann["updated_at"].replace("Z", "+00:00")).astimezone(UTC)
-            row = dict(face_id=face_id, annotator=annotator, task_id=task.id, annotation_id=ann["id"], status=status,
+            row = dict(face_id=face_id, annotator=annotator, task_id=task["id"], annotation_id=ann["id"], status=status,
                        lead_time_s=ann.get("lead_time"), updated_at=updated, **scores)  # fmt: skip
             key = (face_id, annotator)
             if key not in latest or latest[key]["updated_at"] <= updated:

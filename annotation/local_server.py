@@ -64,7 +64,7 @@ def start(
     """Start `label-studio` on 127.0.0.1:`port` and wait until /health answers UP."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "server.log"
-    argv = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)]
+    argv = [str(Path(binary).resolve()), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv, env=server_env(data_dir, token, username, password, document_root), stdout=out,
