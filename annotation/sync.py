@@ -76,6 +76,14 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
     known = set(tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist())
     pulled = lsapi.pull_annotations(ls, project_id, known, settings)
     now = datetime.now(UTC)
+    # History first: a version is kept before the table that replaces it is written.
+    seen = {
+        (r["annotation_id"], r["updated_at"])
+        for r in tables.read_table(layout, "annotation_history", columns=["annotation_id", "updated_at"]).to_pylist()
+    }
+    changed = [dict(r, synced_at=now) for r in pulled.rows if (r["annotation_id"], r["updated_at"]) not in seen]
+    if changed:
+        tables.write_partition(layout, "annotation_history", now.strftime("%Y%m%dT%H%M%S%fZ"), changed)
     tables.write_partition(layout, "annotations", ALL, pulled.rows)
     tables.write_partition(
         layout, "failures", f"{STAGE}__{ALL}",
@@ -85,4 +93,4 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
     for r in pulled.rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     return {"project_id": project_id, "annotations": len(pulled.rows), "by_status": by_status,
-            "quarantined": len(pulled.quarantined)}  # fmt: skip
+            "new_versions": len(changed), "quarantined": len(pulled.quarantined)}  # fmt: skip

@@ -152,6 +152,9 @@ ANNOTATIONS = pa.schema(
     ]
 )
 
+# Every version of every annotation a sync saw (append-only: one file per sync that saw changes).
+ANNOTATION_HISTORY = pa.schema([*ANNOTATIONS, pa.field("synced_at", _TIMESTAMP, nullable=False)])
+
 # The label of each face: consensus of human annotations, or the model's pre-label.
 AFFECT_SCORES = pa.schema(
     [
@@ -172,6 +175,7 @@ TABLES: dict[str, pa.Schema] = {
     "identities": IDENTITIES,
     "prelabels": PRELABELS,
     "annotations": ANNOTATIONS,
+    "annotation_history": ANNOTATION_HISTORY,
     "affect_scores": AFFECT_SCORES,
 }
 

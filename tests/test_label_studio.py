@@ -86,7 +86,8 @@ def test_push_annotate_sync_consensus_and_reruns(built, label_studio):
     (bad,) = [f for f in tables.read_table(layout, "failures").to_pylist() if f["stage"] == "annotations"]
     assert bad["reason"] == "malformed_annotation" and "off the 0.05 step" in bad["detail"] and "1.7" in bad["detail"]
     before = tables.read_partition(layout, "annotations", "all")
-    assert sync.sync(layout, settings)["annotations"] == before.num_rows
+    again = sync.sync(layout, settings)
+    assert again["annotations"] == before.num_rows and again["new_versions"] == 0
     assert tables.read_partition(layout, "annotations", "all").equals(before)  # a rerun changes nothing
 
     report = build_affect_scores(layout)
@@ -110,6 +111,10 @@ def test_push_annotate_sync_consensus_and_reruns(built, label_studio):
     rows = tables.read_partition(layout, "annotations", "all").to_pylist()
     (edited,) = [r for r in rows if r["annotation_id"] == ann.id]
     assert edited["happy"] == pytest.approx(0.95) and len(rows) == before.num_rows
+    versions = [
+        r["happy"] for r in tables.read_table(layout, "annotation_history").to_pylist() if r["annotation_id"] == ann.id
+    ]
+    assert len(versions) == 2 and versions[-1] == pytest.approx(0.95)  # the earlier value is kept
 
 
 def test_bad_token_and_unreachable_server_are_clear_errors(built, label_studio, capsys, monkeypatch):
