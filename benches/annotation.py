@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import secrets
 import shutil
 import socket
@@ -24,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from annotation import labelstudio as lsapi  # noqa: E402
 from annotation.local_server import start  # noqa: E402
+from benches.common import report  # noqa: E402
 from storage.schemas import CATEGORIES  # noqa: E402
 
 TARGET = 0.8
@@ -129,13 +128,8 @@ def main() -> int:
         "round_seconds": [[round(t, 3) for t in r] for r in rounds],
         "target_ratio": TARGET,
         "meets_target": push_ratio >= TARGET and sync_ratio >= TARGET,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    print(json.dumps(result))
-    out = REPO / "benches" / "results" / ("annotation-quick.json" if args.quick else "annotation.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("annotation", args.quick, result)
     return 0
 
 

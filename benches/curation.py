@@ -17,15 +17,12 @@ insightface's sample group photo (six faces; not committed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benches.common import report  # noqa: E402
 from curation import align  # noqa: E402
 from curation.batches import register_new_batch  # noqa: E402
 from curation.curate import curate_batch  # noqa: E402
@@ -152,13 +150,8 @@ def main() -> int:
         "target_stage_over_floor": TARGET_FLOOR_RATIO,
         "target_speedup": TARGET_SPEEDUP,
         "meets_targets": ratio <= TARGET_FLOOR_RATIO and (cores < 2 or speedup >= TARGET_SPEEDUP),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    print(json.dumps(result))
-    out = REPO / "benches" / "results" / ("curation-quick.json" if args.quick else "curation.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("curation", args.quick, result)
     return 0
 
 

@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
@@ -35,6 +32,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benches.common import report  # noqa: E402
 from curation.batches import register_new_batch  # noqa: E402
 from curation.ingest import IngestSettings, ingest_batch  # noqa: E402
 from curation.sample import write_variants  # noqa: E402
@@ -125,15 +123,8 @@ def main() -> int:
         "round_seconds": [[round(t, 3) for t in r] for r in rounds],
         "target_ratio_1proc": TARGET_RATIO,
         "meets_target": ratio_one >= TARGET_RATIO,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    line = json.dumps(result)
-    print(line)
-    out = REPO / "benches" / "results" / ("ingest-quick.json" if args.quick else "ingest.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report("ingest", args.quick, result)
     return 0
 
 
