@@ -40,18 +40,12 @@ def label_studio(tmp_path_factory):
     """A real Label Studio server on loopback for the session (installed by `make label-studio`,
     which `make test` runs first). Its local-files document root is pytest's temp folder, so every
     test's work folder can serve its crops."""
-    import os
     import secrets
-    import socket
 
     from annotation.local_server import start
 
-    binary = Path(os.environ.get("FFE_LABEL_STUDIO_BIN", REPO / ".venv-ls" / "bin" / "label-studio"))
-    if not binary.is_file():
-        pytest.skip("Label Studio is not installed: run `make label-studio` (make test does)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    binary = label_studio_binary()
+    port = free_port()
     token = secrets.token_hex(20)
     server = start(
         binary, tmp_path_factory.mktemp("label-studio"), port, token=token, password=secrets.token_hex(12),
@@ -61,3 +55,20 @@ def label_studio(tmp_path_factory):
         yield server.url, token
     finally:
         server.stop()
+
+
+def label_studio_binary() -> Path:
+    import os
+
+    binary = Path(os.environ.get("FFE_LABEL_STUDIO_BIN", REPO / ".venv-ls" / "bin" / "label-studio"))
+    if not binary.is_file():
+        pytest.skip("Label Studio is not installed: run `make label-studio` (make test does)")
+    return binary
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -143,3 +143,36 @@ def test_ffe_annotate_cli_round_trip(built, label_studio, capsys, monkeypatch):
     assert main(["annotate", "report", "--workdir", work]) == 0
     out = capsys.readouterr().out
     assert "category    alpha" in out and (built.root / "reports" / "annotation_scores.png").is_file()
+
+
+def test_sync_rides_out_a_server_restart(built, tmp_path_factory):
+    import secrets
+    import threading
+    import time
+
+    from annotation.local_server import start
+    from tests.conftest import free_port, label_studio_binary
+
+    binary, port, token, password = label_studio_binary(), free_port(), secrets.token_hex(20), secrets.token_hex(8)
+    data, root = tmp_path_factory.mktemp("ls-restart"), tmp_path_factory.getbasetemp()
+    servers = [start(binary, data, port, token=token, password=password, document_root=root)]
+    try:
+        layout = built
+        settings = sync.settings_from_env(layout, url=servers[0].url, token=token, project_title="restart", attempts=9)
+        pushed = sync.push(layout, settings)["pushed"]
+        servers[0].stop()  # down ...
+
+        def restart():
+            time.sleep(2)  # ... for a while, then back with the same data
+            servers.append(start(binary, data, port, token=token, password=password, document_root=root))
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        info = sync.sync(layout, settings)  # retries with backoff until the server answers again
+        thread.join()
+        assert len(servers) == 2 and info["annotations"] == 0
+        again = sync.push(layout, settings)
+        assert again["pushed"] == 0 and again["eligible_faces"] == pushed  # nothing lost, nothing twice
+    finally:
+        for server in servers:
+            server.stop()
