@@ -35,6 +35,7 @@ class ServerSettings:
     document_root: str = ""  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
     attempts: int = 6  # tries per call while the server is down (backoff 0.5 s, 1 s, 2 s ...)
     batch_size: int = 1000  # tasks per import call
+    gold_rate: float = 0.0  # hidden gold tasks (faces with known scores) per regular task
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return f"ServerSettings(url={self.url!r}, project_title={self.project_title!r}, token=***)"
@@ -130,12 +131,24 @@ def _all_tasks(ls, project_id: int, settings: ServerSettings, fields: str = "all
     )
 
 
-def pushed_face_ids(ls, project_id: int, settings: ServerSettings) -> set[str]:
-    return {t.data.get("face_id") for t in _all_tasks(ls, project_id, settings, fields="task_only")}
+def task_key(data: dict) -> str:
+    """A task's identity in the project: the face_id, or `gold:<face_id>:<n>` for gold copies."""
+    return data.get("key") or data.get("face_id")
 
 
-def task_payload(face_id: str, image_url: str, prelabel: dict | None, model_version: str) -> dict:
-    payload: dict[str, Any] = {"data": {"image": image_url, "face_id": face_id}}
+def pushed_keys(ls, project_id: int, settings: ServerSettings) -> set[str]:
+    return {task_key(t.data) for t in _all_tasks(ls, project_id, settings, fields="task_only")}
+
+
+def task_payload(
+    face_id: str, image_url: str, prelabel: dict | None, model_version: str, *, gold_copy: int | None = None
+) -> dict:
+    """A task; `gold_copy` n makes it the n-th hidden gold copy of the face (no prediction shown)."""
+    data: dict[str, Any] = {"image": image_url, "face_id": face_id}
+    if gold_copy is not None:
+        data.update(key=f"gold:{face_id}:{gold_copy}", gold=True)
+        prelabel = None
+    payload: dict[str, Any] = {"data": data}
     if prelabel:
         result = [
             {
@@ -151,9 +164,9 @@ def task_payload(face_id: str, image_url: str, prelabel: dict | None, model_vers
 
 
 def push_tasks(ls, project_id: int, payloads: Iterable[dict], settings: ServerSettings) -> int:
-    """Import tasks whose face_id the project does not hold yet, in batches; return how many."""
-    have = pushed_face_ids(ls, project_id, settings)
-    new = [p for p in payloads if p["data"]["face_id"] not in have]
+    """Import tasks whose key the project does not hold yet, in batches; return how many."""
+    have = pushed_keys(ls, project_id, settings)
+    new = [p for p in payloads if task_key(p["data"]) not in have]
     for i in range(0, len(new), settings.batch_size):
         chunk = new[i : i + settings.batch_size]
         retrying(lambda chunk=chunk: ls.projects.import_tasks(id=project_id, request=chunk), "import tasks", settings)
@@ -164,6 +177,7 @@ def push_tasks(ls, project_id: int, payloads: Iterable[dict], settings: ServerSe
 class Pulled:
     rows: list[dict]  # for the annotations table
     quarantined: list[dict]  # (item, reason, detail) of malformed annotations
+    gold: list[dict]  # ratings given on gold tasks (same shape as rows)
 
 
 def _parse(result: list[dict]) -> tuple[str, dict[str, float | None], list[str]]:
@@ -221,9 +235,12 @@ def pull_annotations(ls, project_id: int, known_faces: set[str], settings: Serve
         exported = export_annotated(ls, project_id, settings)
         users = {u.id: u.email or u.username for u in user_list.result()}
     latest: dict[tuple[str, str], dict] = {}
+    gold: dict[tuple[str, str], dict] = {}
     quarantined = []
     for task in exported:
-        face_id = (task.get("data") or {}).get("face_id")
+        data = task.get("data") or {}
+        face_id = data.get("face_id")
+        target = gold if data.get("gold") else latest
         for ann in task.get("annotations") or []:
             item = f"task {task['id']} annotation {ann['id']}"
             annotator = _annotator(ann.get("completed_by"), users)
@@ -242,7 +259,11 @@ def pull_annotations(ls, project_id: int, known_faces: set[str], settings: Serve
             updated = datetime.fromisoformat(ann["updated_at"].replace("Z", "+00:00")).astimezone(UTC)
             row = dict(face_id=face_id, annotator=annotator, task_id=task["id"], annotation_id=ann["id"], status=status,
                        lead_time_s=ann.get("lead_time"), updated_at=updated, **scores)  # fmt: skip
-            key = (face_id, annotator)
-            if key not in latest or latest[key]["updated_at"] <= updated:
-                latest[key] = row
-    return Pulled(rows=sorted(latest.values(), key=lambda r: (r["face_id"], r["annotator"])), quarantined=quarantined)
+            key = (task_key(data), annotator)
+            if key not in target or target[key]["updated_at"] <= updated:
+                target[key] = row
+
+    def ordered(rows: dict) -> list[dict]:
+        return sorted(rows.values(), key=lambda r: (r["face_id"], r["annotator"], r["task_id"]))
+
+    return Pulled(rows=ordered(latest), quarantined=quarantined, gold=ordered(gold))

@@ -57,7 +57,12 @@ def _human_ratings(layout: Layout) -> dict[str, list[tuple[str, np.ndarray]]]:
 
 
 def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = None) -> ScoreReport:
-    """Write `affect_scores/all` from every batch's pre-labels and the synced annotations."""
+    """Write `affect_scores/all` from every batch's pre-labels and the synced annotations, each
+    annotator weighted by their gold reliability (`annotator_quality`) unless `reliability` is given."""
+    if reliability is None:
+        reliability = {
+            r["annotator"]: r["reliability"] for r in tables.read_table(layout, "annotator_quality").to_pylist()
+        }
     prelabels = {r["face_id"]: r for r in tables.read_table(layout, "prelabels").to_pylist()}
     human = _human_ratings(layout)
     rows = []

@@ -16,6 +16,7 @@ from annotation import labelstudio as lsapi
 from annotation.scores import ALL
 from storage import tables
 from storage.layout import Layout
+from storage.schemas import CATEGORIES
 
 STAGE = "annotations"
 
@@ -66,8 +67,47 @@ def push(layout: Layout, settings: lsapi.ServerSettings) -> dict:
         )
         for f in faces
     ]
-    pushed = lsapi.push_tasks(ls, project_id, payloads, settings)
-    return {"project_id": project_id, "eligible_faces": len(faces), "pushed": pushed}
+    gold = gold_payloads(layout, settings, n_regular=len(payloads))
+    pushed = lsapi.push_tasks(ls, project_id, payloads + gold, settings)
+    return {"project_id": project_id, "eligible_faces": len(faces), "gold_tasks": len(gold), "pushed": pushed}
+
+
+def gold_payloads(layout: Layout, settings: lsapi.ServerSettings, n_regular: int) -> list[dict]:
+    """round(gold_rate x regular tasks) hidden copies of gold faces, cycling through them. Keys
+    are numbered, so the same rate and task count always ask for the same gold tasks."""
+    gold = sorted(tables.read_table(layout, "gold_scores", columns=["face_id"]).column("face_id").to_pylist())
+    crops = {
+        r["face_id"]: r["crop_path"]
+        for r in tables.read_table(layout, "faces", columns=["face_id", "crop_path"]).to_pylist()
+    }
+    gold = [f for f in gold if f in crops]
+    wanted = round(settings.gold_rate * n_regular) if gold else 0
+    return [
+        lsapi.task_payload(f, image_url(layout, crops[f], settings.document_root), None, "", gold_copy=k)
+        for k, f in ((k, gold[k % len(gold)]) for k in range(wanted))
+    ]
+
+
+RELIABILITY_FLOOR = 0.05  # a perfect gold record weighs 1 / 0.05, not infinity
+
+
+def annotator_quality(layout: Layout, gold_ratings: list[dict]) -> list[dict]:
+    """Per annotator: gold ratings, mean absolute error against the gold scores, and a reliability
+    1 / (0.05 + error) normalised to mean 1 (annotators without gold ratings get 1)."""
+    known = {r["face_id"]: r for r in tables.read_table(layout, "gold_scores").to_pylist()}
+    errors: dict[str, list[float]] = {}
+    for r in gold_ratings:
+        if r["status"] == "submitted" and r["face_id"] in known:
+            errors.setdefault(r["annotator"], []).extend(abs(r[c] - known[r["face_id"]][c]) for c in CATEGORIES)
+    raw = {a: 1.0 / (RELIABILITY_FLOOR + sum(e) / len(e)) for a, e in errors.items()}
+    mean = sum(raw.values()) / len(raw) if raw else 1.0
+    annotators = {r["annotator"] for r in tables.read_table(layout, "annotations").to_pylist()} | set(errors)
+    return [
+        dict(annotator=a, gold_ratings=len(errors.get(a, [])) // len(CATEGORIES),
+             gold_mae=(sum(errors[a]) / len(errors[a])) if a in errors else None,
+             reliability=raw[a] / mean if a in raw else 1.0)
+        for a in sorted(annotators)
+    ]  # fmt: skip
 
 
 def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
@@ -85,6 +125,7 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
     if changed:
         tables.write_partition(layout, "annotation_history", now.strftime("%Y%m%dT%H%M%S%fZ"), changed)
     tables.write_partition(layout, "annotations", ALL, pulled.rows)
+    tables.write_partition(layout, "annotator_quality", ALL, annotator_quality(layout, pulled.gold))
     tables.write_partition(
         layout, "failures", f"{STAGE}__{ALL}",
         [dict(q, stage=STAGE, partition=ALL, at=now) for q in pulled.quarantined],
@@ -93,4 +134,28 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
     for r in pulled.rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     return {"project_id": project_id, "annotations": len(pulled.rows), "by_status": by_status,
-            "new_versions": len(changed), "quarantined": len(pulled.quarantined)}  # fmt: skip
+            "new_versions": len(changed), "gold_ratings": len(pulled.gold),
+            "quarantined": len(pulled.quarantined)}  # fmt: skip
+
+
+def import_gold(layout: Layout, csv_path: Path) -> int:
+    """Load reviewed scores (CSV: face_id and one column per category, values in 0-1) into
+    `gold_scores`. A row naming an unknown face or holding a bad value stops the import, naming it."""
+    import csv
+
+    faces = set(tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist())
+    rows = []
+    with open(csv_path, newline="") as f:
+        for line, rec in enumerate(csv.DictReader(f), start=2):
+            face_id = (rec.get("face_id") or "").strip()
+            if face_id not in faces:
+                raise ValueError(f"{csv_path}:{line}: face_id {face_id!r} is not in faces")
+            try:
+                scores = {c: float(rec[c]) for c in CATEGORIES}
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{csv_path}:{line}: every category needs a number ({err})") from None
+            if bad := [c for c, v in scores.items() if not 0.0 <= v <= 1.0]:
+                raise ValueError(f"{csv_path}:{line}: {', '.join(bad)} outside 0-1")
+            rows.append(dict(face_id=face_id, source=f"file:{Path(csv_path).name}", **scores))
+    tables.write_partition(layout, "gold_scores", ALL, rows)
+    return len(rows)

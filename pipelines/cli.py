@@ -61,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print rows as a JSON list of objects")
 
     p = sub.add_parser("annotate", help="Label Studio: set up the project, push tasks, sync, report")
-    p.add_argument("action", choices=["setup", "push", "sync", "report"])
+    p.add_argument("action", choices=["setup", "push", "sync", "report", "gold"])
+    p.add_argument("file", nargs="?", type=Path, help="gold: a CSV of face_id and the 12 category scores")
     _workdir_arg(p)
     p.add_argument("--json", action="store_true", help="report: print JSON")
+    p.add_argument("--gold-rate", type=float, default=0.0, help="push: hidden gold tasks per regular task")
 
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)
@@ -176,6 +178,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     """The server is named by $FFE_LABEL_STUDIO_URL and $FFE_LABEL_STUDIO_TOKEN (never a flag:
     a token on a command line ends up in shell histories and process lists)."""
     from annotation import sync
+    from pipelines.errors import FFEError
 
     layout = _existing_layout(args.workdir)
     if args.action == "report":
@@ -186,7 +189,12 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         info["plot"] = str(png)
         print(json.dumps(info, indent=2) if args.json else render_report(info))
         return 0
-    settings = sync.settings_from_env(layout)
+    if args.action == "gold":
+        if args.file is None:
+            raise FFEError("ffe annotate gold needs the CSV file of gold scores")
+        print(f"{sync.import_gold(layout, args.file)} gold face(s) loaded from {args.file}")
+        return 0
+    settings = sync.settings_from_env(layout, gold_rate=args.gold_rate)
     if args.action == "setup":
         print(f"project {sync.setup(layout, settings)} ready on {settings.url}")
     elif args.action == "push":

@@ -52,6 +52,7 @@ class LabelStudioResource(dg.ConfigurableResource):
     token: str = ""
     project_title: str = "FFE intensity"
     overlap: int = 2
+    gold_rate: float = 0.0  # hidden gold tasks per regular task (gold faces: `ffe annotate gold`)
 
     @property
     def configured(self) -> bool:
@@ -61,8 +62,9 @@ class LabelStudioResource(dg.ConfigurableResource):
         from annotation.sync import settings_from_env
 
         return settings_from_env(
-            layout, url=self.url, token=self.token, project_title=self.project_title, overlap=self.overlap
-        )
+            layout, url=self.url, token=self.token, project_title=self.project_title, overlap=self.overlap,
+            gold_rate=self.gold_rate,
+        )  # fmt: skip
 
 
 def label_studio_from_env() -> LabelStudioResource:

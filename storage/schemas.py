@@ -155,6 +155,22 @@ ANNOTATIONS = pa.schema(
 # Every version of every annotation a sync saw (append-only: one file per sync that saw changes).
 ANNOTATION_HISTORY = pa.schema([*ANNOTATIONS, pa.field("synced_at", _TIMESTAMP, nullable=False)])
 
+# Faces whose scores are known (a reviewed reference set): asked again as hidden gold tasks.
+GOLD_SCORES = pa.schema(
+    [pa.field("face_id", pa.string(), nullable=False), *_category_fields(nullable=False),
+     pa.field("source", pa.string(), nullable=False)]
+)  # fmt: skip
+
+# How well each annotator matches the gold scores; their weight in the consensus.
+ANNOTATOR_QUALITY = pa.schema(
+    [
+        pa.field("annotator", pa.string(), nullable=False),
+        pa.field("gold_ratings", pa.int32(), nullable=False),
+        pa.field("gold_mae", _F32),  # mean |rating - gold| over categories; null without gold ratings
+        pa.field("reliability", _F32, nullable=False),  # 1 / (0.05 + gold_mae), normalised to mean 1
+    ]
+)
+
 # The label of each face: consensus of human annotations, or the model's pre-label.
 AFFECT_SCORES = pa.schema(
     [
@@ -176,6 +192,8 @@ TABLES: dict[str, pa.Schema] = {
     "prelabels": PRELABELS,
     "annotations": ANNOTATIONS,
     "annotation_history": ANNOTATION_HISTORY,
+    "gold_scores": GOLD_SCORES,
+    "annotator_quality": ANNOTATOR_QUALITY,
     "affect_scores": AFFECT_SCORES,
 }
 

@@ -176,3 +176,47 @@ def test_sync_rides_out_a_server_restart(built, tmp_path_factory):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_gold_tasks_measure_annotators_and_weight_the_consensus(built, label_studio, tmp_path, capsys):
+    layout = built
+    faces = [f["face_id"] for f in sync.eligible_faces(layout)]
+    gold_faces = faces[:2]
+    csv = tmp_path / "gold.csv"
+    lines = ["face_id," + ",".join(CATEGORIES)]
+    lines += [f"{f}," + ",".join("0.6" if c == "happy" else "0.0" for c in CATEGORIES) for f in gold_faces]
+    csv.write_text("\n".join(lines) + "\n")
+    assert main(["annotate", "gold", str(csv), "--workdir", str(layout.root)]) == 0
+    assert "2 gold face(s) loaded" in capsys.readouterr().out
+
+    settings = _settings(layout, label_studio, "FFE gold round", gold_rate=0.5)
+    info = sync.push(layout, settings)
+    assert info["gold_tasks"] == round(0.5 * len(faces)) and info["pushed"] == len(faces) + info["gold_tasks"]
+    assert sync.push(layout, settings)["pushed"] == 0
+
+    ls = lsapi.connect(settings)
+    project = lsapi.ensure_project(ls, settings)
+    org = ls.users.whoami().active_organization
+    good = ls.users.create(username="good", email="good@ffe.local", active_organization=org).id
+    sloppy = ls.users.create(username="sloppy", email="sloppy@ffe.local", active_organization=org).id
+    tasks = lsapi._all_tasks(ls, project, settings)
+    base = dict.fromkeys(CATEGORIES, 0.0)
+    for task in tasks:
+        if task.data.get("gold"):  # good is close to the gold scores, sloppy far off
+            ls.annotations.create(id=task.id, result=_result({**base, "happy": 0.6}), completed_by=good)
+            ls.annotations.create(id=task.id, result=_result({**base, "happy": 0.1, "sad": 0.5}), completed_by=sloppy)
+    target = next(t for t in tasks if not t.data.get("gold") and t.data["face_id"] not in gold_faces)
+    ls.annotations.create(id=target.id, result=_result({**base, "happy": 0.8}), completed_by=good)
+    ls.annotations.create(id=target.id, result=_result({**base, "happy": 0.2}), completed_by=sloppy)
+
+    info = sync.sync(layout, settings)
+    assert info["gold_ratings"] == 2 * round(0.5 * len(faces)) and info["annotations"] == 2
+    quality = {r["annotator"]: r for r in tables.read_table(layout, "annotator_quality").to_pylist()}
+    assert quality["good@ffe.local"]["gold_mae"] == pytest.approx(0.0, abs=1e-6)
+    assert quality["sloppy@ffe.local"]["gold_mae"] == pytest.approx((0.5 + 0.5) / 12, abs=1e-6)
+    assert quality["good@ffe.local"]["reliability"] > 2 * quality["sloppy@ffe.local"]["reliability"]
+
+    build_affect_scores(layout)
+    scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
+    assert scores[target.data["face_id"]]["happy"] > 0.7  # the reliable annotator carries the consensus
+    assert set(scores) >= set(faces)  # gold copies add no rows of their own
