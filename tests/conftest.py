@@ -40,6 +40,7 @@ def label_studio(tmp_path_factory):
     """A real Label Studio server on loopback for the session (installed by `make label-studio`,
     which `make test` runs first). Its local-files document root is pytest's temp folder, so every
     test's work folder can serve its crops."""
+    import os
     import secrets
 
     from annotation.local_server import start
@@ -51,10 +52,17 @@ def label_studio(tmp_path_factory):
         binary, tmp_path_factory.mktemp("label-studio"), port, token=token, password=secrets.token_hex(12),
         document_root=tmp_path_factory.getbasetemp(),
     )  # fmt: skip
+    # Image URLs are relative to the server's document root: tell `ffe` where it is.
+    previous = os.environ.get("FFE_LABEL_STUDIO_DOCUMENT_ROOT")
+    os.environ["FFE_LABEL_STUDIO_DOCUMENT_ROOT"] = str(tmp_path_factory.getbasetemp())
     try:
         yield server.url, token
     finally:
         server.stop()
+        if previous is None:
+            os.environ.pop("FFE_LABEL_STUDIO_DOCUMENT_ROOT", None)
+        else:
+            os.environ["FFE_LABEL_STUDIO_DOCUMENT_ROOT"] = previous
 
 
 def label_studio_binary() -> Path:
