@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int)
     args = ap.parse_args()
     n = args.tasks or (200 if args.quick else 1000)
-    repeat = args.repeat or (1 if args.quick else 4)
+    repeat = args.repeat or (1 if args.quick else 6)
     binary = REPO / ".venv-ls" / "bin" / "label-studio"
     if not binary.is_file():
         sys.exit("Label Studio is not installed: run `make label-studio`")
