@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotation.agreement import icc
-from annotation.scores import _human_ratings, alpha_per_category
+from annotation.scores import _human_ratings, alpha_per_category, icc_per_category
 from storage import tables
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
@@ -21,7 +20,6 @@ def annotation_report(layout: Layout) -> dict:
     scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
     eligible = sum(1 for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None)
     alpha = alpha_per_category(human)
-    # ICC(2,1) per category on the faces that every annotator of the two busiest rated.
     per_annotator: dict[str, dict] = {}
     for r in rows:
         a = per_annotator.setdefault(r["annotator"], {"submitted": 0, "skipped": 0, "unusable": 0, "errors": []})
@@ -34,13 +32,7 @@ def annotation_report(layout: Layout) -> dict:
         | {"mean_abs_diff_from_consensus": round(float(np.mean(a["errors"])), 4) if a["errors"] else None}
         for name, a in sorted(per_annotator.items())
     }
-    icc2 = {}
-    busiest = sorted(per_annotator, key=lambda n: -per_annotator[n]["submitted"])[:2]
-    if len(busiest) == 2:
-        both = [raters for raters in human.values() if {a for a, _ in raters} >= set(busiest)]
-        for k, c in enumerate(CATEGORIES):
-            mat = np.array([[dict(raters)[a][k] for a in busiest] for raters in both]) if both else np.empty((0, 2))
-            icc2[c] = icc(mat)["ICC2"] if len(mat) else math.nan
+    icc2 = icc_per_category(human)
     return {
         "eligible_faces": eligible,
         "faces_with_human_scores": len(human),

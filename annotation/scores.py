@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotation.agreement import krippendorff_alpha_interval
+from annotation.agreement import icc, krippendorff_alpha_interval
 from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
 from storage import tables
@@ -41,6 +41,7 @@ class ScoreReport:
     eligible: int  # faces that can enter a release: in an identity and not a duplicate
     covered: int  # eligible faces with a score
     alpha: dict[str, float]  # per category, over faces with two or more human ratings
+    icc2: dict[str, float]  # per category, ICC(2,1) of the two busiest annotators on their shared faces
 
     @property
     def coverage(self) -> float:
@@ -92,6 +93,7 @@ def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = N
         eligible=len(eligible),
         covered=len(eligible & scored),
         alpha=alpha_per_category(human),
+        icc2=icc_per_category(human),
     )
 
 
@@ -106,3 +108,17 @@ def alpha_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[s
         for a, s in raters:
             cube[i, col[a]] = s
     return {c: krippendorff_alpha_interval(cube[:, :, k]) for k, c in enumerate(CATEGORIES)}
+
+
+def icc_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:
+    """ICC(2,1) per category between the two annotators who rated most faces, on the faces both
+    rated (ICC needs a complete faces x raters table); NaN with fewer than two such faces."""
+    counts: dict[str, int] = defaultdict(int)
+    for raters in human.values():
+        for a, _ in raters:
+            counts[a] += 1
+    pair = sorted(counts, key=lambda a: (-counts[a], a))[:2]
+    both = [dict(raters) for raters in human.values() if len(pair) == 2 and set(pair) <= {a for a, _ in raters}]
+    if len(both) < 2:
+        return dict.fromkeys(CATEGORIES, math.nan)
+    return {c: icc(np.array([[r[a][k] for a in pair] for r in both]))["ICC2"] for k, c in enumerate(CATEGORIES)}

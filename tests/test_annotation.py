@@ -123,6 +123,7 @@ def test_human_annotations_override_the_model_with_a_robust_consensus(tmp_path, 
     report = build_affect_scores(layout)
     assert report.human == 4 and report.model == len(face_ids) - 4
     assert report.alpha["happy"] > 0.9  # two raters agree across four faces
+    assert report.icc2["happy"] > 0.9 and math.isnan(report.icc2["sad"])  # sad: no variation, undefined
 
     tables.write_partition(layout, "annotations", "sync-2", [_annotation(face_ids[0], "ann3", {**base, "happy": 1.0})])
     report = build_affect_scores(layout)

@@ -119,6 +119,7 @@ def affect_scores(
             "model": report.model,
             "coverage": report.coverage,
             "alpha": {c: round(a, 4) for c, a in measured.items()},
+            "icc2_two_busiest": {c: round(v, 4) for c, v in report.icc2.items() if not math.isnan(v)},
             "dagster/row_count": report.faces,
         },
         check_results=[
