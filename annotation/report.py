@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from annotation.scores import _human_ratings, alpha_per_category, icc_per_category
+from curation.identities import release_eligible
 from storage import tables
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
@@ -18,7 +19,7 @@ def annotation_report(layout: Layout) -> dict:
     human = _human_ratings(layout)
     rows = tables.read_table(layout, "annotations").to_pylist()
     scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
-    eligible = sum(1 for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None)
+    eligible = len(release_eligible(layout))
     alpha = alpha_per_category(human)
     per_annotator: dict[str, dict] = {}
     for r in rows:

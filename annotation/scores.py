@@ -12,6 +12,7 @@ import numpy as np
 from annotation.agreement import icc, krippendorff_alpha_interval
 from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
+from curation.identities import release_eligible
 from storage import tables
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
@@ -84,7 +85,7 @@ def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = N
                              model_version=version, **{c: pre[c] for c in CATEGORIES}))  # fmt: skip
     tables.write_partition(layout, "affect_scores", ALL, rows)
 
-    eligible = {r["face_id"] for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None}
+    eligible = release_eligible(layout)
     scored = {r["face_id"] for r in rows}
     return ScoreReport(
         faces=len(rows),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from annotation import labelstudio as lsapi
 from annotation.scores import ALL
+from curation.identities import release_eligible
 from storage import tables
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
@@ -35,7 +36,7 @@ def settings_from_env(layout: Layout, **overrides) -> lsapi.ServerSettings:
 
 def eligible_faces(layout: Layout) -> list[dict]:
     """Faces that can enter a release (in an identity, not a duplicate), with crop and pre-label."""
-    eligible = {r["face_id"] for r in tables.read_table(layout, "identities").to_pylist() if r["duplicate_of"] is None}
+    eligible = release_eligible(layout)
     crops = {
         r["face_id"]: r["crop_path"]
         for r in tables.read_table(layout, "faces", columns=["face_id", "crop_path"]).to_pylist()
@@ -45,8 +46,14 @@ def eligible_faces(layout: Layout) -> list[dict]:
 
 
 def image_url(layout: Layout, crop_path: str, document_root: str) -> str:
-    rel = (layout.root / crop_path).resolve().relative_to(Path(document_root).resolve())
-    return f"/data/local-files/?d={rel.as_posix()}"
+    """The URL under which the server's local-files storage serves a crop."""
+    path, root = (layout.root / crop_path).resolve(), Path(document_root).resolve()
+    if not path.is_relative_to(root):
+        raise lsapi.LabelStudioError(
+            f"crop {path} is outside the server's document root {root}: start Label Studio with "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT above the work folder, or set FFE_LABEL_STUDIO_DOCUMENT_ROOT"
+        )
+    return f"/data/local-files/?d={path.relative_to(root).as_posix()}"
 
 
 def setup(layout: Layout, settings: lsapi.ServerSettings) -> int:
