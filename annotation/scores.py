@@ -7,9 +7,12 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from annotation.agreement import icc, krippendorff_alpha_interval
+from annotation.classifier import VERSION as CLASSIFIER_VERSION
+from annotation.classifier import classifier
 from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
 from curation.identities import release_eligible
@@ -20,18 +23,28 @@ from storage.schemas import CATEGORIES
 ALL = "all"  # the single partition file of tables that span every batch
 
 
+CLASSIFIER_WEIGHT = 0.5  # share of the classifier in the six categories it knows
+
+
 def prelabel_batch(layout: Layout, batch: str) -> dict:
-    """Write `prelabels/<batch>` for every face of the batch that has blendshapes."""
-    faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes"]).to_pylist()
+    """Write `prelabels/<batch>` for every face of the batch that has blendshapes; where the
+    expression classifier is installed, its probabilities are blended into the six basic categories."""
+    faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes", "crop_path"])
+    model = classifier()
+    version = MODEL_VERSION if model is None else f"{MODEL_VERSION}+{CLASSIFIER_VERSION}"
     rows, skipped = [], 0
-    for face in faces:
+    for face in faces.to_pylist():
         scores = scores_from_blendshapes(face["blendshapes"])
         if scores is None:
             skipped += 1  # a face taken whole: nothing to read, people must label it
             continue
-        rows.append(dict(face_id=face["face_id"], batch=batch, model_version=MODEL_VERSION, **scores))
+        if model is not None:
+            crop = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
+            for cat, p in model.probabilities(crop[:, :, ::-1]).items():
+                scores[cat] = (1 - CLASSIFIER_WEIGHT) * scores[cat] + CLASSIFIER_WEIGHT * p
+        rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
-    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": MODEL_VERSION}
+    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": version}
 
 
 @dataclass

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from annotation.agreement import icc, krippendorff_alpha_interval
+from annotation.classifier import VERSION as CLASSIFIER_VERSION
+from annotation.classifier import classifier
 from annotation.consensus import consensus, robust_mean, weighted_median
 from annotation.prelabels import MODEL_VERSION, RECIPES, scores_from_blendshapes
 from annotation.scores import build_affect_scores
@@ -86,6 +88,21 @@ def test_prelabel_recipes_cover_every_category_and_read_a_smile():
     assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
+def test_the_shipped_expression_classifier_reads_a_smile():
+    from skimage import data
+
+    from curation.faces import FaceSettings, describe, face_models, find_faces
+
+    model = classifier()
+    assert model is not None, "fer's model file and ai-edge-litert are installed by make"
+    rgb = data.astronaut()
+    crop = describe(rgb, find_faces(rgb, face_models(FaceSettings()), FaceSettings())[0], FaceSettings()).crop
+    probs = model.probabilities(crop)
+    assert set(probs) == {"angry", "disgust", "fear", "happy", "sad", "surprised"}
+    assert probs["happy"] > 0.9 and sum(probs.values()) <= 1.0 + 1e-6
+    assert model.probabilities(crop[:, ::-1])["happy"] > 0.9  # a mirror image smiles too
+
+
 def test_demo_fills_affect_scores_from_prelabels(tmp_path, sample_dir, capsys):
     work = tmp_path / "w"
     assert main(["build", "--input", str(sample_dir), "--workdir", str(work)]) == 0
@@ -95,7 +112,7 @@ def test_demo_fills_affect_scores_from_prelabels(tmp_path, sample_dir, capsys):
     import json
 
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["source"] == "model" and row["n"] == 11 and row["v"] == MODEL_VERSION
+    assert row["source"] == "model" and row["n"] == 11 and row["v"] == f"{MODEL_VERSION}+{CLASSIFIER_VERSION}"
     assert row["h"] > 0.8 and row["s"] < 0.3  # the astronaut smiles in every copy
 
 
