@@ -17,6 +17,7 @@ from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
 from curation.identities import release_eligible
 from storage import tables
+from storage.errors import StorageError
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
 
@@ -40,6 +41,8 @@ def prelabel_batch(layout: Layout, batch: str) -> dict:
             continue
         if model is not None:
             crop = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
+            if crop is None:
+                raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
             for cat, p in model.probabilities(crop[:, :, ::-1]).items():
                 scores[cat] = (1 - CLASSIFIER_WEIGHT) * scores[cat] + CLASSIFIER_WEIGHT * p
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
