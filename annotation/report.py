@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotation.scores import _human_ratings, alpha_per_category, icc_per_category
+from annotation.scores import alpha_per_category, human_ratings, icc_per_category
 from curation.identities import release_eligible
 from storage import tables
 from storage.layout import Layout
@@ -16,7 +16,7 @@ from storage.schemas import CATEGORIES
 
 
 def annotation_report(layout: Layout) -> dict:
-    human = _human_ratings(layout)
+    human = human_ratings(layout)
     rows = tables.read_table(layout, "annotations").to_pylist()
     scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
     eligible = len(release_eligible(layout))

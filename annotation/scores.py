@@ -65,7 +65,7 @@ class ScoreReport:
         return self.covered / self.eligible if self.eligible else 1.0
 
 
-def _human_ratings(layout: Layout) -> dict[str, list[tuple[str, np.ndarray]]]:
+def human_ratings(layout: Layout) -> dict[str, list[tuple[str, np.ndarray]]]:
     """face_id -> [(annotator, 12 scores)] for submitted annotations."""
     out: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
     for r in tables.read_table(layout, "annotations").to_pylist():
@@ -82,7 +82,7 @@ def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = N
             r["annotator"]: r["reliability"] for r in tables.read_table(layout, "annotator_quality").to_pylist()
         }
     prelabels = {r["face_id"]: r for r in tables.read_table(layout, "prelabels").to_pylist()}
-    human = _human_ratings(layout)
+    human = human_ratings(layout)
     rows = []
     for face_id in sorted(prelabels.keys() | human.keys()):
         pre = prelabels.get(face_id)

@@ -134,7 +134,7 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
     tables.write_partition(layout, "annotations", ALL, pulled.rows)
     tables.write_partition(layout, "annotator_quality", ALL, annotator_quality(layout, pulled.gold))
     tables.write_partition(
-        layout, "failures", f"{STAGE}__{ALL}",
+        layout, "failures", tables.failures_partition(STAGE, ALL),
         [dict(q, stage=STAGE, partition=ALL, at=now) for q in pulled.quarantined],
     )  # fmt: skip
     by_status: dict[str, int] = {}

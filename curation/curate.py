@@ -4,7 +4,6 @@ once), each image decoded once."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -58,7 +57,7 @@ class FacesSummary:
 
 
 def failures_partition(batch: str) -> str:
-    return f"{STAGE}__{batch}"
+    return tables.failures_partition(STAGE, batch)
 
 
 def face_id_for(image_id: str, index: int) -> str:
@@ -131,17 +130,15 @@ def curate_batch(
     writer = ChunkWriter(staging, chunk_size, total=len(images), done=summary.resumed, progress=progress)
     one = functools.partial(_curate_one, layout, run, batch)
     try:
-        for rows, fail in ordered_map(one, todo, worker_count(workers, len(todo), 16), chunksize=2):
-            for row in rows:
-                writer.add("faces", row)
-            if fail is not None:
-                writer.add("failures", fail)
-            writer.item_done()
+        with writer.finishing():
+            for rows, fail in ordered_map(one, todo, worker_count(workers, len(todo), 16), chunksize=2):
+                for row in rows:
+                    writer.add("faces", row)
+                if fail is not None:
+                    writer.add("failures", fail)
+                writer.item_done()
     except StorageError as err:
-        with contextlib.suppress(OSError):
-            writer.flush()
         raise StorageError(f"{err} (finished images of {batch} are kept; rerun to resume)") from None
-    writer.flush(force=not staging.chunk_ids())
 
     written = staging.publish({"faces": batch, "failures": failures_partition(batch)})
     faces = written["faces"]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,14 +133,9 @@ def embed_batch(
     todo = [f for f in faces if f["face_id"] not in done]
     writer = ChunkWriter(staging, settings.chunk_size, total=len(faces), done=len(faces) - len(todo), progress=progress)
     one = functools.partial(_embed_one, layout, settings)
-    try:
+    with writer.finishing():
         for face_id, vec in ordered_map(one, todo, worker_count(settings.workers, len(todo), 16), chunksize=2):
             writer.add("face_embeddings", dict(face_id=face_id, batch=batch, model=model_name, vector=vec))
             writer.item_done()
-    except StorageError:
-        with contextlib.suppress(OSError):
-            writer.flush()
-        raise
-    writer.flush(force=not staging.chunk_ids())
     written = staging.publish({"face_embeddings": batch})["face_embeddings"]
     return {"faces": written.num_rows, "model": model_name, "resumed_from_staging": len(faces) - len(todo)}

@@ -12,7 +12,6 @@ every file that is not a new image, with a reason from `curation.probe` plus `un
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -126,25 +125,23 @@ def ingest_batch(
     writer = ChunkWriter(staging, settings.chunk_size, total=summary.files, done=summary.resumed, progress=progress)
     one = functools.partial(_ingest_one, layout, settings)
     try:
-        for out in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):
-            if out.image_id is not None and out.image_id in first_source:
-                out = _Outcome(
-                    out.item,
-                    reason="duplicate",
-                    detail=f"same bytes as image {out.image_id[:16]}... from {first_source[out.image_id]}",
-                )
-            if out.image_id is None:
-                writer.add("failures", _failure_row(out, batch))
-            else:
-                first_source[out.image_id] = out.item
-                writer.add("images", _image_row(out, batch))
-            writer.item_done()
+        with writer.finishing():
+            for out in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):
+                if out.image_id is not None and out.image_id in first_source:
+                    out = _Outcome(
+                        out.item,
+                        reason="duplicate",
+                        detail=f"same bytes as image {out.image_id[:16]}... from {first_source[out.image_id]}",
+                    )
+                if out.image_id is None:
+                    writer.add("failures", _failure_row(out, batch))
+                else:
+                    first_source[out.image_id] = out.item
+                    writer.add("images", _image_row(out, batch))
+                writer.item_done()
     except StorageError as err:
-        with contextlib.suppress(OSError):  # keep what this run finished, if there is room for it
-            writer.flush()
         kept = staging.read("images").num_rows + staging.read("failures").num_rows
         raise StorageError(f"{err} ({kept} of {summary.files} files of {batch} are kept; rerun to resume)") from None
-    writer.flush(force=not staging.chunk_ids())
 
     # The partition's tables appear only now, whole; failures last (see batch_is_ingested).
     written = staging.publish({"images": batch, "failures": failures_partition(batch)})
@@ -170,8 +167,7 @@ def _image_row(out: _Outcome, batch: str) -> dict:
 
 
 def failures_partition(batch: str) -> str:
-    """The `failures` table holds every stage's rejects: one file per stage and partition."""
-    return f"{STAGE}__{batch}"
+    return tables.failures_partition(STAGE, batch)
 
 
 def batch_is_ingested(layout: Layout, batch: str) -> bool:

@@ -9,8 +9,9 @@ the staging folder, so a partition file never looks finished before it is.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -100,6 +101,19 @@ class ChunkWriter:
             self.flush()
         if self.progress:
             self.progress(self.done, self.total)
+
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[ChunkWriter]:
+        """Around the loop that feeds the writer: at the end, stage what is pending (an empty chunk
+        if nothing was staged, so the partition can be published); on a StorageError (a full
+        disk), stage what this run finished if there is room, then let the error go on."""
+        try:
+            yield self
+        except StorageError:
+            with contextlib.suppress(OSError):
+                self.flush()
+            raise
+        self.flush(force=not self.staging.chunk_ids())
 
     def flush(self, *, force: bool = False) -> None:
         """Stage what is pending; `force` stages even an empty chunk (so a partition with no

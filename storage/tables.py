@@ -36,6 +36,11 @@ def write_partition(
     return data
 
 
+def failures_partition(stage: str, partition: str) -> str:
+    """The `failures` table holds every stage's rejects: one file per stage and partition."""
+    return f"{stage}__{partition}"
+
+
 def has_partition(layout: Layout, table: str, partition: str) -> bool:
     return layout.table_file(table, partition).is_file()
 
