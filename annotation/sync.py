@@ -14,7 +14,7 @@ from pathlib import Path
 
 from annotation import labelstudio as lsapi
 from annotation.scores import ALL
-from curation.identities import release_eligible
+from storage.releases.plan import release_eligible
 from storage import tables
 from storage.layout import Layout
 from storage.schemas import CATEGORIES

@@ -92,12 +92,6 @@ def _face_facts(layout: Layout, batches: list[str]) -> dict[str, tuple[int, floa
     return out
 
 
-def release_eligible(layout: Layout) -> set[str]:
-    """Faces that can enter a release: assigned to an identity and not a copy of another face."""
-    rows = tables.read_table(layout, "identities", columns=["face_id", "duplicate_of"]).to_pylist()
-    return {r["face_id"] for r in rows if r["duplicate_of"] is None}
-
-
 def pending_batches(layout: Layout) -> tuple[list[str], list[str]]:
     """(batches already assigned, batches with vectors waiting), in registration order."""
     order = [m.batch for m in manifests(layout)]

@@ -23,6 +23,18 @@ CATEGORIES: tuple[str, ...] = (
 )
 CATEGORIES_6: tuple[str, ...] = CATEGORIES[:6]
 
+# Expressions people (and models) confuse: the targets of one training triplet and the pairs of
+# FFE-Bench's mSCR. The paper names the first two; the rest are ours (docs/releases.md says why).
+# Releases add pairs that the score correlation matrix finds.
+CONFUSABLE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("fear", "surprised"),
+    ("angry", "disgust"),
+    ("disgust", "contempt"),
+    ("happy", "confident"),
+    ("shy", "anxious"),
+    ("sad", "sleepy"),
+)
+
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 IMAGES = pa.schema(
@@ -180,6 +192,46 @@ AFFECT_SCORES = pa.schema(
         pa.field("n_annotators", pa.int16(), nullable=False),
         pa.field("agreement", _F32),  # 1 - mean |rating - consensus| over raters and categories (human)
         pa.field("model_version", pa.string(), nullable=False),  # of the pre-label (also for human rows)
+    ]
+)
+
+_F64 = pa.float64()
+
+# One row per face of a dataset release (`releases/<version>/splits.parquet`). Scores are rounded to
+# the release's precision and stored as float64 so that the rounded decimals stay exact.
+RELEASE_FACES = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("identity_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # train | val | bench
+        pa.field("domain", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string()),  # the ingested file (provenance)
+        pa.field("crop_path", pa.string(), nullable=False),  # in the work folder
+        pa.field("image", pa.string(), nullable=False),  # in the release: images/<face_id>.png
+        *[pa.field(c, _F64, nullable=False) for c in CATEGORIES],
+        pa.field("category", pa.string()),  # the dominant expression; null below the target threshold
+        pa.field("intensity", _F64, nullable=False),  # the highest score (the dominant one's)
+        pa.field("intensity_bin", pa.int8(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # human | model (affect_scores)
+        pa.field("n_annotators", pa.int16(), nullable=False),
+        pa.field("agreement", _F32),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("crop_sha256", pa.string()),  # null in the plan; filled when the release is built
+        pa.field("crop_bytes", pa.int64()),
+    ]
+)
+
+# One row per WebDataset sample (an identity) of a release (`shards/index.parquet`).
+SHARD_INDEX = pa.schema(
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),  # the sample key: the identity_id
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("face_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),  # of the sample's first tar header
+        pa.field("bytes", pa.int64(), nullable=False),  # headers and padding included
     ]
 )
 

@@ -1,0 +1,140 @@
+"""The training loader: a webdataset pipeline over a release's shards that yields fresh symmetric
+triplets every epoch.
+
+shards (shuffled per epoch, the same order on every node)
+  -> split by node (RANK / WORLD_SIZE, or torch.distributed) -> split by DataLoader worker
+  -> samples (one identity each; member names checked) -> shuffle buffer
+  -> triplets of the identity for this epoch (storage.releases.triplets, seeded by epoch)
+  -> tensors at the chosen resolution
+
+Each shard goes to exactly one (node, worker), so each identity is read exactly once per epoch.
+Call `set_epoch(e)` before each epoch (as with a DistributedSampler; with `persistent_workers` the
+workers keep the epoch they started with). Shard URLs may be local paths or anything webdataset's
+`gopen` reads (`pipe:aws s3 cp s3://bucket/train-000000.tar -`, https://...): docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from storage.releases.shards import check_member_name, shard_paths
+from storage.releases.triplets import Face, identity_triplets
+from storage.schemas import CATEGORIES
+
+
+def faces_of_sample(doc: dict) -> list[Face]:
+    return [Face(f["face_id"], f["member"], f["scores"], f["category"], f["intensity"], f["intensity_bin"])
+            for f in doc["faces"]]  # fmt: skip
+
+
+def decode_image(data: bytes, resolution: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """PNG/JPEG bytes -> float32 CHW tensor of `resolution` px, scaled to `value_range` ([-1, 1]:
+    what diffusers' VAEs take)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if im.size != (resolution, resolution):
+            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        arr = np.asarray(im, dtype=np.float32)
+    lo, hi = value_range
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() * ((hi - lo) / 255.0) + lo
+
+
+def _scores(face: Face) -> torch.Tensor:
+    return torch.tensor([face.scores[c] for c in CATEGORIES], dtype=torch.float32)
+
+
+class TripletStream(torch.utils.data.IterableDataset):
+    """Triplets from WebDataset shards: dicts with `source`, `target_a`, `target_b` (tensors, or the
+    encoded bytes when `decode=False`), `category_a/b`, `alpha_a/b` (each target's score in its own
+    category: the interpolation weight), `scores_a/b` (all 12), `identity_id` and `face_ids`."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        pairs: Sequence[Sequence[str]],
+        *,
+        resolution: int = 512,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        max_per_pair: int = 4,
+        decode: bool = True,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+    ):
+        super().__init__()
+        self.shards = list(shards)
+        self.pairs = [tuple(p) for p in pairs]
+        self.resolution, self.shuffle_buffer, self.seed = resolution, shuffle_buffer, seed
+        self.max_per_pair, self.decode, self.value_range = max_per_pair, decode, value_range
+        self.epoch = 0
+
+    @classmethod
+    def from_release(cls, folder: str | Path, split: str = "train", **kw) -> TripletStream:
+        """The shards and pairs of a release folder (its manifest says which)."""
+        folder = Path(folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if not manifest.get("complete"):
+            raise ValueError(f"release {folder.name} has no finished shards yet")
+        pairs = manifest["pairs"]["configured"] + manifest["pairs"]["found"]
+        kw.setdefault("seed", manifest["config"]["triplet_seed"])
+        kw.setdefault("max_per_pair", manifest["config"]["max_triplets_per_pair"])
+        return cls(shard_paths(folder, manifest, split), pairs, **kw)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_order(self) -> list[str]:
+        urls = list(self.shards)
+        random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(urls)  # same on every node
+        return urls
+
+    def _triplets(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            doc = json.loads(sample["json"])
+            for t in identity_triplets(doc["identity_id"], faces_of_sample(doc), self.pairs,
+                                       max_per_pair=self.max_per_pair, seed=f"{self.seed}:{self.epoch}"):  # fmt: skip
+                yield {
+                    "__key__": f"{t.identity_id}/{t.target_a.face_id}/{t.target_b.face_id}",
+                    "identity_id": t.identity_id,
+                    "face_ids": [t.source.face_id, t.target_a.face_id, t.target_b.face_id],
+                    "source": sample[t.source.image.lower()],
+                    "target_a": sample[t.target_a.image.lower()],
+                    "target_b": sample[t.target_b.image.lower()],
+                    "category_a": t.target_a.category,
+                    "category_b": t.target_b.category,
+                    "alpha_a": float(t.target_a.scores[t.target_a.category]),
+                    "alpha_b": float(t.target_b.scores[t.target_b.category]),
+                    "scores_a": _scores(t.target_a),
+                    "scores_b": _scores(t.target_b),
+                }
+
+    def _decode(self, item: dict) -> dict:
+        for k in ("source", "target_a", "target_b"):
+            item[k] = decode_image(item[k], self.resolution, self.value_range)
+        return item
+
+    def pipeline(self) -> wds.DataPipeline:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rng = random.Random(f"{self.seed}:{self.epoch}:{rank}:{worker}")
+        stages = [
+            wds.SimpleShardList(self._shard_order()),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(rename_files=check_member_name),
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=rng),
+            self._triplets,
+        ]
+        if self.decode:
+            stages.append(wds.map(self._decode))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.pipeline())

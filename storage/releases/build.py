@@ -1,0 +1,229 @@
+"""Build a planned release: images/, splits.parquet, triplets, the dataset card and manifest.json.
+
+Everything here is a function of the plan, so two builds of one version write the same bytes
+(manifest.json aside: it records when it was built). `images/` holds each face's crop under its
+face_id, hard-linked from the work folder where the file system allows (no extra space) and
+copied where it does not, so a release folder is self-contained: move it, tar it, train on it.
+The manifest is written last; shards (`storage.releases.shards`) complete it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from storage import tables
+from storage.atomic import atomic_open, atomic_write_text
+from storage.errors import StorageError
+from storage.layout import Layout
+from storage.releases.config import SPLITS, ReleaseConfig
+from storage.releases.plan import read_plan, release_dir
+from storage.releases.triplets import (
+    TRIPLET_SCHEMA,
+    Face,
+    correlated_pairs,
+    identity_triplets,
+    jsonl_record,
+)
+from storage.schemas import CATEGORIES, RELEASE_FACES
+
+STAGE = "ffe_release"
+TRIPLET_FILES = {"train": "triplets.jsonl", "val": "triplets_val.jsonl"}  # the bench split never trains
+MANIFEST = "manifest.json"
+
+Progress = Callable[[int, int], None]
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        n = 0
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:  # another file system, or links not allowed: copy
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _collect_images(layout: Layout, folder: Path, faces: pa.Table, workers: int, progress: Progress | None):
+    """images/<face_id>.png for every face, and (sha256, bytes) of each, in the plan's order."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    pairs = list(zip(faces.column("face_id").to_pylist(), faces.column("crop_path").to_pylist(), strict=True))
+
+    def one(item: tuple[str, str]) -> tuple[str, int]:
+        face_id, crop = item
+        dst = images / f"{face_id}.png"
+        if not dst.is_file():  # a rerun keeps what it linked before
+            src = layout.root / crop
+            try:
+                _link_or_copy(src, dst)
+            except FileNotFoundError:
+                raise StorageError(
+                    f"crop of face {face_id} ({crop}) vanished after release {folder.name} was planned; "
+                    "plan again (release_plan) to release without it"
+                ) from None
+            except OSError as err:
+                raise StorageError(f"cannot write {dst}: {err.strerror or err}") from None
+        return file_digest(dst)
+
+    out: list[tuple[str, int]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # hashing releases the GIL
+        for i, digest in enumerate(pool.map(one, pairs), 1):
+            out.append(digest)
+            if progress and (i % 256 == 0 or i == len(pairs)):
+                progress(i, len(pairs))
+    return out
+
+
+def faces_of(rows: list[dict]) -> list[Face]:
+    return [
+        Face(r["face_id"], r["image"], {c: r[c] for c in CATEGORIES}, r["category"], r["intensity"], r["intensity_bin"])
+        for r in rows
+    ]
+
+
+def rows_by_identity(faces: pa.Table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in faces.to_pylist():
+        out[r["identity_id"]].append(r)
+    return dict(sorted(out.items()))
+
+
+def release_pairs(faces: pa.Table, config: ReleaseConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]], np.ndarray]:
+    """(configured pairs, pairs found from the train split's score correlations, the matrix)."""
+    train = faces.filter(pc.equal(faces.column("split"), "train"))
+    scores = np.stack([train.column(c).to_numpy() for c in CATEGORIES], axis=1) if train.num_rows else np.zeros((0, 12))
+    found, corr = correlated_pairs(
+        scores, config.pairs, extra=config.extra_pairs, min_correlation=config.min_pair_correlation
+    )
+    return list(config.pairs), found, corr
+
+
+def _write_triplets(folder: Path, faces: pa.Table, pairs, config: ReleaseConfig) -> dict[str, int]:
+    validator = jsonschema.Draft202012Validator(TRIPLET_SCHEMA)
+    counts = {}
+    for split, name in TRIPLET_FILES.items():
+        n = 0
+        with atomic_open(folder / name) as f:
+            for identity, rows in rows_by_identity(faces).items():
+                if rows[0]["split"] != split:
+                    continue
+                for t in identity_triplets(identity, faces_of(rows), pairs, max_per_pair=config.max_triplets_per_pair,
+                                           seed=config.triplet_seed):  # fmt: skip
+                    record = jsonl_record(t, rows[0]["domain"])
+                    if errors := sorted(validator.iter_errors(record), key=str):
+                        raise StorageError(f"triplet of {identity} breaks the JSONL schema: {errors[0].message}")
+                    f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+                    n += 1
+        counts[split] = n
+    atomic_write_text(folder / "triplets.schema.json", json.dumps(TRIPLET_SCHEMA, indent=1) + "\n")
+    return counts
+
+
+def _counts(faces: pa.Table, config: ReleaseConfig) -> dict:
+    rows = faces.select(["identity_id", "split", "category", "intensity_bin"]).to_pylist()
+    by_split = {s: {"faces": 0, "identities": set()} for s in SPLITS}
+    bins: dict[str, dict[str, list[int]]] = {s: {} for s in SPLITS}
+    for r in rows:
+        by_split[r["split"]]["faces"] += 1
+        by_split[r["split"]]["identities"].add(r["identity_id"])
+        cat = r["category"] or "none"
+        bins[r["split"]].setdefault(cat, [0] * config.intensity_bins)[r["intensity_bin"]] += 1
+    return {
+        "faces": len(rows),
+        "identities": len({r["identity_id"] for r in rows}),
+        "splits": {s: {"faces": v["faces"], "identities": len(v["identities"])} for s, v in by_split.items()},
+        # faces per split, dominant category ("none": below min_target_score) and intensity bin
+        "category_bins": {s: dict(sorted(v.items())) for s, v in bins.items()},
+    }
+
+
+def record_missing_crops(layout: Layout, version: str, missing: list[dict]) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        dict(item=m["face_id"], stage=STAGE, reason="missing_crop", detail=f"crop file {m['crop_path']} does not exist",
+             partition=version, at=now)
+        for m in missing
+    ]  # fmt: skip
+    tables.write_partition(layout, "failures", tables.failures_partition(STAGE, version), rows)
+
+
+def read_manifest(layout: Layout, version: str) -> dict | None:
+    path = release_dir(layout, version) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_manifest(layout: Layout, version: str, manifest: dict) -> None:
+    atomic_write_text(release_dir(layout, version) / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def build_release(layout: Layout, version: str, *, workers: int = 8, progress: Progress | None = None) -> dict:
+    """Build `version` from its plan; a built one is left as it is. Returns its manifest."""
+    if (done := read_manifest(layout, version)) is not None:
+        return done
+    from storage.releases.card import write_card  # matplotlib: only when a release is built
+
+    info, faces = read_plan(layout, version)
+    config = ReleaseConfig.from_json(info["config"])
+    folder = release_dir(layout, version)
+    if info["missing_crops"]:
+        record_missing_crops(layout, version, info["missing_crops"])
+    digests = _collect_images(layout, folder, faces, workers, progress)
+    faces = faces.set_column(
+        faces.schema.get_field_index("crop_sha256"), "crop_sha256", pa.array([d for d, _ in digests], pa.string())
+    ).set_column(faces.schema.get_field_index("crop_bytes"), "crop_bytes", pa.array([n for _, n in digests], pa.int64()))
+    faces = faces.cast(RELEASE_FACES)
+    with atomic_open(folder / "splits.parquet") as f:
+        pq.write_table(faces, f, compression="zstd")
+
+    configured, found, corr = release_pairs(faces, config)
+    triplets = _write_triplets(folder, faces, configured + found, config)
+    manifest = {
+        "version": version,
+        "format": info["format"],
+        "planned_at": info["planned_at"],
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": info["config"],
+        "counts": {**_counts(faces, config), "triplets": triplets},
+        "pairs": {
+            "configured": [list(p) for p in configured],
+            "found": [list(p) for p in found],
+            "correlation": {"categories": list(CATEGORIES),
+                            "matrix": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in corr]},
+        },  # fmt: skip
+        "annotation_snapshot": info["annotation_snapshot"],
+        "missing_crops": len(info["missing_crops"]),
+        "images": {"count": faces.num_rows, "sha256": "per face: splits.parquet, column crop_sha256"},
+        "shards": None,  # filled in by the shards step
+        "complete": False,
+    }
+    card_files = write_card(folder, manifest, faces)
+    names = ["splits.parquet", *TRIPLET_FILES.values(), "triplets.schema.json", *card_files]
+    manifest["files"] = {n: dict(zip(("sha256", "bytes"), file_digest(folder / n), strict=True)) for n in names}
+    write_manifest(layout, version, manifest)
+    return manifest

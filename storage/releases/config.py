@@ -1,0 +1,79 @@
+"""The release config: every knob that changes a release's bytes, and so its version."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from storage.schemas import CATEGORIES, CONFUSABLE_PAIRS
+
+SPLITS: tuple[str, ...] = ("train", "val", "bench")
+MISSING_CROP_POLICIES = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    # Identity-disjoint splits: an identity's split is a hash of its id (with the salt), so it never
+    # moves when data is added. The bench split never trains.
+    val_fraction: float = 0.1
+    bench_fraction: float = 0.1
+    split_salt: str = "ffe-split-v1"
+    score_decimals: int = 3  # scores are rounded to this many decimals (and so is the version's hash)
+    domains: tuple[str, ...] = ("real", "anime")
+    # Triplets: a face is a target of category c when c is its dominant score and at least this high.
+    min_target_score: float = 0.3
+    intensity_bins: int = 3  # equal-width bins of the target's score, balanced in triplets
+    pairs: tuple[tuple[str, str], ...] = CONFUSABLE_PAIRS
+    extra_pairs: int = 2  # more pairs: the most correlated categories (train split) not paired yet
+    min_pair_correlation: float = 0.3
+    max_triplets_per_pair: int = 4  # per identity and pair
+    triplet_seed: int = 0
+    shard_target_bytes: int = 1_000_000_000
+    missing_crop: str = "skip"  # a face whose crop file is gone: leave it out (recorded) or stop
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (0 <= self.val_fraction < 1 and 0 <= self.bench_fraction < 1):
+            problems.append("val_fraction and bench_fraction must be in [0, 1)")
+        elif self.val_fraction + self.bench_fraction >= 1:
+            problems.append("val_fraction + bench_fraction must leave room for train (< 1)")
+        if not 0 <= self.score_decimals <= 6:
+            problems.append("score_decimals must be 0..6")
+        if unknown := sorted(set(self.domains) - {"real", "anime"}):
+            problems.append(f"unknown domain(s) {unknown}: real, anime")
+        if not 0 < self.min_target_score <= 1:
+            problems.append("min_target_score must be in (0, 1]")
+        if self.intensity_bins < 1:
+            problems.append("intensity_bins must be at least 1")
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(CATEGORIES):
+                problems.append(f"pair {list(pair)} must name two different categories of {list(CATEGORIES)}")
+        if self.extra_pairs < 0 or self.max_triplets_per_pair < 1:
+            problems.append("extra_pairs must be >= 0 and max_triplets_per_pair >= 1")
+        if self.shard_target_bytes < 1:
+            problems.append("shard_target_bytes must be positive")
+        if self.missing_crop not in MISSING_CROP_POLICIES:
+            problems.append(f"missing_crop must be one of {MISSING_CROP_POLICIES}")
+        if problems:
+            raise ValueError("invalid release config: " + "; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["domains"] = list(self.domains)
+        d["pairs"] = [list(p) for p in self.pairs]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReleaseConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"unknown release config key(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if "domains" in d:
+            d["domains"] = tuple(d["domains"])
+        if "pairs" in d:
+            d["pairs"] = tuple(tuple(p) for p in d["pairs"])
+        return cls(**d)
+
+    def bin_of(self, score: float) -> int:
+        return min(int(score * self.intensity_bins), self.intensity_bins - 1)

@@ -1,0 +1,85 @@
+"""A labelled work folder made up from scratch, for release tests and benchmarks.
+
+Writes the tables a release reads (images, faces, identities, affect_scores) and one crop file per
+face, through the real table writers, for `identities` people with `faces_per_identity` faces each:
+one neutral face per person, the others each dominated by one category of a confusable pair at an
+intensity spread over [0.3, 1], with the pair's partner co-scoring (so pairs correlate as in real
+labels). Crops are noise PNGs (incompressible: honest byte counts). Call again with another batch
+name to add a batch, as ingest would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime
+
+import numpy as np
+from PIL import Image
+
+from storage import tables
+from storage.atomic import atomic_write_bytes
+from storage.layout import Layout
+from storage.schemas import CATEGORIES, CONFUSABLE_PAIRS
+
+MODEL_VERSION = "sample-generator"
+
+
+def _png(rng: np.random.Generator, px: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _scores(rng: np.random.Generator, k: int) -> dict[str, float]:
+    s = rng.uniform(0.0, 0.08, len(CATEGORIES))
+    if k > 0:  # face 0 of each person stays neutral; then both sides of one pair, then the next pair
+        a, b = CONFUSABLE_PAIRS[(k - 1) // 2 % len(CONFUSABLE_PAIRS)]
+        main, other = (a, b) if k % 2 else (b, a)
+        level = rng.uniform(0.3, 1.0)
+        s[CATEGORIES.index(main)] = level
+        s[CATEGORIES.index(other)] = level * rng.uniform(0.3, 0.7)
+    return {c: float(v) for c, v in zip(CATEGORIES, s, strict=True)}
+
+
+def write_sample_tables(
+    layout: Layout,
+    *,
+    batch: str = "batch-sample0",
+    identities: int = 20,
+    faces_per_identity: int = 5,
+    crop_px: int = 32,
+    seed: int = 0,
+    domain: str = "real",
+) -> list[str]:
+    """Add one batch of made-up faces; returns their face_ids."""
+    rng = np.random.default_rng([seed, int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)])
+    now = datetime.now(UTC)
+    images, faces, ids, scores = [], [], [], []
+    for p in range(identities):
+        identity = None
+        for k in range(faces_per_identity):
+            data = _png(rng, crop_px)
+            image_id = hashlib.sha256(data).hexdigest()
+            face_id = f"{image_id[:16]}_0"
+            identity = identity or f"idn_{face_id}"
+            crop = layout.crop_path(face_id)
+            atomic_write_bytes(crop, data, fsync=False)
+            images.append(dict(image_id=image_id, path=layout.relative(crop), source_uri=f"sample://{batch}/{p}/{k}.png",
+                               batch=batch, format="PNG", mode="RGB", width=crop_px, height=crop_px,
+                               exif_orientation=1, bytes=len(data), ingested_at=now))  # fmt: skip
+            faces.append(dict(face_id=face_id, image_id=image_id, batch=batch, domain=domain, face_index=0,
+                              detector="whole_image", bbox_x0=0.0, bbox_y0=0.0, bbox_x1=float(crop_px),
+                              bbox_y1=float(crop_px), crop_path=layout.relative(crop), crop_phash=0,
+                              face_px=float(crop_px), sharpness=100.0, brightness=128.0, out_of_frame=0.0,
+                              quality_ok=True, reject_reason=""))  # fmt: skip
+            ids.append(dict(face_id=face_id, identity_id=identity, duplicate_of=None, distance=0.0, batch=batch,
+                            assigned_at=now))  # fmt: skip
+            scores.append(dict(face_id=face_id, source="model", n_annotators=0, agreement=None,
+                               model_version=MODEL_VERSION, **_scores(rng, k)))  # fmt: skip
+    tables.write_partition(layout, "images", batch, images)
+    tables.write_partition(layout, "faces", batch, faces)
+    tables.write_partition(layout, "identities", batch, ids)
+    previous = tables.read_table(layout, "affect_scores").to_pylist()
+    tables.write_partition(layout, "affect_scores", "all", previous + scores)
+    return [f["face_id"] for f in faces]

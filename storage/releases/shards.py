@@ -1,0 +1,264 @@
+"""WebDataset shards of a release: one sample per identity, byte-identical across rebuilds.
+
+A sample is `<identity_id>.json` (the identity's faces with their scores) and one
+`<identity_id>.<face_id>.png` per face; keys have no dots, so webdataset groups them. Shards are
+planned before a byte is written: per split, identities in the order of a hash of their id, packed
+until `shard_target_bytes`, with every tar offset known from the member sizes (so
+`index.parquet` can point a reader at any sample). Each shard is written by webdataset's
+`TarWriter` with a fixed mtime, owner and mode into a temp file, then renamed: no half shard is
+ever visible. A record per finished shard (under staging/) lets a rerun skip it; `_stats.json` is
+written last, then the manifest is completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from storage.atomic import atomic_open, atomic_write_text, sweep_temp_files
+from storage.errors import StorageError
+from storage.layout import Layout
+from storage.releases.build import file_digest, read_manifest, rows_by_identity, write_manifest
+from storage.releases.config import SPLITS, ReleaseConfig
+from storage.releases.plan import release_dir
+from storage.schemas import CATEGORIES, RELEASE_FACES, SHARD_INDEX
+
+STAGE = "ffe_shards"
+BLOCK = 512
+RECORD = 20 * BLOCK  # tarfile pads an archive to a multiple of this
+TAR_OPTIONS = dict(user="", group="", mode=0o644, mtime=0, encoder=False)  # nothing of the build machine
+STATS = "_stats.json"
+INDEX = "index.parquet"
+
+Progress = Callable[[int, int], None]
+
+
+class UnsafeTarError(ValueError):
+    """A tar member that would be written outside its folder: the shard is refused, not read."""
+
+
+def check_member_name(name: str, shard: str = "") -> str:
+    """A member name that stays inside the folder it would be extracted to, or UnsafeTarError."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeTarError(f"{shard or 'tar'}: member {name!r} would land outside the folder (absolute or '..')")
+    return name
+
+
+def member_bytes(size: int) -> int:
+    return BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def tar_bytes(members: int) -> int:
+    return -(-(members + 2 * BLOCK) // RECORD) * RECORD  # two zero blocks end the archive
+
+
+@dataclass
+class SampleSpec:
+    key: str
+    split: str
+    face_ids: list[str]
+    face_bytes: list[int]
+    json: bytes
+
+    @property
+    def bytes(self) -> int:
+        return member_bytes(len(self.json)) + sum(member_bytes(n) for n in self.face_bytes)
+
+
+@dataclass
+class ShardSpec:
+    name: str
+    split: str
+    samples: list[SampleSpec] = field(default_factory=list)
+
+    @property
+    def members(self) -> int:
+        return sum(s.bytes for s in self.samples)
+
+    @property
+    def bytes(self) -> int:
+        return tar_bytes(self.members)
+
+
+def sample_json(identity_id: str, rows: list[dict]) -> bytes:
+    faces = [
+        {
+            "face_id": r["face_id"],
+            "member": f"{r['face_id']}.png",
+            "category": r["category"],
+            "intensity": r["intensity"],
+            "intensity_bin": r["intensity_bin"],
+            "scores": {c: r[c] for c in CATEGORIES},
+            "source": r["source"],
+            "crop_sha256": r["crop_sha256"],
+        }
+        for r in rows
+    ]
+    doc = {"identity_id": identity_id, "split": rows[0]["split"], "domain": rows[0]["domain"], "faces": faces}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _order(identity_id: str) -> str:
+    return hashlib.sha256(identity_id.encode()).hexdigest()  # spreads an id range over all shards
+
+
+def plan_shards(faces: pa.Table, target_bytes: int) -> list[ShardSpec]:
+    by_identity = rows_by_identity(faces)
+    shards: list[ShardSpec] = []
+    for split in SPLITS:
+        ids = sorted((i for i, rows in by_identity.items() if rows[0]["split"] == split), key=_order)
+        current: ShardSpec | None = None
+        for identity in ids:
+            rows = by_identity[identity]
+            spec = SampleSpec(identity, split, [r["face_id"] for r in rows], [r["crop_bytes"] for r in rows],
+                              sample_json(identity, rows))  # fmt: skip
+            if current is None or (current.samples and current.bytes + spec.bytes > target_bytes):
+                current = ShardSpec(f"{split}-{sum(s.split == split for s in shards):06d}.tar", split)
+                shards.append(current)
+            current.samples.append(spec)
+    return shards
+
+
+class _HashingWriter:
+    """Passes bytes on to a file and hashes them on the way (one pass over the data)."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.n += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def write_shard(spec: ShardSpec, images: Path, dest: Path) -> dict:
+    """Write one shard to `dest` (atomically); returns its record."""
+    try:
+        with atomic_open(dest) as f:
+            out = _HashingWriter(f)
+            writer = wds.TarWriter(out, **TAR_OPTIONS)
+            for s in spec.samples:
+                sample = {"__key__": s.key, "json": s.json}
+                for face_id, size in zip(s.face_ids, s.face_bytes, strict=True):
+                    data = (images / f"{face_id}.png").read_bytes()
+                    if len(data) != size:
+                        raise StorageError(f"{spec.name}: image of {face_id} changed since the release was built "
+                                           f"({len(data)} bytes, splits.parquet says {size})")  # fmt: skip
+                    sample[f"{face_id}.png"] = data
+                writer.write(sample)
+            writer.close()
+    except StorageError:
+        raise
+    except FileNotFoundError as err:
+        raise StorageError(f"{spec.name}: image missing from the release: {err.filename}") from None
+    except OSError as err:
+        raise StorageError(f"cannot write shard {dest.name}: {err.strerror or err}") from None
+    if out.n != spec.bytes:  # the offsets in index.parquet depend on it
+        raise StorageError(f"{spec.name}: wrote {out.n} bytes, planned {spec.bytes}")
+    faces = sum(len(s.face_ids) for s in spec.samples)
+    return {"name": spec.name, "split": spec.split, "samples": len(spec.samples), "faces": faces,
+            "bytes": out.n, "sha256": out.sha.hexdigest()}  # fmt: skip
+
+
+def index_rows(specs: list[ShardSpec]) -> list[dict]:
+    rows = []
+    for spec in specs:
+        offset = 0
+        for s in spec.samples:
+            rows.append(dict(shard=spec.name, key=s.key, split=s.split, face_ids=s.face_ids, offset=offset,
+                             bytes=s.bytes))  # fmt: skip
+            offset += s.bytes
+    return rows
+
+
+def write_shards(layout: Layout, version: str, *, workers: int = 4, progress: Progress | None = None) -> dict:
+    """Write the shards of a built release that are not written yet, then complete its manifest."""
+    manifest = read_manifest(layout, version)
+    if manifest is None:
+        raise StorageError(f"release {version} is not built yet (no manifest.json): build ffe_release first")
+    if manifest["complete"]:
+        return manifest
+    folder = release_dir(layout, version)
+    shards_dir, records_dir = folder / "shards", layout.staging_dir(STAGE, version)
+    config = ReleaseConfig.from_json(manifest["config"])
+    faces = pq.read_table(folder / "splits.parquet", schema=RELEASE_FACES)
+    specs = plan_shards(faces, config.shard_target_bytes)
+    sweep_temp_files(shards_dir)
+
+    def finished(spec: ShardSpec) -> dict | None:
+        rec_path, path = records_dir / f"{spec.name}.json", shards_dir / spec.name
+        if not (rec_path.is_file() and path.is_file()):
+            return None
+        rec = json.loads(rec_path.read_text())
+        return rec if path.stat().st_size == rec["bytes"] else None
+
+    records = {s.name: r for s in specs if (r := finished(s)) is not None}
+    todo = [s for s in specs if s.name not in records]
+    start = time.monotonic()
+
+    def one(spec: ShardSpec) -> dict:
+        rec = write_shard(spec, folder / "images", shards_dir / spec.name)
+        atomic_write_text(records_dir / f"{spec.name}.json", json.dumps(rec))  # the shard counts as done
+        return rec
+
+    done_before = len(records)
+    if progress:
+        progress(done_before, len(specs))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, rec in enumerate(pool.map(one, todo), 1):
+            records[rec["name"]] = rec
+            if progress:
+                progress(done_before + i, len(specs))
+    wall = time.monotonic() - start
+
+    with atomic_open(shards_dir / INDEX) as f:
+        pq.write_table(pa.Table.from_pylist(index_rows(specs), schema=SHARD_INDEX), f, compression="zstd")
+    ordered = [records[s.name] for s in specs]
+    written = sum(r["bytes"] for r in ordered if r["name"] in {s.name for s in todo})
+    stats = {
+        "version": version,
+        "shards": len(specs),
+        "samples": sum(r["samples"] for r in ordered),
+        "faces": sum(r["faces"] for r in ordered),
+        "bytes": sum(r["bytes"] for r in ordered),
+        "written_this_run": len(todo),
+        "skipped_finished": done_before,
+        "wall_s": round(wall, 3),
+        "mb_per_s": round(written / 1e6 / wall, 1) if wall > 0 and written else None,
+        "workers": workers,
+    }
+    atomic_write_text(shards_dir / STATS, json.dumps(stats, indent=1) + "\n")  # last: the shards are done
+
+    manifest["shards"] = {s: [r for r in ordered if r["split"] == s] for s in SPLITS}
+    for name in (f"shards/{INDEX}", f"shards/{STATS}"):
+        manifest["files"][name] = dict(zip(("sha256", "bytes"), file_digest(folder / name), strict=True))
+    manifest["complete"] = True
+    write_manifest(layout, version, manifest)
+    shutil.rmtree(records_dir, ignore_errors=True)
+    return manifest
+
+
+def shard_paths(folder: Path, manifest: dict, split: str) -> list[str]:
+    return [str(folder / "shards" / r["name"]) for r in (manifest["shards"] or {}).get(split, [])]
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """webdataset's split of a member name into (sample key, extension)."""
+    base = posixpath.basename(name)
+    key, _, ext = base.partition(".")
+    return posixpath.join(posixpath.dirname(name), key), ext
