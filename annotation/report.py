@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from annotation.scores import alpha_per_category, human_ratings, icc_per_category
-from storage.releases.plan import release_eligible
 from storage import tables
 from storage.layout import Layout
+from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
 
 

@@ -15,10 +15,10 @@ from annotation.classifier import VERSION as CLASSIFIER_VERSION
 from annotation.classifier import classifier
 from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
-from storage.releases.plan import release_eligible
 from storage import tables
 from storage.errors import StorageError
 from storage.layout import Layout
+from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
 
 ALL = "all"  # the single partition file of tables that span every batch

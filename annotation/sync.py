@@ -14,9 +14,9 @@ from pathlib import Path
 
 from annotation import labelstudio as lsapi
 from annotation.scores import ALL
-from storage.releases.plan import release_eligible
 from storage import tables
 from storage.layout import Layout
+from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
 
 STAGE = "annotations"

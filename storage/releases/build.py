@@ -114,7 +114,9 @@ def rows_by_identity(faces: pa.Table) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
-def release_pairs(faces: pa.Table, config: ReleaseConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]], np.ndarray]:
+def release_pairs(
+    faces: pa.Table, config: ReleaseConfig
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], np.ndarray]:
     """(configured pairs, pairs found from the train split's score correlations, the matrix)."""
     train = faces.filter(pc.equal(faces.column("split"), "train"))
     scores = np.stack([train.column(c).to_numpy() for c in CATEGORIES], axis=1) if train.num_rows else np.zeros((0, 12))
@@ -196,7 +198,9 @@ def build_release(layout: Layout, version: str, *, workers: int = 8, progress: P
     digests = _collect_images(layout, folder, faces, workers, progress)
     faces = faces.set_column(
         faces.schema.get_field_index("crop_sha256"), "crop_sha256", pa.array([d for d, _ in digests], pa.string())
-    ).set_column(faces.schema.get_field_index("crop_bytes"), "crop_bytes", pa.array([n for _, n in digests], pa.int64()))
+    ).set_column(
+        faces.schema.get_field_index("crop_bytes"), "crop_bytes", pa.array([n for _, n in digests], pa.int64())
+    )
     faces = faces.cast(RELEASE_FACES)
     with atomic_open(folder / "splits.parquet") as f:
         pq.write_table(faces, f, compression="zstd")
@@ -213,8 +217,10 @@ def build_release(layout: Layout, version: str, *, workers: int = 8, progress: P
         "pairs": {
             "configured": [list(p) for p in configured],
             "found": [list(p) for p in found],
-            "correlation": {"categories": list(CATEGORIES),
-                            "matrix": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in corr]},
+            "correlation": {
+                "categories": list(CATEGORIES),
+                "matrix": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in corr],
+            },
         },  # fmt: skip
         "annotation_snapshot": info["annotation_snapshot"],
         "missing_crops": len(info["missing_crops"]),

@@ -54,7 +54,9 @@ def write_plots(folder: Path, manifest: dict, faces: pa.Table) -> list[str]:
     n = [counts["splits"][s]["faces"] for s in SPLITS]
     ax.bar(SPLITS, n, color=["tab:blue", "tab:orange", "tab:green"])
     for i, v in enumerate(n):
-        ax.text(i, v, f"{v} faces\n{counts['splits'][SPLITS[i]]['identities']} ids", ha="center", va="bottom", fontsize=7)
+        ax.text(
+            i, v, f"{v} faces\n{counts['splits'][SPLITS[i]]['identities']} ids", ha="center", va="bottom", fontsize=7
+        )
     ax.set_ylabel("faces")
     ax.set_title("split sizes (identity-disjoint)")
     fig.tight_layout()
@@ -130,14 +132,15 @@ the same inputs always give this version and these bytes.
 
 ## Files
 
-| file | what it holds |
-|---|---|
-| `splits.parquet` | one row per face: ids, split, domain, provenance, the 12 scores, dominant category, intensity bin, label source, crop sha256 |
-| `images/<face_id>.png` | the aligned crops |
-| `triplets.jsonl`, `triplets_val.jsonl` | training triplets in the PixelSmile reference's format (schema: `triplets.schema.json`) |
-| `shards/{{train,val,bench}}-NNNNNN.tar` | WebDataset shards, one sample per identity: `<identity>.json` + `<identity>.<face_id>.png` |
-| `shards/index.parquet` | shard, key, faces, byte offset and size of every sample |
-| `manifest.json` | counts, config, provenance and the sha256 of every file |
+- `splits.parquet`: one row per face: ids, split, domain, provenance (`source_uri`), the 12 scores,
+  dominant category, intensity bin, label source, crop sha256.
+- `images/<face_id>.png`: the aligned crops.
+- `triplets.jsonl`, `triplets_val.jsonl`: training triplets in the PixelSmile reference's format
+  (JSON Schema: `triplets.schema.json`).
+- `shards/{{train,val,bench}}-NNNNNN.tar`: WebDataset shards, one sample per identity:
+  `<identity>.json` and one `<identity>.<face_id>.png` per face.
+- `shards/index.parquet`: shard, key, faces, byte offset and size of every sample.
+- `manifest.json`: counts, config, provenance and the sha256 of every file.
 
 ## How to load it
 

@@ -117,8 +117,10 @@ def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
             "or plan with missing_crop='skip' to leave them out"
         )
     rows = rows.filter(pa.array(exists))
-    scores = np.round(np.stack([rows.column(c).to_numpy(zero_copy_only=False) for c in CATEGORIES], axis=1)
-                      .astype(np.float64), config.score_decimals) if rows.num_rows else np.zeros((0, len(CATEGORIES)))  # fmt: skip
+    scores = np.zeros((rows.num_rows, len(CATEGORIES)))
+    for k, c in enumerate(CATEGORIES):
+        scores[:, k] = rows.column(c).to_numpy(zero_copy_only=False)
+    scores = np.round(scores, config.score_decimals)
     ids = rows.column("identity_id").to_pylist()
     version = _version(config, rows.column("face_id").to_pylist(), ids, rows.column("domain").to_pylist(), scores)
     split_by_id = {i: split_of(i, config) for i in set(ids)}
@@ -137,8 +139,10 @@ def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
             "image": pa.array([f"images/{f}.png" for f in rows.column("face_id").to_pylist()], pa.string()),
             **{c: pa.array(scores[:, k]) for k, c in enumerate(CATEGORIES)},
             "category": pa.array(
-                [CATEGORIES[d] if s >= config.min_target_score else None for d, s in zip(dominant, intensity,
-                                                                                         strict=True)],
+                [
+                    CATEGORIES[d] if s >= config.min_target_score else None
+                    for d, s in zip(dominant, intensity, strict=True)
+                ],
                 pa.string(),
             ),
             "intensity": pa.array(intensity, pa.float64()),

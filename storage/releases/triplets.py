@@ -104,7 +104,9 @@ def correlated_pairs(
         (float(corr[i, j]), CATEGORIES[i], CATEGORIES[j])
         for i in range(n)
         for j in range(i + 1, n)
-        if np.isfinite(corr[i, j]) and corr[i, j] >= min_correlation and frozenset((CATEGORIES[i], CATEGORIES[j])) not in seen
+        if np.isfinite(corr[i, j])
+        and corr[i, j] >= min_correlation
+        and frozenset((CATEGORIES[i], CATEGORIES[j])) not in seen
     ]
     candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [(a, b) for _, a, b in candidates[:extra]], corr

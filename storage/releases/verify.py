@@ -41,7 +41,9 @@ class _HashingReader:
             pass
 
 
-def _verify_shard(path: Path, record: dict, expected: list[tuple[str, list[str]]], crop_sha: dict[str, str]) -> list[str]:
+def _verify_shard(
+    path: Path, record: dict, expected: list[tuple[str, list[str]]], crop_sha: dict[str, str]
+) -> list[str]:
     name = record["name"]
     if not path.is_file():
         return [f"{name}: missing"]
