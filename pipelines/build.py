@@ -17,11 +17,14 @@ from curation.batches import manifests, register_new_batch
 from curation.sample import write_sample
 from pipelines.definitions import build_definitions
 from pipelines.defs.ingest import ingest_batches
+from pipelines.defs.release import releases
 from pipelines.errors import FFEError
 from pipelines.instance import open_instance
 from storage import catalog
 from storage.errors import StorageError
 from storage.layout import Layout
+from storage.releases.build import read_manifest
+from storage.releases.plan import planned_versions
 
 # Dagster's console logger defaults to DEBUG: every event as a line. Progress bars and INFO suffice.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -34,6 +37,7 @@ class BuildReport:
     runs: list[str] = field(default_factory=list)  # partition keys run ("all batches": unpartitioned)
     skipped: list[str] = field(default_factory=list)  # partitions already materialised
     failed: dict[str, str] = field(default_factory=dict)  # partition -> first error line
+    releases: list[str] = field(default_factory=list)  # release versions planned so far, oldest first
 
     @property
     def ok(self) -> bool:
@@ -94,6 +98,12 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     return "run failed"
 
 
+def _add_partitions(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition, keys) -> None:
+    known = set(instance.get_dynamic_partitions(partitions_def.name))
+    if missing := [k for k in keys if k not in known]:
+        instance.add_dynamic_partitions(partitions_def.name, missing)
+
+
 def build(
     layout: Layout,
     input_dir: str | Path | None = None,
@@ -103,9 +113,11 @@ def build(
     *,
     domain: str = "real",
     pre_cropped: bool = False,
+    register_input: bool = True,
 ) -> BuildReport:
-    """`domain` and `pre_cropped` describe the new batch, if the input folder has new files."""
-    input_path = resolve_input(layout, input_dir, echo)
+    """`domain` and `pre_cropped` describe the new batch, if the input folder has new files;
+    `register_input=False` builds from what is registered already (`ffe release build`)."""
+    input_path = resolve_input(layout, input_dir, echo) if register_input else layout.default_input
     defs = build_definitions(str(layout.root), str(input_path))
     graph = defs.resolve_asset_graph()
     try:
@@ -119,14 +131,13 @@ def build(
     # Like make: what the selection needs upstream and is not built yet is built too.
     upstream = dg.AssetSelection.assets(*keys).upstream().resolve(graph) - keys
 
-    def split(ks):
-        return (
-            sorted((k for k in ks if graph.get(k).partitions_def is not None), key=str),
-            sorted((k for k in ks if graph.get(k).partitions_def is None), key=str),
-        )
+    def phase(ks, partitions_def) -> list[dg.AssetKey]:
+        return sorted((k for k in ks if graph.get(k).partitions_def == partitions_def), key=str)
 
-    partitioned, unpartitioned = split(keys)
-    partitioned_up, unpartitioned_up = split(upstream)
+    # Three phases, in the order data flows: per ingest batch, across all batches, per release.
+    batch, batch_up = phase(keys, ingest_batches), phase(upstream, ingest_batches)
+    whole, whole_up = phase(keys, None), phase(upstream, None)
+    per_release, per_release_up = phase(keys, releases), phase(upstream, releases)
     config = normalise_run_config(run_config)
     known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
     if unknown := sorted(set(config.get("ops", {})) - known):
@@ -134,27 +145,27 @@ def build(
     report = BuildReport()
 
     with open_instance(layout) as instance:
-        try:
-            manifest = register_new_batch(layout, input_path, domain=domain, pre_cropped=pre_cropped)
-        except ValueError as err:
-            raise FFEError(str(err)) from None
-        if manifest:
-            report.new_batch, report.new_files = manifest.batch, len(manifest.files)
-            echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
-        known = set(instance.get_dynamic_partitions(ingest_batches.name))
+        if register_input:
+            try:
+                manifest = register_new_batch(layout, input_path, domain=domain, pre_cropped=pre_cropped)
+            except ValueError as err:
+                raise FFEError(str(err)) from None
+            if manifest:
+                report.new_batch, report.new_files = manifest.batch, len(manifest.files)
+                echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
         batches = [m.batch for m in manifests(layout)]
-        if missing := [b for b in batches if b not in known]:
-            instance.add_dynamic_partitions(ingest_batches.name, missing)
+        _add_partitions(instance, ingest_batches, batches)
+        assets = [*defs.assets, *defs.asset_checks]
 
-        def run(partition: str | None, assets: list[dg.AssetKey]) -> None:
+        def run(partition: str | None, selected: list[dg.AssetKey]) -> None:
             label = partition or "all batches"
-            names = {k.to_python_identifier() for k in assets}
+            names = {k.to_python_identifier() for k in selected}
             # Each run gets the config of its own assets: Dagster refuses config for others.
             run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
             try:
                 result = dg.materialize(
-                    defs.assets,
-                    selection=assets,
+                    assets,
+                    selection=selected,
                     partition_key=partition,
                     instance=instance,
                     resources=defs.resources,
@@ -171,17 +182,30 @@ def build(
                 report.failed[label] = _first_error(result)
                 echo(f"FAILED {label}: {report.failed[label]}")
 
-        if partitioned or (unpartitioned and partitioned_up):
-            done = {k: instance.get_materialized_partitions(k) for k in partitioned + partitioned_up}
-            for batch in batches:
-                missing_up = [k for k in partitioned_up if batch not in done[k]]
-                if all(batch in done[k] for k in partitioned) and not missing_up:
-                    report.skipped.append(batch)
+        def per_partition(partitions: list[str], selected: list[dg.AssetKey], up: list[dg.AssetKey],
+                          gone: Callable[[str], bool] = lambda p: False) -> None:  # fmt: skip
+            """Run each partition where a selected asset, or one it needs upstream, is not built
+            (per Dagster, or `gone`: its files were deleted since)."""
+            done = {k: instance.get_materialized_partitions(k) for k in selected + up}
+            for p in partitions:
+                todo = sorted({k for k in selected + up if p not in done[k] or gone(p)}, key=str)
+                if todo:
+                    run(p, todo)
                 else:
-                    run(batch, sorted(set(partitioned) | set(missing_up), key=str))
-        if unpartitioned:
-            never_built = [k for k in unpartitioned_up if instance.get_latest_materialization_event(k) is None]
-            run(None, sorted(set(unpartitioned) | set(never_built), key=str))
+                    report.skipped.append(p)
+
+        later = whole + per_release
+        if batch or (later and batch_up):
+            per_partition(batches, batch, batch_up)
+        never_built = [k for k in whole_up if instance.get_latest_materialization_event(k) is None]
+        if whole or never_built:
+            run(None, sorted(set(whole) | set(never_built), key=str))
+        if per_release:
+            versions = planned_versions(layout)
+            _add_partitions(instance, releases, versions)
+            per_partition(versions, per_release, per_release_up,
+                          gone=lambda v: not (read_manifest(layout, v) or {}).get("complete"))  # fmt: skip
+            report.releases = versions
 
     catalog.connect(layout).close()  # persist fresh views for outside tools
     return report

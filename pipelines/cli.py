@@ -67,6 +67,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="report: print JSON")
     p.add_argument("--gold-rate", type=float, default=0.0, help="push: hidden gold tasks per regular task")
 
+    p = sub.add_parser("release", help="dataset releases: build, list, show, diff, verify")
+    rs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = rs.add_parser("build", help="plan the release the current labels give and build it (if new)")
+    _workdir_arg(q)
+    q.add_argument("--config", type=Path, default=None, help="YAML of release settings (see docs/releases.md)")
+    q = rs.add_parser("list", help="every release, oldest first")
+    _workdir_arg(q)
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("show", help="one release: counts, pairs, shards, files")
+    q.add_argument("version", help="a version, or 'latest'")
+    _workdir_arg(q)
+    q.add_argument("--json", action="store_true", help="print the whole manifest")
+    q = rs.add_parser("diff", help="faces added and removed, score changes and split moves between two releases")
+    q.add_argument("old")
+    q.add_argument("new")
+    _workdir_arg(q)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=50, help="examples of each kind of change (default 50)")
+    q = rs.add_parser("verify", help="re-read every file and shard of a release against its manifest")
+    q.add_argument("version", help="a version, or 'latest'")
+    _workdir_arg(q)
+
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)
     p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
@@ -227,7 +249,14 @@ def render_report(info: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from pipelines.releases import release_command
+
+    return release_command(args, _existing_layout(args.workdir), _load_config(getattr(args, "config", None)))
+
+
 COMMANDS = {
+    "release": cmd_release,
     "sample": cmd_sample,
     "annotate": cmd_annotate,
     "build": cmd_build,

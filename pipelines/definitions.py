@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.defs import annotation, curation, ingest
+from pipelines.defs import annotation, curation, ingest, release
 from pipelines.resources import FFEStorage, default_input_dir, default_workdir, label_studio_from_env
 
 ASSETS = [
@@ -17,7 +17,11 @@ ASSETS = [
     annotation.annotation_tasks,
     annotation.annotations,
     annotation.affect_scores,
+    release.release_plan,
+    release.ffe_release,
+    release.ffe_shards,
 ]
+CHECKS = [release.shards_verified]
 
 # Ingest and curate one batch: every asset partitioned by batch. The assets across all batches
 # (identities) follow by declarative automation (the daemon) or `ffe build`.
@@ -32,8 +36,9 @@ def build_definitions(workdir: str | None = None, input_dir: str | None = None) 
     """The graph over one work folder; defaults from $FFE_WORKDIR and $FFE_INPUT."""
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[batch_job, annotation.annotation_sync_job],
-        sensors=[ingest.new_input_files, annotation.annotation_sync],
+        asset_checks=CHECKS,
+        jobs=[batch_job, annotation.annotation_sync_job, release.release_job],
+        sensors=[ingest.new_input_files, annotation.annotation_sync, release.new_release],
         resources={
             "ffe": FFEStorage(
                 workdir=workdir or default_workdir(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import duckdb
 
 from storage.layout import Layout
-from storage.schemas import TABLES, schema_of
+from storage.schemas import RELEASE_FACES, SHARD_INDEX, TABLES, schema_of
 
 # Tables whose rows carry a key that two partitions written in parallel may both claim (two ingest
 # batches racing on the same content): the view keeps the earliest row per key.
@@ -40,9 +40,47 @@ def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
     return select
 
 
+_MANIFEST_COLUMNS = (
+    "{version: 'VARCHAR', planned_at: 'TIMESTAMPTZ', built_at: 'TIMESTAMPTZ', complete: 'BOOLEAN', counts: 'JSON'}"
+)
+_COUNTS = (
+    "CAST(counts->>'faces' AS INTEGER) AS faces, CAST(counts->>'identities' AS INTEGER) AS identities, "
+    + ", ".join(f"CAST(counts->'splits'->'{s}'->>'faces' AS INTEGER) AS {s}_faces" for s in ("train", "val", "bench"))
+    + ", CAST(counts->'triplets'->>'train' AS INTEGER) AS train_triplets"
+)
+
+
+def _release_view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, view: str) -> str:
+    """Views over every release: `releases` (one row per built release, from manifest.json),
+    `release_faces` (splits.parquet of each, with its version) and `release_shards`
+    (shards/index.parquet of each)."""
+    root = layout.releases
+    if view == "releases":
+        if not any(root.glob("*/manifest.json")):
+            return "SELECT NULL::VARCHAR AS version WHERE false"
+        glob = _sql_str(str(root / "*" / "manifest.json"))
+        return (f"SELECT version, planned_at, built_at, complete, {_COUNTS} "
+                f"FROM read_json({glob}, columns={_MANIFEST_COLUMNS}) ORDER BY planned_at")  # fmt: skip
+    relative, schema = {"release_faces": ("splits.parquet", RELEASE_FACES),
+                        "release_shards": ("shards/index.parquet", SHARD_INDEX)}[view]  # fmt: skip
+    if not any(root.glob(f"*/{relative}")):
+        empty = con.from_arrow(schema.empty_table())
+        cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in zip(empty.columns, empty.types, strict=True))
+        return f"SELECT NULL::VARCHAR AS version, {cols} WHERE false"
+    glob = _sql_str(str(root / "*" / relative))
+    pattern = _sql_str(f"([^/]+)/{relative.replace('.', '[.]')}$")
+    return (f"SELECT regexp_extract(filename, {pattern}, 1) AS version, * EXCLUDE (filename) "
+            f"FROM read_parquet({glob}, filename=true, union_by_name=true)")  # fmt: skip
+
+
+RELEASE_VIEWS = ("releases", "release_faces", "release_shards")
+
+
 def refresh_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
     for table in TABLES:
         con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {view_sql(con, layout, table)}')
+    for view in RELEASE_VIEWS:
+        con.execute(f'CREATE OR REPLACE VIEW "{view}" AS {_release_view_sql(con, layout, view)}')
 
 
 def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnection:

@@ -230,7 +230,7 @@ SHARD_INDEX = pa.schema(
         pa.field("key", pa.string(), nullable=False),  # the sample key: the identity_id
         pa.field("split", pa.string(), nullable=False),
         pa.field("face_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),  # of the sample's first tar header
+        pa.field("byte_offset", pa.int64(), nullable=False),  # of the sample's first tar header
         pa.field("bytes", pa.int64(), nullable=False),  # headers and padding included
     ]
 )

@@ -180,7 +180,7 @@ def index_rows(specs: list[ShardSpec]) -> list[dict]:
     for spec in specs:
         offset = 0
         for s in spec.samples:
-            rows.append(dict(shard=spec.name, key=s.key, split=s.split, face_ids=s.face_ids, offset=offset,
+            rows.append(dict(shard=spec.name, key=s.key, split=s.split, face_ids=s.face_ids, byte_offset=offset,
                              bytes=s.bytes))  # fmt: skip
             offset += s.bytes
     return rows
