@@ -130,7 +130,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         layout, args.input, args.select, _load_config(args.config), domain=args.domain, pre_cropped=args.pre_cropped
     )
     print(
-        f"done: {len(report.runs)} run(s), {len(report.skipped)} batch(es) already built, "
+        f"done: {len(report.runs)} run(s), {len(report.skipped)} partition(s) (batches, releases) already built, "
         f"{len(report.failed)} failed; work folder {layout.root}"
     )
     return 0 if report.ok else EXIT_ERROR

@@ -55,8 +55,19 @@ def test_build_status_query_and_rebuild(tmp_path, sample_dir, capsys):
     )
     assert out.splitlines()[0].split() == ["format", "n"] and "(3 rows)" in out
 
+    code, out, _ = ffe(capsys, "release", "list", "--workdir", work, "--json")
+    (rel,) = json.loads(out)
+    assert rel["state"] == "complete" and rel["faces"] == 2  # the astronaut and her mirror image
+    assert ffe(capsys, "release", "verify", "latest", "--workdir", work)[0] == 0
+    tars = {p.name: p.read_bytes() for p in (tmp_path / "w" / "releases" / rel["version"]).glob("shards/*.tar")}
+
     code, out, _ = ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work)
-    assert code == 0 and "1 batch(es) already built" in out  # only `identities`, across batches, reruns
+    assert code == 0 and "2 partition(s) (batches, releases) already built" in out  # the batch, the release
+    code, out, _ = ffe(capsys, "release", "build", "--workdir", work)
+    assert code == 0 and f"release {rel['version']}: unchanged since the last build, complete" in out
+    assert json.loads(ffe(capsys, "status", "--workdir", work, "--json")[1])["releases"] == [rel["version"]]
+    again = {p.name: p.read_bytes() for p in (tmp_path / "w" / "releases" / rel["version"]).glob("shards/*.tar")}
+    assert again == tars and tars
 
 
 def test_build_without_input_uses_the_sample(tmp_path, capsys):

@@ -143,7 +143,6 @@ def shards_verified(context: dg.AssetCheckExecutionContext, ffe: FFEStorage) -> 
 release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.assets(ffe_release, ffe_shards),
-    partitions_def=releases,
     description="Build one planned release: files, card, shards; then verify them.",
 )
 

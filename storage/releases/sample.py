@@ -1,6 +1,6 @@
 """A labelled work folder made up from scratch, for release tests and benchmarks.
 
-Writes the tables a release reads (images, faces, identities, affect_scores) and one crop file per
+Writes the tables a release reads (images, faces, identities, prelabels, affect_scores) and one crop file per
 face, through the real table writers, for `identities` people with `faces_per_identity` faces each:
 one neutral face per person, the others each dominated by one category of a confusable pair at an
 intensity spread over [0.3, 1], with the pair's partner co-scoring (so pairs correlate as in real
@@ -80,6 +80,10 @@ def write_sample_tables(
     tables.write_partition(layout, "images", batch, images)
     tables.write_partition(layout, "faces", batch, faces)
     tables.write_partition(layout, "identities", batch, ids)
+    # Pre-labels as the annotation stage writes them, and the affect scores they give without
+    # human annotations (so storage-level tests need not run the annotation stage).
+    prelabels = [{k: r[k] for k in ("face_id", "model_version", *CATEGORIES)} | {"batch": batch} for r in scores]
+    tables.write_partition(layout, "prelabels", batch, prelabels)
     previous = tables.read_table(layout, "affect_scores").to_pylist()
     tables.write_partition(layout, "affect_scores", "all", previous + scores)
     return [f["face_id"] for f in faces]

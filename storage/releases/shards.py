@@ -136,8 +136,11 @@ class _HashingWriter:
 
     def __init__(self, f):
         self.f, self.sha, self.n = f, hashlib.sha256(), 0
+        self.abandoned = False
 
     def write(self, data) -> int:
+        if self.abandoned:  # the tar stream flushing on garbage collection after a failed write
+            return len(data)
         self.sha.update(data)
         self.n += len(data)
         return self.f.write(data)
@@ -146,22 +149,30 @@ class _HashingWriter:
         self.f.flush()
 
 
+def _sample(spec: ShardSpec, s: SampleSpec, images: Path) -> dict[str, bytes | str]:
+    sample: dict[str, bytes | str] = {"__key__": s.key, "json": s.json}
+    for face_id, size in zip(s.face_ids, s.face_bytes, strict=True):
+        data = (images / f"{face_id}.png").read_bytes()
+        if len(data) != size:
+            raise StorageError(f"{spec.name}: image of {face_id} changed since the release was built "
+                               f"({len(data)} bytes, splits.parquet says {size})")  # fmt: skip
+        sample[f"{face_id}.png"] = data
+    return sample
+
+
 def write_shard(spec: ShardSpec, images: Path, dest: Path) -> dict:
     """Write one shard to `dest` (atomically); returns its record."""
     try:
         with atomic_open(dest) as f:
             out = _HashingWriter(f)
-            writer = wds.TarWriter(out, **TAR_OPTIONS)
-            for s in spec.samples:
-                sample = {"__key__": s.key, "json": s.json}
-                for face_id, size in zip(s.face_ids, s.face_bytes, strict=True):
-                    data = (images / f"{face_id}.png").read_bytes()
-                    if len(data) != size:
-                        raise StorageError(f"{spec.name}: image of {face_id} changed since the release was built "
-                                           f"({len(data)} bytes, splits.parquet says {size})")  # fmt: skip
-                    sample[f"{face_id}.png"] = data
-                writer.write(sample)
-            writer.close()
+            try:
+                writer = wds.TarWriter(out, **TAR_OPTIONS)
+                for s in spec.samples:
+                    writer.write(_sample(spec, s, images))
+                writer.close()
+            except BaseException:
+                out.abandoned = True
+                raise
     except StorageError:
         raise
     except FileNotFoundError as err:
