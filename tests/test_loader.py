@@ -45,7 +45,7 @@ def test_triplets_are_right_with_two_workers(release_folder):
     seen = 0
     for batch in loader:
         assert batch["source"].shape[1:] == (3, 16, 16) and batch["source"].dtype == torch.float32
-        assert -1.0 <= float(batch["target_a"].min()) and float(batch["target_b"].max()) <= 1.0
+        assert float(batch["target_a"].min()) >= -1.0 and float(batch["target_b"].max()) <= 1.0
         for i, identity in enumerate(batch["identity_id"]):
             src, a, b = (faces[batch["face_ids"][k][i]] for k in range(3))
             assert src["identity_id"] == a["identity_id"] == b["identity_id"] == identity
