@@ -26,9 +26,29 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from storage.releases.shards import check_member_name, shard_paths
+from storage.releases.shards import member_key, shard_paths
 from storage.releases.triplets import Face, identity_triplets
 from storage.schemas import CATEGORIES
+from storage.tarstream import iter_members
+
+
+def tar_samples(streams: Iterator[dict]) -> Iterator[dict]:
+    """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}; the
+    members of one sample are contiguous in our shards."""
+    for source in streams:
+        url, sample = source["url"], None
+        try:
+            for name, data in iter_members(source["stream"], Path(url).name):
+                key, ext = member_key(name)
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                sample[ext.lower()] = data
+        finally:
+            source["stream"].close()
+        if sample is not None:
+            yield sample
 
 
 def faces_of_sample(doc: dict) -> list[Face]:
@@ -63,7 +83,7 @@ class TripletStream(torch.utils.data.IterableDataset):
         pairs: Sequence[Sequence[str]],
         *,
         resolution: int = 512,
-        shuffle_buffer: int = 64,
+        shuffle_buffer: int = 16,  # identities (a few MB each); shards are shuffled per epoch too
         seed: int = 0,
         max_per_pair: int = 4,
         decode: bool = True,
@@ -98,28 +118,35 @@ class TripletStream(torch.utils.data.IterableDataset):
 
     def _triplets(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
-            doc = json.loads(sample["json"])
-            for t in identity_triplets(doc["identity_id"], faces_of_sample(doc), self.pairs,
-                                       max_per_pair=self.max_per_pair, seed=f"{self.seed}:{self.epoch}"):  # fmt: skip
-                yield {
-                    "__key__": f"{t.identity_id}/{t.target_a.face_id}/{t.target_b.face_id}",
-                    "identity_id": t.identity_id,
-                    "face_ids": [t.source.face_id, t.target_a.face_id, t.target_b.face_id],
-                    "source": sample[t.source.image.lower()],
-                    "target_a": sample[t.target_a.image.lower()],
-                    "target_b": sample[t.target_b.image.lower()],
-                    "category_a": t.target_a.category,
-                    "category_b": t.target_b.category,
-                    "alpha_a": float(t.target_a.scores[t.target_a.category]),
-                    "alpha_b": float(t.target_b.scores[t.target_b.category]),
-                    "scores_a": _scores(t.target_a),
-                    "scores_b": _scores(t.target_b),
-                }
+            yield from self._sample_triplets(sample)
 
-    def _decode(self, item: dict) -> dict:
-        for k in ("source", "target_a", "target_b"):
-            item[k] = decode_image(item[k], self.resolution, self.value_range)
-        return item
+    def _sample_triplets(self, sample: dict) -> Iterator[dict]:
+        doc = json.loads(sample["json"])
+        images: dict[str, torch.Tensor | bytes] = {}
+
+        def image(member: str) -> torch.Tensor | bytes:
+            """Each face decoded once per sample: the source is in every triplet of its identity."""
+            if member not in images:
+                data = sample[member.lower()]
+                images[member] = decode_image(data, self.resolution, self.value_range) if self.decode else data
+            return images[member]
+
+        for t in identity_triplets(doc["identity_id"], faces_of_sample(doc), self.pairs,
+                                   max_per_pair=self.max_per_pair, seed=f"{self.seed}:{self.epoch}"):  # fmt: skip
+            yield {
+                "__key__": f"{t.identity_id}/{t.target_a.face_id}/{t.target_b.face_id}",
+                "identity_id": t.identity_id,
+                "face_ids": [t.source.face_id, t.target_a.face_id, t.target_b.face_id],
+                "source": image(t.source.image),
+                "target_a": image(t.target_a.image),
+                "target_b": image(t.target_b.image),
+                "category_a": t.target_a.category,
+                "category_b": t.target_b.category,
+                "alpha_a": float(t.target_a.scores[t.target_a.category]),
+                "alpha_b": float(t.target_b.scores[t.target_b.category]),
+                "scores_a": _scores(t.target_a),
+                "scores_b": _scores(t.target_b),
+            }
 
     def pipeline(self) -> wds.DataPipeline:
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
@@ -128,12 +155,11 @@ class TripletStream(torch.utils.data.IterableDataset):
             wds.SimpleShardList(self._shard_order()),
             wds.split_by_node,
             wds.split_by_worker,
-            wds.tarfile_to_samples(rename_files=check_member_name),
+            wds.tariterators.url_opener,  # gopen: local paths, pipe:, http(s)
+            tar_samples,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=rng),
             self._triplets,
         ]
-        if self.decode:
-            stages.append(wds.map(self._decode))
         return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict]:

@@ -185,7 +185,7 @@ def _evil_tar(path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", ["../escape.json", "/etc/ffe.json", "a/../../b.json"])
 def test_tars_with_members_outside_the_folder_are_refused(tmp_path, name):
     from storage.loader import TripletStream
-    from storage.releases.shards import UnsafeTarError
+    from storage.tarstream import UnsafeTarError
 
     layout = Layout.at(tmp_path / "w")
     write_sample_tables(layout, identities=6, faces_per_identity=3)

@@ -4,7 +4,8 @@ Writes the tables a release reads (images, faces, identities, prelabels, affect_
 face, through the real table writers, for `identities` people with `faces_per_identity` faces each:
 one neutral face per person, the others each dominated by one category of a confusable pair at an
 intensity spread over [0.3, 1], with the pair's partner co-scoring (so pairs correlate as in real
-labels). Crops are noise PNGs (incompressible: honest byte counts). Call again with another batch
+labels). Crops are noise PNGs (tiny and fast), or with `photo` the astronaut's face shifted and
+tinted per face (the size and decoding cost of real crops). Call again with another batch
 name to add a batch, as ingest would.
 """
 
@@ -25,9 +26,17 @@ from storage.schemas import CATEGORIES, CONFUSABLE_PAIRS
 MODEL_VERSION = "sample-generator"
 
 
-def _png(rng: np.random.Generator, px: int) -> bytes:
+def _png(rng: np.random.Generator, px: int, photo: bool) -> bytes:
+    if photo:  # the astronaut's face, shifted and tinted: compresses like a real crop
+        from skimage import data
+
+        x, y = rng.integers(140, 180), rng.integers(20, 60)
+        face = np.asarray(data.astronaut()[y : y + 200, x : x + 180], dtype=np.float32) * rng.uniform(0.8, 1.2, 3)
+        img = Image.fromarray(np.clip(face, 0, 255).astype(np.uint8)).resize((px, px), Image.Resampling.BICUBIC)
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8))
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(buf, "PNG", compress_level=1)
+    img.save(buf, "PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -51,6 +60,7 @@ def write_sample_tables(
     crop_px: int = 32,
     seed: int = 0,
     domain: str = "real",
+    photo: bool = False,
 ) -> list[str]:
     """Add one batch of made-up faces; returns their face_ids."""
     rng = np.random.default_rng([seed, int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)])
@@ -59,7 +69,7 @@ def write_sample_tables(
     for p in range(identities):
         identity = None
         for k in range(faces_per_identity):
-            data = _png(rng, crop_px)
+            data = _png(rng, crop_px, photo)
             image_id = hashlib.sha256(data).hexdigest()
             face_id = f"{image_id[:16]}_0"
             identity = identity or f"idn_{face_id}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,9 @@ from storage.layout import Layout
 from storage.releases.build import file_digest, read_manifest
 from storage.releases.config import SPLITS
 from storage.releases.plan import release_dir
-from storage.releases.shards import INDEX, UnsafeTarError, check_member_name, member_key
+from storage.releases.shards import INDEX, member_key
 from storage.schemas import RELEASE_FACES, SHARD_INDEX
+from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_members
 
 
 class _HashingReader:
@@ -56,20 +56,15 @@ def _verify_shard(
     with open(path, "rb") as f:
         reader = _HashingReader(f)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    check_member_name(member.name, name)
-                    if not member.isreg():
-                        problems.append(f"{name}: member {member.name!r} is not a regular file")
-                        continue
-                    key, ext = member_key(member.name)
-                    if key not in samples:
-                        samples[key] = {}
-                        order.append(key)
-                    samples[key][ext] = tar.extractfile(member).read()
+            for member, data in iter_members(reader, name):
+                key, ext = member_key(member)
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                samples[key][ext] = data
         except UnsafeTarError as err:
             return [str(err)]
-        except (tarfile.TarError, EOFError, OSError) as err:
+        except (TruncatedTarError, OSError) as err:
             return problems + [f"{name}: unreadable tar (truncated or corrupt): {err}"]
         reader.drain()
     if reader.sha.hexdigest() != record["sha256"]:
