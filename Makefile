@@ -38,6 +38,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/ffe build
 	$(BIN)/ffe status
+	$(BIN)/ffe release show latest
+	# Rebuild the release from its plan in a scratch folder: every file and shard, the same sha256.
+	$(BIN)/ffe release verify latest --rebuild
 
 test: install label-studio
 	$(BIN)/ruff check .
@@ -51,6 +54,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benches/ingest.py
+	$(BIN)/python benches/shards.py
 
 clean-demo:
 	rm -rf ffe_data

@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     q = rs.add_parser("verify", help="re-read every file and shard of a release against its manifest")
     q.add_argument("version", help="a version, or 'latest'")
     _workdir_arg(q)
+    q.add_argument("--rebuild", action="store_true", help="also rebuild it from its plan and compare every sha256")
 
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)

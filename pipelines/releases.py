@@ -15,7 +15,7 @@ from storage.layout import Layout
 from storage.releases.build import read_manifest
 from storage.releases.diff import diff_releases, render_diff
 from storage.releases.listing import list_releases, resolve_version, summary
-from storage.releases.verify import verify_release
+from storage.releases.verify import rebuild_matches, verify_release
 
 RELEASE_SELECTION = "key:release_plan or key:ffe_release or key:ffe_shards"
 
@@ -114,4 +114,10 @@ def release_command(args: argparse.Namespace, layout: Layout, config: dict | Non
         print(f"  {p}")
     print(f"release {version}: " + ("intact: every file and shard matches the manifest" if not problems
                                     else f"{len(problems)} problem(s)"))  # fmt: skip
+    if args.rebuild and not problems:
+        problems = rebuild_matches(layout, version)
+        for p in problems:
+            print(f"  {p}")
+        print(f"release {version}: " + ("rebuilt from its plan: every file and shard has the same sha256"
+                                        if not problems else "not reproducible"))  # fmt: skip
     return 1 if problems else 0

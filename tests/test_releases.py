@@ -26,7 +26,7 @@ from storage.releases.triplets import TRIPLET_SCHEMA
 from storage.releases.verify import verify_release
 from storage.schemas import CATEGORIES
 
-SMALL_SHARDS = ReleaseConfig(shard_target_bytes=40_000)
+SMALL_SHARDS = ReleaseConfig(shard_target_bytes=60_000)  # two or three samples a shard
 
 
 def release(layout: Layout, config: ReleaseConfig = SMALL_SHARDS) -> str:
@@ -285,3 +285,75 @@ def test_the_card_describes_the_release(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(folder.glob("plots/*.png"))) == 4
     assert set(manifest["files"]) >= {"README.md", "splits.parquet", "triplets.jsonl", "shards/index.parquet"}
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_shard_no_half_shard_is_visible_and_the_rerun_finishes(tmp_path):
+    """The writer is SIGKILLed while it is blocked reading one image (a named pipe stands in for
+    the file), so the kill lands inside a shard for certain."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from storage.releases.shards import plan_shards
+
+    layout = Layout.at(tmp_path / "w")
+    write_sample_tables(layout, identities=24, faces_per_identity=4)
+    plan = plan_release(layout, SMALL_SHARDS)
+    write_plan(layout, plan)
+    build_release(layout, plan.version)
+    folder = release_dir(layout, plan.version)
+    specs = plan_shards(pq.read_table(folder / "splits.parquet"), SMALL_SHARDS.shard_target_bytes)
+    victim = next(s for s in specs[2:] if len(s.samples) > 1)  # shards before it finish; its 2nd sample blocks
+    before = specs[: specs.index(victim)]
+    image = folder / "images" / f"{victim.samples[1].face_ids[0]}.png"
+    saved = image.read_bytes()
+    image.unlink()
+    os.mkfifo(image)
+
+    code = f"from storage.layout import Layout; from storage.releases.shards import write_shards; " \
+           f"write_shards(Layout.at({str(layout.root)!r}), {plan.version!r}, workers=1)"  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    shards = folder / "shards"
+    try:
+        deadline = time.monotonic() + 60
+        while not list(shards.glob(f".{victim.name}.tmp-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the writer never reached the shard"
+            time.sleep(0.01)
+        time.sleep(0.2)  # it is blocked on the pipe now
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    visible = sorted(p.name for p in shards.glob("*.tar"))
+    assert visible == sorted(s.name for s in before)  # finished ones only: no half shard
+    assert list(shards.glob(f".{victim.name}.tmp-*"))  # the half one stayed hidden
+
+    image.unlink()
+    image.write_bytes(saved)
+    manifest = write_shards(layout, plan.version, workers=1)
+    assert manifest["complete"] and verify_release(layout, plan.version) == []
+    assert not list(shards.glob(".*tmp*"))  # the dead writer's temp file is gone
+    stats = json.loads((shards / "_stats.json").read_text())
+    assert stats["skipped_finished"] == len(before)
+
+    clean = Layout.at(tmp_path / "clean")
+    write_sample_tables(clean, identities=24, faces_per_identity=4)
+    assert release(clean) == plan.version
+    assert digests(folder, "shards/*.tar") == digests(release_dir(clean, plan.version), "shards/*.tar")
+
+
+def test_a_release_rebuilt_from_its_plan_has_the_same_bytes(tmp_path):
+    from storage.releases.verify import rebuild_matches
+
+    layout = Layout.at(tmp_path / "w")
+    write_sample_tables(layout, identities=10, faces_per_identity=4)
+    version = release(layout)
+    assert rebuild_matches(layout, version) == []
+    assert not (layout.staging / f"rebuild-{version}").exists()
+    index = release_dir(layout, version) / "triplets.jsonl"
+    index.write_text(index.read_text().replace('"fear"', '"surprised"', 1))  # someone edits a file
+    assert rebuild_matches(layout, version) == []  # the rebuild compares with the manifest, not the file
+    assert any(p.startswith("triplets.jsonl") for p in verify_release(layout, version))

@@ -71,10 +71,11 @@ class ShardSpec:
     name: str
     split: str
     samples: list[SampleSpec] = field(default_factory=list)
+    members: int = 0  # bytes of the samples' members, headers and padding included
 
-    @property
-    def members(self) -> int:
-        return sum(s.bytes for s in self.samples)
+    def add(self, sample: SampleSpec) -> None:
+        self.samples.append(sample)
+        self.members += sample.bytes
 
     @property
     def bytes(self) -> int:
@@ -113,10 +114,10 @@ def plan_shards(faces: pa.Table, target_bytes: int) -> list[ShardSpec]:
             rows = by_identity[identity]
             spec = SampleSpec(identity, split, [r["face_id"] for r in rows], [r["crop_bytes"] for r in rows],
                               sample_json(identity, rows))  # fmt: skip
-            if current is None or (current.samples and current.bytes + spec.bytes > target_bytes):
+            if current is None or (current.samples and tar_bytes(current.members + spec.bytes) > target_bytes):
                 current = ShardSpec(f"{split}-{sum(s.split == split for s in shards):06d}.tar", split)
                 shards.append(current)
-            current.samples.append(spec)
+            current.add(spec)
     return shards
 
 

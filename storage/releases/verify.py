@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from storage.layout import Layout
 from storage.releases.build import file_digest, read_manifest
 from storage.releases.config import SPLITS
 from storage.releases.plan import release_dir
-from storage.releases.shards import INDEX, member_key
+from storage.releases.shards import INDEX, STATS, member_key
 from storage.schemas import RELEASE_FACES, SHARD_INDEX
 from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_members
 
@@ -136,4 +137,36 @@ def verify_release(layout: Layout, version: str, *, workers: int = 4,
                "identities": sum(r["samples"] for r in manifest["shards"][split])}  # fmt: skip
         if got != want:
             problems.append(f"manifest.json: {split} shards hold {got}, the counts say {want}")
+    return problems
+
+
+RUN_RECORDS = {f"shards/{STATS}"}  # how a build went (times, rates), not what it made
+
+
+def rebuild_matches(layout: Layout, version: str) -> list[str]:
+    """Build `version` again from its plan in a scratch folder and compare every file's sha256 with
+    the manifest: what differs is listed (empty: the release is reproducible to the byte)."""
+    from storage.releases.build import build_release
+    from storage.releases.shards import write_shards
+
+    manifest = read_manifest(layout, version)
+    if manifest is None or not manifest["complete"]:
+        return [f"{version}: not built completely, nothing to compare"]
+    scratch = Layout(layout.staging / f"rebuild-{version}")
+    shutil.rmtree(scratch.root, ignore_errors=True)
+    try:
+        (scratch.root / "releases" / version).mkdir(parents=True)
+        (scratch.root / "crops").symlink_to(layout.crops)  # the same crops, read where the plan says
+        for name in ("plan.json", "plan.parquet"):
+            shutil.copyfile(release_dir(layout, version) / name, release_dir(scratch, version) / name)
+        build_release(scratch, version)
+        again = write_shards(scratch, version)
+    finally:
+        shutil.rmtree(scratch.root, ignore_errors=True)
+    rebuilt = {name: meta["sha256"] for name, meta in again["files"].items()}
+    problems = [f"{name}: rebuilt with another sha256" for name, meta in manifest["files"].items()
+                if name not in RUN_RECORDS and rebuilt.get(name) != meta["sha256"]]  # fmt: skip
+    theirs = {r["name"]: r["sha256"] for s in SPLITS for r in again["shards"][s]}
+    problems += [f"{r['name']}: rebuilt with another sha256" for s in SPLITS for r in manifest["shards"][s]
+                 if theirs.get(r["name"]) != r["sha256"]]  # fmt: skip
     return problems
