@@ -175,7 +175,8 @@ def main() -> None:
             "assumed_step_s": args.step_s,
             "headroom_vs_training": round(decoded_tps / consumed_tps, 2),
             "headroom_target": TARGET_HEADROOM,
-            "meets_targets": write_ratio >= TARGET_WRITE and read_ratio >= TARGET_READ
+            "meets_targets": write_ratio >= TARGET_WRITE
+            and read_ratio >= TARGET_READ
             and decoded_tps / consumed_tps >= TARGET_HEADROOM,
         },
     )
