@@ -97,8 +97,13 @@ class TripletStream(torch.utils.data.IterableDataset):
         self.epoch = 0
 
     @classmethod
-    def from_release(cls, folder: str | Path, split: str = "train", **kw) -> TripletStream:
-        """The shards and pairs of a release folder (its manifest says which)."""
+    def from_release(
+        cls, folder: str | Path, split: str = "train", *, shard_url: str | None = None, **kw
+    ) -> TripletStream:
+        """The shards and pairs of a release (its manifest.json says which). `shard_url` reads the
+        shards from elsewhere: a template with {version} and {name}, e.g.
+        "pipe:aws s3 cp s3://bucket/ffe/{version}/shards/{name} -"; `folder` then needs only the
+        manifest."""
         folder = Path(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         if not manifest.get("complete"):
@@ -106,7 +111,12 @@ class TripletStream(torch.utils.data.IterableDataset):
         pairs = manifest["pairs"]["configured"] + manifest["pairs"]["found"]
         kw.setdefault("seed", manifest["config"]["triplet_seed"])
         kw.setdefault("max_per_pair", manifest["config"]["max_triplets_per_pair"])
-        return cls(shard_paths(folder, manifest, split), pairs, **kw)
+        if shard_url is None:
+            urls = shard_paths(folder, manifest, split)
+        else:
+            names = [r["name"] for r in (manifest["shards"] or {}).get(split, [])]
+            urls = [shard_url.format(version=manifest["version"], name=n) for n in names]
+        return cls(urls, pairs, **kw)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

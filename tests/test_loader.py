@@ -84,3 +84,15 @@ def test_every_epoch_forms_fresh_triplets_from_the_same_samples(release_folder):
     assert {k.split("/")[0] for k in first} == {k.split("/")[0] for k in second}
     ds.set_epoch(0)
     assert [item["__key__"] for item in ds] == first  # an epoch is reproducible
+
+
+def test_shards_stream_through_a_pipe_as_from_object_storage(release_folder, tmp_path):
+    """`pipe:` URLs are how webdataset reads from S3 or GCS (`aws s3 cp ... -`); `cat` stands in."""
+    import shutil
+
+    remote = tmp_path / "bucket" / "shards"
+    shutil.copytree(release_folder / "shards", remote)
+    local = TripletStream.from_release(release_folder, decode=False)
+    piped = TripletStream.from_release(release_folder, decode=False, shard_url=f"pipe:cat {remote}/{{name}}")
+    assert piped.shards[0].startswith("pipe:cat ") and str(release_folder) not in piped.shards[0]
+    assert [i["__key__"] for i in piped] == [i["__key__"] for i in local]
