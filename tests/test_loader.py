@@ -96,3 +96,15 @@ def test_shards_stream_through_a_pipe_as_from_object_storage(release_folder, tmp
     piped = TripletStream.from_release(release_folder, decode=False, shard_url=f"pipe:cat {remote}/{{name}}")
     assert piped.shards[0].startswith("pipe:cat ") and str(release_folder) not in piped.shards[0]
     assert [i["__key__"] for i in piped] == [i["__key__"] for i in local]
+
+
+def test_plain_webdataset_reads_the_shards_as_the_card_says(release_folder):
+    import webdataset as wds
+    from PIL import Image
+
+    shards = [str(p) for p in sorted((release_folder / "shards").glob("train-*.tar"))]
+    for sample in wds.WebDataset(shards, shardshuffle=False).decode("pil"):
+        doc = sample["json"]
+        assert doc["identity_id"] == sample["__key__"]
+        for face in doc["faces"]:
+            assert isinstance(sample[face["member"]], Image.Image)

@@ -156,7 +156,8 @@ Plain webdataset:
 
 ```python
 import webdataset as wds
-ds = wds.WebDataset("releases/{v}/shards/train-{{000000..000009}}.tar").decode("pil")
+ds = wds.WebDataset("releases/{v}/shards/train-{{000000..000009}}.tar", shardshuffle=False).decode("pil")
+# a sample: "json" (the identity, its faces and scores) and one "<face_id>.png" (PIL image) per face
 ```
 
 The reference code: point its training data at `triplets.jsonl`; image paths are relative to this
