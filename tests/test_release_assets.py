@@ -100,3 +100,30 @@ def test_release_build_twice_and_after_a_new_batch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{v1} -> {v2}: 24 -> 30 faces" in out
     assert sorted(line.strip()[2:] for line in out.splitlines() if line.startswith("  + ")) == sorted(added)
+
+
+def test_release_plan_is_automated_only_after_the_labels_pass_their_blocking_checks(tmp_path):
+    from storage import tables
+
+    layout = Layout.at(tmp_path / "w")
+    write_sample_tables(layout, identities=5, faces_per_identity=3)
+    full = tables.read_partition(layout, "prelabels", "batch-sample0")
+    tables.write_partition(layout, "prelabels", "batch-sample0", full.slice(1))  # a face without a label
+    defs = build_definitions(str(layout.root), str(tmp_path / "in"))
+
+    def requested(instance, cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        keys = {r.key.to_user_string() for r in result.results if r.true_subset.size}
+        return "release_plan" in keys, result.cursor
+
+    with dg.instance_for_test() as instance:
+        _, cursor = requested(instance, None)
+        failed = _materialize(defs, instance, ["identities", "affect_scores"])
+        assert not failed.success  # coverage 14/15 < 0.95: the blocking check fails
+        planned, cursor = requested(instance, cursor)
+        assert not planned
+
+        tables.write_partition(layout, "prelabels", "batch-sample0", full)
+        assert _materialize(defs, instance, ["affect_scores"]).success
+        planned, cursor = requested(instance, cursor)
+        assert planned
