@@ -8,7 +8,7 @@ import json
 import dagster as dg
 
 from pipelines.build import build
-from pipelines.defs.release import release_plan
+from pipelines.defs.release import NOTHING_TO_RELEASE, release_plan
 from pipelines.errors import FFEError
 from pipelines.instance import open_instance
 from storage.layout import Layout
@@ -84,8 +84,11 @@ def release_command(args: argparse.Namespace, layout: Layout, config: dict | Non
         report = build(layout, selection=RELEASE_SELECTION, run_config={"release_plan": config or {}},
                        register_input=False, echo=print)  # fmt: skip
         version = current_version(layout)
-        if not report.ok or version is None:
-            print(f"release build failed: {report.failed or 'release_plan did not run (blocking checks?)'}")
+        if not report.ok:
+            print(f"release build failed: {report.failed}")
+            return 1
+        if version is None:
+            print(f"no release: {NOTHING_TO_RELEASE}")
             return 1
         manifest = read_manifest(layout, version) or {}
         state = "complete" if manifest.get("complete") else "incomplete"

@@ -127,3 +127,13 @@ def test_release_plan_is_automated_only_after_the_labels_pass_their_blocking_che
         assert _materialize(defs, instance, ["affect_scores"]).success
         planned, cursor = requested(instance, cursor)
         assert planned
+
+
+def test_no_faces_no_release(tmp_path, capsys):
+    import argparse
+
+    layout = Layout.at(tmp_path / "w")
+    layout.root.mkdir(parents=True)
+    assert release_command(argparse.Namespace(action="build"), layout, None) == 1
+    assert "no release: no release-eligible face has a score yet" in capsys.readouterr().out
+    assert not layout.releases.exists() or not any(layout.releases.iterdir())

@@ -25,6 +25,7 @@ from storage.releases.verify import verify_release
 releases = dg.DynamicPartitionsDefinition(name="releases")
 
 _DEFAULTS = ReleaseConfig()
+NOTHING_TO_RELEASE = "no release-eligible face has a score yet: nothing to release"
 
 
 class ReleaseSettings(dg.Config):
@@ -64,6 +65,9 @@ class ReleaseSettings(dg.Config):
 )
 def release_plan(context: dg.AssetExecutionContext, config: ReleaseSettings, ffe: FFEStorage) -> dg.MaterializeResult:
     plan = plan_release(ffe.layout, config.release_config())
+    if plan.faces.num_rows == 0:
+        context.log.info(f"release_plan: {NOTHING_TO_RELEASE}")
+        return dg.MaterializeResult(metadata={"skipped": NOTHING_TO_RELEASE, "missing_crops": len(plan.missing_crops)})
     labels = context.instance.get_latest_materialization_event(affect_scores.key)
     new = write_plan(ffe.layout, plan, {"affect_scores_run_id": labels.run_id if labels else None})
     context.log.info(f"release {plan.version}: {'new plan' if new else 'unchanged, planned before'} {plan.counts()}")

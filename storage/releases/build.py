@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage import tables
-from storage.atomic import atomic_open, atomic_write_text
+from storage.atomic import atomic_open, atomic_write_text, sweep_temp_files
 from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.config import SPLITS, ReleaseConfig
@@ -74,6 +74,7 @@ def _collect_images(layout: Layout, folder: Path, faces: pa.Table, workers: int,
     """images/<face_id>.png for every face, and (sha256, bytes) of each, in the plan's order."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(images)  # links a killed run left half made
     pairs = list(zip(faces.column("face_id").to_pylist(), faces.column("crop_path").to_pylist(), strict=True))
 
     def one(item: tuple[str, str]) -> tuple[str, int]:
@@ -201,6 +202,8 @@ def build_release(layout: Layout, version: str, *, workers: int = 8, progress: P
     info, faces = read_plan(layout, version)
     config = ReleaseConfig.from_json(info["config"])
     folder = release_dir(layout, version)
+    for sub in (folder, folder / "plots"):
+        sweep_temp_files(sub)
     if info["missing_crops"]:
         record_missing_crops(layout, version, info["missing_crops"])
     digests = _collect_images(layout, folder, faces, workers, progress)

@@ -225,6 +225,7 @@ def write_shards(layout: Layout, version: str, *, workers: int = 4, progress: Pr
     faces = pq.read_table(folder / "splits.parquet", schema=RELEASE_FACES)
     specs = plan_shards(faces, config.shard_target_bytes)
     sweep_temp_files(shards_dir)
+    sweep_temp_files(records_dir)
 
     def finished(spec: ShardSpec) -> dict | None:
         """The record of a shard an earlier run finished, if the file still has its bytes (shards
