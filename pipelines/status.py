@@ -6,6 +6,7 @@ from curation.batches import manifests
 from curation.ingest import batch_is_ingested
 from storage import catalog
 from storage.layout import Layout
+from storage.releases.listing import list_releases
 from storage.schemas import TABLES
 
 
@@ -17,7 +18,7 @@ def status(layout: Layout) -> dict:
         ).fetchall()
     batches = manifests(layout)
     pending = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
-    releases = sorted(p.name for p in layout.releases.iterdir() if p.is_dir()) if layout.releases.is_dir() else []
+    releases = list_releases(layout)
     return {
         "workdir": str(layout.root),
         "tables": tables,
@@ -28,7 +29,8 @@ def status(layout: Layout) -> dict:
             "ingested": len(batches) - len(pending),
             "pending": pending,
         },
-        "releases": releases,
+        "releases": [r["version"] for r in releases],  # oldest first
+        "release_states": {r["version"]: f"{r['state']}, {r['faces']} faces" for r in releases},
     }
 
 
@@ -44,5 +46,6 @@ def render_status(info: dict) -> str:
     lines += [f"{name:<18} {rows:>6}" for name, rows in info["tables"].items()]
     lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
     lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
-    lines += ["", f"releases     {', '.join(info['releases']) or 'none yet'}"]
+    lines += ["", "releases" if info["releases"] else "releases: none yet"]
+    lines += [f"  {v}  {state}" for v, state in info["release_states"].items()]
     return "\n".join(lines)
