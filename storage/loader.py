@@ -74,7 +74,8 @@ def _scores(face: Face) -> torch.Tensor:
 
 class TripletStream(torch.utils.data.IterableDataset):
     """Triplets from WebDataset shards: dicts with `source`, `target_a`, `target_b` (tensors, or the
-    encoded bytes when `decode=False`), `category_a/b`, `alpha_a/b` (each target's score in its own
+    encoded bytes when `decode=False`; triplets of one identity share the tensor of a face they
+    have in common, so copy before changing one in place), `category_a/b`, `alpha_a/b` (each target's score in its own
     category: the interpolation weight), `scores_a/b` (all 12), `identity_id` and `face_ids`."""
 
     def __init__(
