@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -51,6 +53,54 @@ def _scores(rng: np.random.Generator, k: int) -> dict[str, float]:
     return {c: float(v) for c, v in zip(CATEGORIES, s, strict=True)}
 
 
+@dataclass(frozen=True)
+class LabelledFace:
+    person: int  # faces of one person share an identity
+    png: bytes
+    scores: dict[str, float]
+    source_uri: str
+
+
+def write_labelled_faces(
+    layout: Layout, batch: str, faces: Iterable[LabelledFace], *, domain: str = "real",
+    model_version: str = MODEL_VERSION,
+) -> list[str]:  # fmt: skip
+    """Write one batch of labelled face crops as curation and annotation would have: the tables a
+    release reads, with the given scores as pre-labels and affect scores. Returns the face_ids."""
+    now = datetime.now(UTC)
+    images, rows, ids, scores = [], [], [], []
+    identity_of: dict[int, str] = {}
+    for face in faces:
+        image_id = hashlib.sha256(face.png).hexdigest()
+        face_id = f"{image_id[:16]}_0"
+        identity = identity_of.setdefault(face.person, f"idn_{face_id}")
+        crop = layout.crop_path(face_id)
+        atomic_write_bytes(crop, face.png, fsync=False)
+        with Image.open(io.BytesIO(face.png)) as im:
+            w, h = im.size
+        images.append(dict(image_id=image_id, path=layout.relative(crop), source_uri=face.source_uri, batch=batch,
+                           format="PNG", mode="RGB", width=w, height=h, exif_orientation=1, bytes=len(face.png),
+                           ingested_at=now))  # fmt: skip
+        rows.append(dict(face_id=face_id, image_id=image_id, batch=batch, domain=domain, face_index=0,
+                         detector="whole_image", bbox_x0=0.0, bbox_y0=0.0, bbox_x1=float(w), bbox_y1=float(h),
+                         crop_path=layout.relative(crop), crop_phash=0, face_px=float(w), sharpness=100.0,
+                         brightness=128.0, out_of_frame=0.0, quality_ok=True, reject_reason=""))  # fmt: skip
+        ids.append(dict(face_id=face_id, identity_id=identity, duplicate_of=None, distance=0.0, batch=batch,
+                        assigned_at=now))  # fmt: skip
+        scores.append(dict(face_id=face_id, source="model", n_annotators=0, agreement=None,
+                           model_version=model_version, **face.scores))  # fmt: skip
+    tables.write_partition(layout, "images", batch, images)
+    tables.write_partition(layout, "faces", batch, rows)
+    tables.write_partition(layout, "identities", batch, ids)
+    # Pre-labels as the annotation stage writes them, and the affect scores they give without
+    # human annotations (so storage-level tests need not run the annotation stage).
+    prelabels = [{k: r[k] for k in ("face_id", "model_version", *CATEGORIES)} | {"batch": batch} for r in scores]
+    tables.write_partition(layout, "prelabels", batch, prelabels)
+    previous = tables.read_table(layout, "affect_scores").to_pylist()
+    tables.write_partition(layout, "affect_scores", "all", previous + scores)
+    return [r["face_id"] for r in rows]
+
+
 def write_sample_tables(
     layout: Layout,
     *,
@@ -64,36 +114,9 @@ def write_sample_tables(
 ) -> list[str]:
     """Add one batch of made-up faces; returns their face_ids."""
     rng = np.random.default_rng([seed, int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)])
-    now = datetime.now(UTC)
-    images, faces, ids, scores = [], [], [], []
-    for p in range(identities):
-        identity = None
-        for k in range(faces_per_identity):
-            data = _png(rng, crop_px, photo)
-            image_id = hashlib.sha256(data).hexdigest()
-            face_id = f"{image_id[:16]}_0"
-            identity = identity or f"idn_{face_id}"
-            crop = layout.crop_path(face_id)
-            atomic_write_bytes(crop, data, fsync=False)
-            images.append(dict(image_id=image_id, path=layout.relative(crop), source_uri=f"sample://{batch}/{p}/{k}.png",
-                               batch=batch, format="PNG", mode="RGB", width=crop_px, height=crop_px,
-                               exif_orientation=1, bytes=len(data), ingested_at=now))  # fmt: skip
-            faces.append(dict(face_id=face_id, image_id=image_id, batch=batch, domain=domain, face_index=0,
-                              detector="whole_image", bbox_x0=0.0, bbox_y0=0.0, bbox_x1=float(crop_px),
-                              bbox_y1=float(crop_px), crop_path=layout.relative(crop), crop_phash=0,
-                              face_px=float(crop_px), sharpness=100.0, brightness=128.0, out_of_frame=0.0,
-                              quality_ok=True, reject_reason=""))  # fmt: skip
-            ids.append(dict(face_id=face_id, identity_id=identity, duplicate_of=None, distance=0.0, batch=batch,
-                            assigned_at=now))  # fmt: skip
-            scores.append(dict(face_id=face_id, source="model", n_annotators=0, agreement=None,
-                               model_version=MODEL_VERSION, **_scores(rng, k)))  # fmt: skip
-    tables.write_partition(layout, "images", batch, images)
-    tables.write_partition(layout, "faces", batch, faces)
-    tables.write_partition(layout, "identities", batch, ids)
-    # Pre-labels as the annotation stage writes them, and the affect scores they give without
-    # human annotations (so storage-level tests need not run the annotation stage).
-    prelabels = [{k: r[k] for k in ("face_id", "model_version", *CATEGORIES)} | {"batch": batch} for r in scores]
-    tables.write_partition(layout, "prelabels", batch, prelabels)
-    previous = tables.read_table(layout, "affect_scores").to_pylist()
-    tables.write_partition(layout, "affect_scores", "all", previous + scores)
-    return [f["face_id"] for f in faces]
+    faces = [
+        LabelledFace(p, _png(rng, crop_px, photo), _scores(rng, k), f"sample://{batch}/{p}/{k}.png")
+        for p in range(identities)
+        for k in range(faces_per_identity)
+    ]
+    return write_labelled_faces(layout, batch, faces, domain=domain)
