@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--subject", choices=["human", "anime"], default="human")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+
+    p = sub.add_parser("train", help="train on a release or a train.jsonl (also under `accelerate launch`)")
+    p.add_argument("--config", type=Path, required=True, help="YAML of TrainConfig fields (docs/model.md)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (overrides the config)")
     return parser
 
 
@@ -78,10 +82,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from pixelsmile.train import TrainConfig, train
+
+    config = TrainConfig.from_yaml(args.config)
+    if args.resume is not None:
+        config = replace(config, resume=args.resume)
+    result = train(config)
+    loss = (result["last"] or {}).get("total", float("nan"))
+    print(f"trained to step {result['steps']}; weights {result['weights']}; last loss {loss:.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"edit": cmd_edit}[args.command](args)
+        return {"edit": cmd_edit, "train": cmd_train}[args.command](args)
     except KeyboardInterrupt:
         return 130
     except Exception as err:

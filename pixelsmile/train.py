@@ -1,0 +1,317 @@
+"""PixelSmile training: symmetric joint training on triplets, with intensity supervision through
+textual latent interpolation, a contrastive loss and an identity loss.
+
+    pixelsmile train --config train.yaml          (or: accelerate launch -m pixelsmile.cli train ...)
+
+Per batch of triplets (source s, targets a and b of one confusable pair, each with its own score):
+both targets are noised to the same level, the model predicts each one's velocity from the source and
+its conditioning e(alpha) = e_neutral + alpha (e_target - e_neutral); the loss is
+1/2 (FM_a + FM_b) + w_sc L_SC + w_id L_ID (pixelsmile/losses.py). `symmetric: false` trains the plain
+baseline instead: flow matching on target a alone, no L_SC, no L_ID (the ablation).
+
+Checkpoints are `checkpoint-<step>/` folders (accelerate's state: model, optimizer, scheduler, RNG;
+plus the step and our noise generator), and `resume: latest` continues from the newest one to the
+same losses an uninterrupted run gives (fixed seeds; the data stream is replayed to its position).
+A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from pixelsmile.conditioning import Embedding, interpolate
+from pixelsmile.losses import (
+    LossWeights,
+    flow_matching,
+    identity,
+    info_nce_pair,
+    noisy,
+    predicted_x0,
+    sample_sigmas,
+    symmetric_loss,
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, a bad config): the message says why and what was kept."""
+
+
+class Backbone(Protocol):
+    name: str
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def encode_prompts(self, expressions: list[str], sources: torch.Tensor) -> Embedding: ...
+    def velocity(self, x_t, sigma, source_latents, cond: Embedding) -> torch.Tensor: ...
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+    def save_weights(self, folder: Path) -> Path: ...
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    release: str = ""  # a release folder (its train shards); or:
+    train_jsonl: str = ""  # the reference's train.jsonl (image paths relative to its folder)
+    backbone: str = "pixel"  # pixel | qwen
+    model_path: str = ""  # qwen: the local Qwen-Image-Edit folder
+    feature_encoder: str = ""  # L_SC features: a CLIP folder or a TorchScript file ("" disables L_SC)
+    identity_encoder: str = ""  # L_ID embeddings: a TorchScript file ("" disables L_ID)
+    resolution: int = 512
+    batch_size: int = 4
+    max_steps: int = 1000
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 500
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    resume: str = ""  # "" | latest | a checkpoint folder
+    seed: int = 0
+    symmetric: bool = True
+    contrastive_weight: float = 1.0
+    identity_weight: float = 0.1
+    tau: float = 0.07
+    lora_rank: int = 64
+    lora_alpha: int = 128
+    pixel_channels: int = 64
+    pixel_blocks: int = 4
+    num_workers: int = 0
+    log_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)  # backbone-specific settings
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - known):
+            close = {u: [k for k in known if k.startswith(u[:4])] for u in unknown}
+            hints = "; ".join(f"{u} (did you mean {', '.join(c)}?)" if c else u for u, c in close.items())
+            raise TrainingError(f"unknown training config key(s): {hints}")
+        config = cls(**d)
+        if not config.output_dir:
+            raise TrainingError("output_dir is required")
+        if bool(config.release) == bool(config.train_jsonl):
+            raise TrainingError("give exactly one of release (a release folder) and train_jsonl")
+        if config.backbone not in ("pixel", "qwen"):
+            raise TrainingError(f"backbone must be pixel or qwen, not {config.backbone!r}")
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        try:
+            return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        except OSError as err:
+            raise TrainingError(f"training config {path}: {err.strerror}") from None
+
+
+def build_backbone(config: TrainConfig) -> Backbone:
+    if config.backbone == "pixel":
+        from pixelsmile.pixel import PixelBackbone
+
+        return PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
+    raise TrainingError("training the qwen backbone is not built yet: use backbone: pixel (issue 7 goes on)")
+
+
+def triplet_batches(config: TrainConfig, epoch: int) -> Iterator[dict]:
+    """Batches of one epoch, in a fixed order for a given (seed, epoch)."""
+    if config.release:
+        from storage.loader import TripletStream
+
+        ds = TripletStream.from_release(config.release, resolution=config.resolution, seed=config.seed)
+        ds.set_epoch(epoch)
+    else:
+        from pixelsmile.reference import JsonlTriplets
+
+        ds = JsonlTriplets(config.train_jsonl, resolution=config.resolution, seed=config.seed, epoch=epoch)
+    loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, num_workers=config.num_workers,
+                                         drop_last=True)  # fmt: skip
+    yield from loader
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(self.out))
+        set_seed(config.seed)
+        self.backbone = build_backbone(config)
+        self.features = self._encoder(config.feature_encoder)
+        self.faces = self._encoder(config.identity_encoder)
+        self.weights = LossWeights(config.contrastive_weight, config.identity_weight, config.tau)
+        params = self.backbone.trainable_parameters()
+        if not params:
+            raise TrainingError(f"the {config.backbone} backbone has nothing to train")
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        from diffusers.optimization import get_scheduler
+
+        self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                       num_training_steps=config.max_steps)  # fmt: skip
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.backbone, self.optimizer, self.scheduler
+        )
+        self.noise = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.log_path = self.out / "losses.jsonl"
+
+    def _encoder(self, path: str):
+        if not path:
+            return None
+        from pixelsmile.encoders import load_encoder
+
+        return load_encoder(path).to(self.accelerator.device)
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        bb, dev = self.backbone, self.accelerator.device
+        source = batch["source"].to(dev)
+        src_lat = bb.encode_images(source)
+        neutral = bb.encode_prompts(["neutral"] * source.shape[0], source)
+        sigma = sample_sigmas(source.shape[0], self.noise, device=dev)
+        out = {}
+        sides = ("a", "b") if self.config.symmetric else ("a",)
+        preds = {}
+        for side in sides:
+            target = batch[f"target_{side}"].to(dev)
+            x0 = bb.encode_images(target)
+            noise = torch.randn(x0.shape, generator=self.noise).to(dev, x0.dtype)
+            x_t, v = noisy(x0, noise, sigma)
+            cond = interpolate(neutral, bb.encode_prompts(list(batch[f"category_{side}"]), source),
+                               batch[f"alpha_{side}"].to(dev))  # fmt: skip
+            v_pred = bb.velocity(x_t, sigma, src_lat, cond)
+            out[f"fm_{side}"] = flow_matching(v_pred, v)
+            preds[side] = (bb.decode(predicted_x0(x_t, v_pred, sigma)), target)
+        zero = torch.zeros((), device=dev)
+        if not self.config.symmetric:
+            out["fm_b"] = out["fm_a"]
+            out["total"] = out["fm_a"]
+            out["contrastive"] = out["identity"] = zero
+            return out
+        if self.features is not None and self.weights.contrastive:
+            (pa, ta), (pb, tb) = preds["a"], preds["b"]
+            with torch.no_grad():
+                fa, fb = self.features(ta), self.features(tb)
+            out["contrastive"] = info_nce_pair(self.features(pa), self.features(pb), fa, fb, self.weights.tau)
+        else:
+            out["contrastive"] = zero
+        if self.faces is not None and self.weights.identity:
+            with torch.no_grad():
+                ref = self.faces(source)
+            pred_a, pred_b = preds["a"][0], preds["b"][0]
+            out["identity"] = 0.5 * (identity(self.faces(pred_a), ref) + identity(self.faces(pred_b), ref))
+        else:
+            out["identity"] = zero
+        terms = symmetric_loss(out["fm_a"], out["fm_b"], out["contrastive"], out["identity"], self.weights)
+        out["total"] = terms.total
+        return out
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        self.model.train()
+        out = self.losses(batch)
+        if not torch.isfinite(out["total"]):
+            kept = checkpoints(self.out)
+            terms = {k: float(v.detach()) for k, v in out.items()}
+            raise TrainingError(
+                f"step {self.step + 1}: the loss is not finite ({terms}); stopped before updating the model. "
+                f"Last good checkpoint: {kept[-1] if kept else 'none yet'}"
+            )
+        self.accelerator.backward(out["total"])
+        if self.accelerator.sync_gradients and self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.backbone.trainable_parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in out.items()} | {"lr": self.scheduler.get_last_lr()[0]}
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        folder = self.out / f"checkpoint-{self.step}"
+        self.accelerator.save_state(str(folder))
+        torch.save({"step": self.step, "noise": self.noise.get_state()}, folder / "trainer_state.pt")
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        if self.config.checkpoints_total_limit:
+            for old in checkpoints(self.out)[: -self.config.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def resume(self, which: str) -> Path | None:
+        if not which:
+            return None
+        if which == "latest":
+            found = checkpoints(self.out)
+            if not found:
+                return None  # nothing to resume: start from scratch
+            folder = found[-1]
+        else:
+            folder = Path(which)
+            if not (folder / "trainer_state.pt").is_file():
+                raise TrainingError(f"{folder} is not a checkpoint folder (no trainer_state.pt)")
+        self.accelerator.load_state(str(folder))
+        state = torch.load(folder / "trainer_state.pt", weights_only=False)
+        self.step = int(state["step"])
+        self.noise.set_state(state["noise"])
+        return folder
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[dict]:
+        """Batches from the current step on: epochs in order, the resumed one fast-forwarded."""
+        seen, epoch = 0, 0
+        while True:
+            got = False
+            for batch in triplet_batches(self.config, epoch):
+                got = True
+                if seen >= self.step:
+                    yield batch
+                seen += 1
+            if not got:
+                raise TrainingError("the training data yields no full batch (too few triplets for batch_size?)")
+            epoch += 1
+
+    def train(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        resumed = self.resume(self.config.resume)
+        history = []
+        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", disable=not progress)
+        with open(self.log_path, "a") as log:
+            for batch in self.batches():
+                if self.step >= self.config.max_steps:
+                    break
+                terms = self.train_step(batch)
+                history.append(terms)
+                log.write(json.dumps({"step": self.step, **terms}) + "\n")
+                bar.update(1)
+                if self.step % max(self.config.log_every, 1) == 0:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k != "lr"})
+                if self.step % self.config.checkpointing_steps == 0 or self.step == self.config.max_steps:
+                    self.save_checkpoint()
+        bar.close()
+        weights = self.backbone.save_weights(self.out / "final")
+        return {"steps": self.step, "resumed_from": str(resumed) if resumed else None, "weights": str(weights),
+                "history": history, "last": history[-1] if history else None}  # fmt: skip
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    return Trainer(config).train(progress=progress)

@@ -1,0 +1,126 @@
+"""Training on a small synthetic release with the pixel backbone: the loss falls, a resumed run
+equals an uninterrupted one, a NaN stops the run clearly, config typos are one clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pixelsmile.encoders import small_encoder
+from pixelsmile.synthetic import write_world
+from pixelsmile.train import TrainConfig, Trainer, TrainingError, checkpoints, train
+from storage.layout import Layout
+from storage.releases.build import build_release
+from storage.releases.config import ReleaseConfig
+from storage.releases.plan import plan_release, release_dir, write_plan
+from storage.releases.shards import write_shards
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    layout = Layout.at(root / "w")
+    write_world(layout, people=16, faces_per_person=7, size=32)
+    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0, shard_target_bytes=100_000))
+    write_plan(layout, plan)
+    build_release(layout, plan.version)
+    write_shards(layout, plan.version)
+    return {
+        "release": str(release_dir(layout, plan.version)),
+        "features": str(small_encoder(root / "features.pt", seed=1)),
+        "faces": str(small_encoder(root / "faces.pt", seed=2)),
+    }
+
+
+def config(world, out, **kw) -> TrainConfig:
+    base = dict(output_dir=str(out), release=world["release"], feature_encoder=world["features"],
+                identity_encoder=world["faces"], resolution=32, batch_size=4, max_steps=6, lr_warmup_steps=0,
+                learning_rate=1e-3, checkpointing_steps=3, pixel_channels=16, pixel_blocks=1)  # fmt: skip
+    return TrainConfig.from_dict({**base, **kw})
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(world, tmp_path):
+    trainer = Trainer(config(world, tmp_path / "run", learning_rate=3e-3))
+    batch = next(trainer.batches())
+    before = [trainer.losses(batch)["total"].item() for _ in range(1)]
+    trainer.noise.manual_seed(0)
+    first = None
+    for _ in range(30):
+        trainer.noise.manual_seed(0)  # the same noise each step: only the model changes
+        terms = trainer.train_step(batch)
+        first = first or terms
+    trainer.noise.manual_seed(0)
+    after = trainer.losses(batch)
+    assert after["total"].item() < 0.7 * first["total"] and before
+    assert {"fm_a", "fm_b", "contrastive", "identity"} <= set(first)
+    assert first["contrastive"] > 0 and first["identity"] > 0
+
+
+def test_a_resumed_run_reaches_the_same_losses_as_an_uninterrupted_one(world, tmp_path):
+    whole = train(config(world, tmp_path / "whole"), progress=False)
+    assert whole["steps"] == 6 and [c.name for c in checkpoints(tmp_path / "whole")] == ["checkpoint-3", "checkpoint-6"]
+
+    killed = Trainer(config(world, tmp_path / "split"))  # the same run, killed after its checkpoint at 3
+    batches = killed.batches()
+    for _ in range(4):
+        killed.train_step(next(batches))
+        if killed.step == 3:
+            killed.save_checkpoint()
+    del killed
+    resumed = train(config(world, tmp_path / "split", resume="latest"), progress=False)
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["steps"] == 6
+    for a, b in zip(whole["history"][3:], resumed["history"], strict=True):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5)
+    logged = [json.loads(line) for line in (tmp_path / "split" / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [4, 5, 6]  # the resumed part (the killed one logged nothing here)
+    w1 = torch.load(tmp_path / "whole" / "final" / "pixel_edit_net.pt")
+    w2 = torch.load(tmp_path / "split" / "final" / "pixel_edit_net.pt")
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(world, tmp_path):
+    trainer = Trainer(config(world, tmp_path / "nan", max_steps=10))
+    batches = trainer.batches()
+    for _ in range(3):
+        trainer.train_step(next(batches))
+    trainer.save_checkpoint()
+    with torch.no_grad():
+        trainer.backbone.net.out.bias.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"step 4: the loss is not finite .*checkpoint-3"):
+        trainer.train_step(next(batches))
+    assert (tmp_path / "nan" / "checkpoint-3" / "trainer_state.pt").is_file()
+
+
+def test_config_mistakes_are_one_clear_error(world, tmp_path):
+    with pytest.raises(TrainingError, match="learning_rat .*did you mean learning_rate"):
+        TrainConfig.from_dict({"output_dir": str(tmp_path), "release": world["release"], "learning_rat": 1})
+    with pytest.raises(TrainingError, match="exactly one of release"):
+        TrainConfig.from_dict({"output_dir": str(tmp_path)})
+    from pixelsmile.encoders import EncoderError
+
+    with pytest.raises(EncoderError, match="does not exist"):
+        Trainer(config(world, tmp_path / "x", feature_encoder=str(tmp_path / "nope.pt")))
+
+
+def test_the_plain_baseline_trains_on_one_target(world, tmp_path):
+    out = train(config(world, tmp_path / "plain", symmetric=False, max_steps=2), progress=False)
+    assert out["last"]["contrastive"] == 0.0 and out["last"]["fm_a"] == out["last"]["total"]
+
+
+def test_pixelsmile_train_from_a_yaml_config(world, tmp_path, capsys):
+    import dataclasses
+
+    import yaml
+
+    from pixelsmile.cli import main
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(dataclasses.asdict(config(world, tmp_path / "cli", max_steps=2))))
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert "trained to step 2" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nrelease: y\nbatchsize: 3\n")
+    assert main(["train", "--config", str(bad)]) == 1
+    assert "unknown training config key(s): batchsize" in capsys.readouterr().err
