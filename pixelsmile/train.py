@@ -119,7 +119,12 @@ def build_backbone(config: TrainConfig) -> Backbone:
         from pixelsmile.pixel import PixelBackbone
 
         return PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
-    raise TrainingError("training the qwen backbone is not built yet: use backbone: pixel (issue 7 goes on)")
+    from pixelsmile.qwen_backbone import QwenBackbone
+
+    try:
+        return QwenBackbone(config)
+    except ValueError as err:  # a missing or wrong model folder
+        raise TrainingError(str(err)) from None
 
 
 def triplet_batches(config: TrainConfig, epoch: int) -> Iterator[dict]:

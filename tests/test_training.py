@@ -124,3 +124,26 @@ def test_pixelsmile_train_from_a_yaml_config(world, tmp_path, capsys):
     bad.write_text("output_dir: x\nrelease: y\nbatchsize: 3\n")
     assert main(["train", "--config", str(bad)]) == 1
     assert "unknown training config key(s): batchsize" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_qwen_backbone_trains_a_lora_that_the_pipeline_loads(world, tmp_path):
+    from pixelsmile.lora import load_lora
+    from pixelsmile.qwen import build_tiny, load_pipeline
+
+    model = build_tiny(tmp_path / "tiny-qwen")
+    cfg = config(world, tmp_path / "qwen", backbone="qwen", model_path=str(model), resolution=64, batch_size=2,
+                 max_steps=4, checkpointing_steps=2, lora_rank=4, lora_alpha=8, learning_rate=1e-3)  # fmt: skip
+    trainer = Trainer(cfg)
+    batch = next(trainer.batches())
+    first = None
+    for _ in range(8):
+        trainer.noise.manual_seed(0)
+        terms = trainer.train_step(batch)
+        first = first or terms
+    assert terms["total"] < first["total"] and first["contrastive"] > 0
+    weights = trainer.backbone.save_weights(tmp_path / "qwen" / "final")
+    pipe = load_pipeline(model)
+    load_lora(pipe, weights)
+    with pytest.raises(TrainingError, match="does not exist"):
+        Trainer(config(world, tmp_path / "q2", backbone="qwen", model_path=str(tmp_path / "nowhere")))
