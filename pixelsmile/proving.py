@@ -1,0 +1,221 @@
+"""The proving ground: train small models on the synthetic world and measure what the paper claims.
+
+1. A synthetic world (pixelsmile/synthetic.py) is written as a batch and cut into a release
+   (identity-disjoint splits; the bench split's people are never trained on).
+2. Two frozen encoders are trained on fresh renders: an expression encoder (the 14 features: the
+   world's stand-in for CLIP in L_SC) and an identity encoder (the identity vector: ArcFace's role in
+   L_ID). They are saved as TorchScript and loaded by path, as real ones would be.
+3. The same pixel-space model is trained twice with the same code, data and steps: PixelSmile's
+   symmetric joint training (1/2 (FM_a + FM_b) + L_SC + 0.1 L_ID) and plain flow matching on one
+   target (the ablation).
+4. Both edit the bench people's neutral faces toward every category over an alpha grid; the exact
+   judge reads each edit; FFE-Bench metrics, a no-edit baseline, sweep strips and CLS curves follow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from pixelsmile import metrics
+from pixelsmile.conditioning import interpolate
+from pixelsmile.encoders import SmallEncoder, small_encoder
+from pixelsmile.synthetic import (
+    CATEGORIES,
+    features_of,
+    identity_similarity,
+    judge,
+    random_identity,
+    render,
+    write_world,
+)
+from pixelsmile.train import TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class ProvingSettings:
+    people: int = 160
+    faces_per_person: int = 7
+    size: int = 32
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    channels: int = 64
+    blocks: int = 4
+    encoder_steps: int = 800
+    bench_fraction: float = 0.1
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+    sample_steps: int = 20
+    seed: int = 0
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+
+
+def _image(t: torch.Tensor) -> Image.Image:
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
+    """A small CNN regressing the 14 expression features (`target="expression"`) or the identity
+    vector (`"identity"`) from random renders."""
+    rng = np.random.default_rng(settings.seed + (1 if target == "expression" else 2))
+    torch.manual_seed(settings.seed)
+    out_dim = len(features_of(np.zeros(len(CATEGORIES)))) if target == "expression" else 10
+    net = SmallEncoder(out_dim, width=32)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    for _ in range(settings.encoder_steps):
+        xs, ys = [], []
+        for _ in range(32):
+            person, s = random_identity(rng), np.zeros(len(CATEGORIES))
+            s[rng.choice(len(CATEGORIES), size=rng.integers(0, 3), replace=False)] = rng.uniform(0, 1)
+            xs.append(_tensor(render(person, s, settings.size)))
+            ys.append(features_of(s) if target == "expression" else person.vector())
+        loss = nn.functional.mse_loss(net(torch.stack(xs)), torch.tensor(np.array(ys), dtype=torch.float32))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def make_release(out: Path, settings: ProvingSettings) -> Path:
+    from storage.layout import Layout
+    from storage.releases.build import build_release
+    from storage.releases.config import ReleaseConfig
+    from storage.releases.plan import plan_release, release_dir, write_plan
+    from storage.releases.shards import write_shards
+
+    layout = Layout.at(out / "world")
+    if not layout.releases.is_dir():
+        write_world(layout, people=settings.people, faces_per_person=settings.faces_per_person, size=settings.size,
+                    seed=settings.seed)  # fmt: skip
+    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=settings.bench_fraction,
+                                              shard_target_bytes=2_000_000))  # fmt: skip
+    write_plan(layout, plan)
+    build_release(layout, plan.version)
+    write_shards(layout, plan.version)
+    return release_dir(layout, plan.version)
+
+
+def bench_sources(release: Path) -> list[tuple[str, Image.Image]]:
+    """The most neutral face of every bench-split person (never seen in training)."""
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(release / "splits.parquet").to_pylist() if r["split"] == "bench"]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["identity_id"] not in best or r["intensity"] < best[r["identity_id"]]["intensity"]:
+            best[r["identity_id"]] = r
+    return [(i, Image.open(release / r["image"]).convert("RGB")) for i, r in sorted(best.items())]
+
+
+@torch.no_grad()
+def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[metrics.Edit], dict]:
+    """Every source toward every category at every alpha; judged. Returns the edits and the images
+    of the first two sources (for the sweep strips)."""
+    edits, strips = [], {}
+    alphas = torch.tensor(settings.alphas)
+    for n, (_, img) in enumerate(sources):
+        src = _tensor(img)[None].expand(len(alphas), -1, -1, -1)
+        src_judged = judge(img)
+        neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
+        for cat in CATEGORIES:
+            cond = interpolate(neutral, backbone.encode_prompts([cat] * len(alphas), src), alphas)
+            out = backbone.generate(src, cond, steps=settings.sample_steps, seed=settings.seed)
+            for a, t in zip(settings.alphas, out, strict=True):
+                edited = _image(t)
+                j = judge(edited)
+                edits.append(
+                    metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, src_judged.identity))
+                )
+                if n < 2:
+                    strips.setdefault((n, cat), []).append(edited)
+    return edits, strips
+
+
+def no_edit(sources, settings: ProvingSettings) -> list[metrics.Edit]:
+    edits = []
+    for _, img in sources:
+        j = judge(img)
+        edits += [metrics.Edit(c, float(a), j.scores, 1.0) for c in CATEGORIES for a in settings.alphas]
+    return edits
+
+
+def cls_curves(edits: list[metrics.Edit], settings: ProvingSettings) -> dict[str, list[float]]:
+    return {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a])) for a in settings.alphas]
+            for c in CATEGORIES}  # fmt: skip
+
+
+def plot(out: Path, results: dict, strips: dict, settings: ProvingSettings) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, axes = plt.subplots(3, 4, figsize=(12, 8), sharex=True, sharey=True)
+    for ax, cat in zip(axes.flat, CATEGORIES, strict=True):
+        for name, r in results.items():
+            ax.plot(settings.alphas, r["cls_curves"][cat], marker="o", label=name)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
+        ax.set_title(cat)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("alpha (requested intensity)")
+    fig.supylabel("judged intensity of the target")
+    fig.tight_layout()
+    fig.savefig(out / "cls_curves.png", dpi=80)
+    plt.close(fig)
+    written.append("cls_curves.png")
+    for name, images in strips.items():
+        rows = [(k, v) for k, v in images.items() if k[1] in ("happy", "fear", "surprised", "angry", "disgust")]
+        size = settings.size
+        sheet = Image.new("RGB", (size * len(settings.alphas), size * len(rows)), "white")
+        for r, (_, tiles) in enumerate(rows):
+            for c, tile in enumerate(tiles):
+                sheet.paste(tile, (c * size, r * size))
+        sheet = sheet.resize((sheet.width * 3, sheet.height * 3), Image.Resampling.NEAREST)
+        sheet.save(out / f"sweeps_{name}.png")
+        written.append(f"sweeps_{name}.png")
+    return written
+
+
+def run(out: Path, settings: ProvingSettings = ProvingSettings(), progress: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    release = make_release(out, settings)
+    encoders = {}
+    for target in ("expression", "identity"):
+        path = out / f"{target}_encoder.pt"
+        if not path.is_file():
+            small_encoder(path, module=train_encoder(target, settings))
+        encoders[target] = str(path)
+    sources = bench_sources(release)
+    results, strips = {"no-edit": {"metrics": metrics.summary(no_edit(sources, settings))}}, {}
+    for name, symmetric in (("pixelsmile", True), ("plain-fm", False)):
+        config = TrainConfig(output_dir=str(out / name), release=str(release), feature_encoder=encoders["expression"],
+                             identity_encoder=encoders["identity"], resolution=settings.size,
+                             batch_size=settings.batch_size, max_steps=settings.steps,
+                             learning_rate=settings.learning_rate, lr_warmup_steps=min(100, settings.steps // 10),
+                             checkpointing_steps=max(settings.steps // 3, 1), pixel_channels=settings.channels,
+                             pixel_blocks=settings.blocks, symmetric=symmetric, seed=settings.seed,
+                             resume="latest")  # fmt: skip
+        trainer = Trainer(config)
+        trained = trainer.train(progress=progress)
+        trainer.backbone.eval()
+        edits, strips[name] = evaluate(trainer.backbone, sources, settings)
+        results[name] = {"metrics": metrics.summary(edits), "cls_curves": cls_curves(edits, settings),
+                         "last_loss": trained["last"]}  # fmt: skip
+    results["no-edit"]["cls_curves"] = cls_curves(no_edit(sources, settings), settings)
+    files = plot(out, results, strips, settings)
+    report = {"settings": asdict(settings), "bench_people": len(sources), "release": release.name,
+              "results": {k: {kk: vv for kk, vv in v.items() if kk != "cls_curves"} | {"cls_curves": v["cls_curves"]}
+                          for k, v in results.items()}, "plots": files}  # fmt: skip
+    (out / "proving_ground.json").write_text(json.dumps(report, indent=1, default=float))
+    return report
