@@ -357,3 +357,12 @@ def test_a_release_rebuilt_from_its_plan_has_the_same_bytes(tmp_path):
     index.write_text(index.read_text().replace('"fear"', '"surprised"', 1))  # someone edits a file
     assert rebuild_matches(layout, version) == []  # the rebuild compares with the manifest, not the file
     assert any(p.startswith("triplets.jsonl") for p in verify_release(layout, version))
+
+
+def test_a_face_held_twice_by_a_table_stops_the_plan_with_its_id(tmp_path):
+    layout = Layout.at(tmp_path / "w")
+    ids = write_sample_tables(layout, identities=3, faces_per_identity=3)
+    rows = tables.read_partition(layout, "identities", "batch-sample0").to_pylist()
+    tables.write_partition(layout, "identities", "batch-sample0", rows + rows[:1])
+    with pytest.raises(StorageError, match=f"appear more than once .*{ids[0]}"):
+        plan_release(layout, ReleaseConfig())

@@ -103,6 +103,12 @@ def _snapshot(layout: Layout, rows: pa.Table) -> dict:
 def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
     """The release the current tables give under `config` (nothing is written)."""
     rows = _inputs(layout)
+    counts = pc.value_counts(rows.column("face_id")).to_pylist()
+    if twice := sorted(c["values"] for c in counts if c["counts"] > 1):
+        raise StorageError(
+            f"{len(twice)} face_id(s) appear more than once across affect_scores, identities and faces "
+            f"(e.g. {', '.join(twice[:3])}): a table holds a face twice; rebuild that stage"
+        )
     rows = rows.filter(pc.is_in(rows.column("domain"), pa.array(list(config.domains))))
     exists = np.array([(layout.root / p).is_file() for p in rows.column("crop_path").to_pylist()], dtype=bool)
     missing = [

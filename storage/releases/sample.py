@@ -70,8 +70,12 @@ def write_labelled_faces(
     now = datetime.now(UTC)
     images, rows, ids, scores = [], [], [], []
     identity_of: dict[int, str] = {}
+    seen: set[str] = set()
     for face in faces:
         image_id = hashlib.sha256(face.png).hexdigest()
+        if image_id in seen:  # the same bytes twice: ingest keeps the first copy only
+            continue
+        seen.add(image_id)
         face_id = f"{image_id[:16]}_0"
         identity = identity_of.setdefault(face.person, f"idn_{face_id}")
         crop = layout.crop_path(face_id)
