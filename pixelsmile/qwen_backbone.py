@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ class QwenBackbone(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(vae.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(vae.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         self._grid: tuple[int, int] = (0, 0)
+        self._prompts: dict[tuple[str, str], Embedding] = {}
+        self.cache_size = int(config.extra.get("prompt_cache_size", 100_000))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,9 +74,19 @@ class QwenBackbone(torch.nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, expressions: list[str], sources: torch.Tensor) -> Embedding:
+        """Per sample, the instruction's embedding with its source image. The frozen encoder gives the
+        same embedding for the same (source, instruction) every epoch: they are cached (in memory,
+        up to `cache_size`) and encoded once."""
+        parts = []
         with image_areas(self.resolution * self.resolution, self.condition_area):
-            parts = [encode_prompt(self.pipe, prompt(e), to_pil(s), condition_area=self.condition_area)
-                     for e, s in zip(expressions, sources, strict=True)]  # fmt: skip
+            for e, s in zip(expressions, sources, strict=True):
+                key = (hashlib.sha1(s.detach().cpu().numpy().tobytes()).hexdigest(), e)
+                if key not in self._prompts:
+                    if len(self._prompts) >= self.cache_size:
+                        self._prompts.pop(next(iter(self._prompts)))
+                    emb = encode_prompt(self.pipe, prompt(e), to_pil(s), condition_area=self.condition_area)
+                    self._prompts[key] = emb
+                parts.append(self._prompts[key])
         length = max(p.length for p in parts)
         padded = [p.padded(length) for p in parts]
         return Embedding(torch.cat([p.embeds for p in padded]), torch.cat([p.mask for p in padded]))

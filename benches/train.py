@@ -1,0 +1,124 @@
+"""Training step cost: PixelSmile's step against a plain diffusers-style flow-matching LoRA step on the
+same tiny Qwen-Image-Edit and the same batch, in the same run; and inference time per edit.
+
+Plain step (what diffusers' Qwen-Image LoRA training does per image): VAE-encode the target and the
+source, noise the target, one transformer forward on [target, source] tokens with the prompt's
+embeddings, MSE to the velocity, backward, AdamW step. PixelSmile's step does that for both targets
+of a triplet, with interpolated conditioning, plus L_SC (decode both predictions, image features) and
+L_ID (face embeddings). Compared per target image trained: target at most 1.5x the plain step.
+
+    python benches/train.py [--quick] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benches.common import report  # noqa: E402
+from pixelsmile.encoders import small_encoder  # noqa: E402
+from pixelsmile.losses import flow_matching, noisy, sample_sigmas  # noqa: E402
+from pixelsmile.qwen import build_tiny, load_pipeline  # noqa: E402
+from pixelsmile.synthetic import write_world  # noqa: E402
+from pixelsmile.train import TrainConfig, Trainer  # noqa: E402
+
+TARGET = 1.5
+
+
+def plain_step(trainer: Trainer, batch: dict) -> None:
+    """One flow-matching LoRA step on target a with its own prompt (no interpolation, no extra losses)."""
+    bb, dev = trainer.backbone, trainer.accelerator.device
+    source, target = batch["source"].to(dev), batch["target_a"].to(dev)
+    src_lat, x0 = bb.encode_images(source), bb.encode_images(target)
+    cond = bb.encode_prompts(list(batch["category_a"]), source)
+    sigma = sample_sigmas(x0.shape[0], trainer.noise, device=dev)
+    x_t, v = noisy(x0, torch.randn(x0.shape, generator=trainer.noise).to(dev), sigma)
+    loss = flow_matching(bb.velocity(x_t, sigma, src_lat, cond), v)
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=None)
+    args = ap.parse_args()
+    steps = args.steps or (4 if args.quick else 20)
+    with tempfile.TemporaryDirectory(prefix="ffe-bench-train-") as tmp:
+        root = Path(tmp)
+        from storage.layout import Layout
+        from storage.releases.build import build_release
+        from storage.releases.config import ReleaseConfig
+        from storage.releases.plan import plan_release, release_dir, write_plan
+        from storage.releases.shards import write_shards
+
+        layout = Layout.at(root / "w")
+        write_world(layout, people=12, faces_per_person=7, size=64)
+        plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0))
+        write_plan(layout, plan)
+        build_release(layout, plan.version)
+        write_shards(layout, plan.version)
+        model = build_tiny(root / "tiny")
+        config = TrainConfig(output_dir=str(root / "run"), release=str(release_dir(layout, plan.version)),
+                             backbone="qwen", model_path=str(model), resolution=64, batch_size=2, max_steps=10**6,
+                             lr_warmup_steps=0, lora_rank=4, lora_alpha=8,
+                             feature_encoder=str(small_encoder(root / "f.pt", seed=1)),
+                             identity_encoder=str(small_encoder(root / "i.pt", seed=2)))  # fmt: skip
+        trainer = Trainer(config)
+        batch = next(trainer.batches())
+        ours, plain = [], []
+        for _ in range(2):  # warm-up
+            trainer.train_step(batch)
+            plain_step(trainer, batch)
+        for _ in range(steps):  # alternate, so both see the same machine state
+            t0 = time.perf_counter()
+            trainer.train_step(batch)
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            plain_step(trainer, batch)
+            plain.append(time.perf_counter() - t0)
+
+        from pixelsmile.infer import EditSettings, edit
+        from storage.loader import decode_image  # noqa: F401 (the same decoder the loader uses)
+
+        pipe = load_pipeline(model)
+        face = (batch["source"][0].clamp(-1, 1) + 1) * 127.5
+        from PIL import Image
+
+        img = Image.fromarray(face.byte().permute(1, 2, 0).numpy())
+        settings = EditSettings(steps=20, size=64, condition_area=56 * 56)
+        edit(pipe, img, {"happy": 0.5}, settings)
+        t0 = time.perf_counter()
+        for a in (0.25, 0.5, 0.75):
+            edit(pipe, img, {"happy": a}, settings)
+        per_edit = (time.perf_counter() - t0) / 3
+
+    per_target_ours = statistics.median(ours) / 2  # a triplet trains two targets
+    per_target_plain = statistics.median(plain)
+    ratio = per_target_ours / per_target_plain
+    report("train", args.quick, {
+        "bench": "train",
+        "model": "tiny random Qwen-Image-Edit (pixelsmile.qwen.build_tiny), 64 px, batch 2, LoRA rank 4, CPU",
+        "steps": steps,
+        "ours_s_per_step": round(statistics.median(ours), 4),
+        "plain_s_per_step": round(per_target_plain, 4),
+        "ours_s_per_target": round(per_target_ours, 4),
+        "ratio_per_target_vs_plain": round(ratio, 3),
+        "target": TARGET,
+        "meets_target": ratio <= TARGET,
+        "inference_s_per_edit_20_steps": round(per_edit, 4),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
