@@ -66,7 +66,7 @@ class PixelEditNet(nn.Module):
     def __init__(self, channels: int = 64, text_dim: int = 32, blocks: int = 4):
         super().__init__()
         cond_dim = 128
-        self.text = nn.Sequential(nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.text = nn.Sequential(nn.Linear(2 * text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.time = nn.Sequential(nn.Linear(64, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.stem = nn.Conv2d(6, channels, 3, padding=1)
         self.down = nn.Conv2d(channels, channels, 4, stride=2, padding=1)
@@ -77,9 +77,12 @@ class PixelEditNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, source: torch.Tensor, cond: Embedding) -> torch.Tensor:
+        # The masked mean, and the last token (the expression's word: the template tokens are the same
+        # in every instruction, so the mean alone would dilute what differs).
         mask = cond.mask.to(cond.embeds.dtype)[..., None]
         pooled = (cond.embeds * mask).sum(1) / mask.sum(1).clamp(min=1)
-        c = self.text(pooled) + self.time(_sigma_embedding(sigma, 64))
+        last = cond.embeds[torch.arange(cond.embeds.shape[0]), cond.mask.sum(1).long() - 1]
+        c = self.text(torch.cat([pooled, last], dim=1)) + self.time(_sigma_embedding(sigma, 64))
         skip = self.stem(torch.cat([x_t, source], dim=1))
         h = self.down(skip)
         for block in self.blocks:

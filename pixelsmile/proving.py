@@ -28,6 +28,7 @@ from pixelsmile.conditioning import interpolate
 from pixelsmile.encoders import SmallEncoder, small_encoder
 from pixelsmile.synthetic import (
     CATEGORIES,
+    WORLD_PAIRS,
     features_of,
     identity_similarity,
     judge,
@@ -97,8 +98,9 @@ def make_release(out: Path, settings: ProvingSettings) -> Path:
     if not layout.releases.is_dir():
         write_world(layout, people=settings.people, faces_per_person=settings.faces_per_person, size=settings.size,
                     seed=settings.seed)  # fmt: skip
-    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=settings.bench_fraction,
-                                              shard_target_bytes=2_000_000))  # fmt: skip
+    config = ReleaseConfig(val_fraction=0.0, bench_fraction=settings.bench_fraction, pairs=WORLD_PAIRS, extra_pairs=0,
+                           shard_target_bytes=2_000_000)  # fmt: skip
+    plan = plan_release(layout, config)
     write_plan(layout, plan)
     build_release(layout, plan.version)
     write_shards(layout, plan.version)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from storage.schemas import CATEGORIES
+from storage.schemas import CATEGORIES, CONFUSABLE_PAIRS
 
 FEATURES = ("mouth_open", "mouth_width", "mouth_curve", "mouth_asym", "brow_height", "brow_slope", "eye_open",
             "gaze_x", "gaze_y", "blush", "wrinkle", "tear", "sweat", "tilt")  # fmt: skip
@@ -388,15 +388,18 @@ def identity_similarity(a: np.ndarray, b: np.ndarray) -> float:
 # --- a synthetic dataset in the release format ----------------------------------------------------
 
 
-def world_scores(rng: np.random.Generator, k: int, pairs=None) -> np.ndarray:
-    """Face k of a person: 0 neutral; then both sides of one confusable pair at random intensities,
-    then the next pair, with the partner category co-scoring lightly (as real labels do)."""
-    from storage.schemas import CONFUSABLE_PAIRS
+# The world's pairs: the confusable pairs, and confused with anxious (every category in one pair, so
+# that every category is a triplet target somewhere).
+WORLD_PAIRS = (*CONFUSABLE_PAIRS, ("confused", "anxious"))
 
-    pairs = pairs or CONFUSABLE_PAIRS
+
+def world_scores(rng: np.random.Generator, k: int, start: int = 0) -> np.ndarray:
+    """Face k of a person: 0 neutral; then both sides of one pair at random intensities, then the
+    next pair (starting at pair `start`, so that people cover every pair between them), the partner
+    category co-scoring lightly as real labels do."""
     s = np.zeros(len(CATEGORIES))
     if k > 0:
-        a, b = pairs[(k - 1) // 2 % len(pairs)]
+        a, b = WORLD_PAIRS[(start + (k - 1) // 2) % len(WORLD_PAIRS)]
         main, other = (a, b) if k % 2 else (b, a)
         level = rng.uniform(0.2, 1.0)
         s[CATEGORIES.index(main)] = level
@@ -415,7 +418,7 @@ def write_world(layout, *, batch: str = "batch-synthetic0", people: int = 40, fa
     for p in range(people):
         person = random_identity(rng)
         for k in range(faces_per_person):
-            s = world_scores(rng, k)
+            s = world_scores(rng, k, start=p)
             labels = dict(zip(CATEGORIES, map(float, s), strict=True))
             faces.append(LabelledFace(p, png(render(person, s, size)), labels, f"synthetic://{batch}/{p}/{k}"))
     return write_labelled_faces(layout, batch, faces, model_version="synthetic-exact")
