@@ -4,8 +4,9 @@ textual latent interpolation, a contrastive loss and an identity loss.
     pixelsmile train --config train.yaml          (or: accelerate launch -m pixelsmile.cli train ...)
 
 Per batch of triplets (source s, targets a and b of one confusable pair, each with its own score):
-both targets are noised to the same level, the model predicts each one's velocity from the source and
-its conditioning e(alpha) = e_neutral + alpha (e_target - e_neutral); the loss is
+both targets are noised with the same noise to the same level (as the reference), the model predicts
+each one's velocity from the source and its conditioning e(alpha) = e_neutral + alpha (e_target -
+e_neutral); the loss is
 1/2 (FM_a + FM_b) + w_sc L_SC + w_id L_ID (pixelsmile/losses.py). `symmetric: false` trains the plain
 baseline instead: flow matching on target a alone, no L_SC, no L_ID (the ablation).
 
@@ -195,10 +196,12 @@ class Trainer:
         out = {}
         sides = ("a", "b") if self.config.symmetric else ("a",)
         preds = {}
+        noise = None
         for side in sides:
             target = batch[f"target_{side}"].to(dev)
             x0 = bb.encode_images(target)
-            noise = torch.randn(x0.shape, generator=self.noise).to(dev, x0.dtype)
+            if noise is None:  # one noise for both targets, as the reference: only the conditioning differs
+                noise = torch.randn(x0.shape, generator=self.noise).to(dev, x0.dtype)
             x_t, v = noisy(x0, noise, sigma)
             cond = interpolate(neutral, bb.encode_prompts(list(batch[f"category_{side}"]), source),
                                batch[f"alpha_{side}"].to(dev))  # fmt: skip
