@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pixelsmile.cache import EncodingCache, tensor_key
 from pixelsmile.conditioning import Embedding, prompt
 from pixelsmile.lora import add_lora, save_lora
 from pixelsmile.qwen import encode_prompt, image_areas, load_pipeline
@@ -50,17 +50,23 @@ class QwenBackbone(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(vae.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(vae.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         self._grid: tuple[int, int] = (0, 0)
-        self._prompts: dict[tuple[str, str], Embedding] = {}
-        self.cache_size = int(config.extra.get("prompt_cache_size", 100_000))
+        # Latents and prompt embeddings, on disk under <output_dir>/encoded (a resumed run reuses them).
+        self.cache = EncodingCache(config.extra.get("cache_dir") or Path(config.output_dir) / "encoded",
+                                   memory_items=int(config.extra.get("cache_memory_items", 100_000)))  # fmt: skip
 
     @property
     def dtype(self) -> torch.dtype:
         return self.pipe.vae.dtype
 
+    @torch.no_grad()
+    def _latent(self, pixels: torch.Tensor) -> torch.Tensor:
+        lat = self.pipe.vae.encode(pixels[None].to(self.dtype).unsqueeze(2)).latent_dist.mode()
+        return ((lat - self.mean.to(lat)) / self.std.to(lat))[0].cpu()
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            lat = self.pipe.vae.encode(pixels.to(self.dtype).unsqueeze(2)).latent_dist.mode()
-        lat = (lat - self.mean.to(lat)) / self.std.to(lat)
+        """The VAE's normalised latents, packed; each image encoded once (the cache)."""
+        lat = torch.stack([self.cache.get(tensor_key(p, "vae"), lambda p=p: self._latent(p)) for p in pixels])
+        lat = lat.to(pixels.device)
         b, c, _, h, w = lat.shape
         self._grid = (h, w)
         return self.pipe._pack_latents(lat, b, c, h, w)
@@ -74,22 +80,22 @@ class QwenBackbone(torch.nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, expressions: list[str], sources: torch.Tensor) -> Embedding:
-        """Per sample, the instruction's embedding with its source image. The frozen encoder gives the
-        same embedding for the same (source, instruction) every epoch: they are cached (in memory,
-        up to `cache_size`) and encoded once."""
-        parts = []
+        """Per sample, the instruction's embedding with its source image; the frozen encoder gives the
+        same one for the same (source, instruction) every epoch, so each is encoded once (the cache)."""
+
+        def encode(text: str, source: torch.Tensor) -> Embedding:
+            emb = encode_prompt(self.pipe, prompt(text), to_pil(source), condition_area=self.condition_area)
+            return Embedding(emb.embeds.cpu(), emb.mask.cpu())
+
         with image_areas(self.resolution * self.resolution, self.condition_area):
-            for e, s in zip(expressions, sources, strict=True):
-                key = (hashlib.sha1(s.detach().cpu().numpy().tobytes()).hexdigest(), e)
-                if key not in self._prompts:
-                    if len(self._prompts) >= self.cache_size:
-                        self._prompts.pop(next(iter(self._prompts)))
-                    emb = encode_prompt(self.pipe, prompt(e), to_pil(s), condition_area=self.condition_area)
-                    self._prompts[key] = emb
-                parts.append(self._prompts[key])
+            parts = [self.cache.get(tensor_key(s, "prompt", e), lambda e=e, s=s: encode(e, s))
+                     for e, s in zip(expressions, sources, strict=True)]  # fmt: skip
         length = max(p.length for p in parts)
         padded = [p.padded(length) for p in parts]
-        return Embedding(torch.cat([p.embeds for p in padded]), torch.cat([p.mask for p in padded]))
+        device = sources.device
+        return Embedding(
+            torch.cat([p.embeds for p in padded]).to(device), torch.cat([p.mask for p in padded]).to(device)
+        )
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, source_latents: torch.Tensor,
                  cond: Embedding) -> torch.Tensor:  # fmt: skip

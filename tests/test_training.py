@@ -145,5 +145,14 @@ def test_the_qwen_backbone_trains_a_lora_that_the_pipeline_loads(world, tmp_path
     weights = trainer.backbone.save_weights(tmp_path / "qwen" / "final")
     pipe = load_pipeline(model)
     load_lora(pipe, weights)
+    # Latents and prompt embeddings were encoded once each (at most 3 images and 3 instructions per
+    # triplet; fewer when the triplets share a source) and kept on disk: another trainer on the same
+    # run folder encodes nothing.
+    computed = trainer.backbone.cache.computed
+    assert 0 < computed <= 12 and len(list((tmp_path / "qwen" / "encoded").glob("*/*.pt"))) == computed
+    again = Trainer(cfg)
+    again.noise.manual_seed(0)
+    again.losses(batch)
+    assert again.backbone.cache.computed == 0
     with pytest.raises(TrainingError, match="does not exist"):
         Trainer(config(world, tmp_path / "q2", backbone="qwen", model_path=str(tmp_path / "nowhere")))
