@@ -123,7 +123,17 @@ def _writer_alive(temp_name: str) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed writer whose parent has not reaped it yet (in a container whose init does not reap,
+    that is forever) still answers kill(pid, 0): /proc says it is a zombie."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def sweep_temp_files(folder: str | os.PathLike[str]) -> int:

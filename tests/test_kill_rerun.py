@@ -65,4 +65,5 @@ def test_sigkill_mid_batch_then_rerun_ingests_every_good_file_once(tmp_path):
     assert staged_before >= 3 and "resumed" in rerun.stderr  # the rerun picked up the staged chunks
     stored = list((work / "images").rglob("*.jpg"))
     assert len(stored) == len(good)
-    assert not [p for p in work.rglob(".*.tmp-*")], "temp files of the killed run must be swept"
+    leftovers = [p.relative_to(work) for p in work.rglob(".*.tmp-*")]
+    assert not leftovers, f"temp files of the killed run must be swept: {leftovers}"

@@ -153,3 +153,24 @@ def test_put_image_is_content_addressed_and_idempotent(layout):
     path.write_bytes(data[:5])  # a torn copy (power loss without fsync)
     put_image(layout, data, image_id, "jpg")
     assert path.read_bytes() == data
+
+
+def test_temp_files_of_a_zombie_writer_are_swept(tmp_path):
+    """A killed writer that nobody reaped (a container whose init does not reap) still answers
+    kill(pid, 0); its temp files must go all the same."""
+    import os
+    import time
+
+    from storage.atomic import sweep_temp_files
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        time.sleep(0.2)  # now a zombie: exited, not reaped
+        (tmp_path / f".a.png.tmp-{pid}-abcd").write_bytes(b"half")
+        (tmp_path / f".b.png.tmp-{os.getpid()}-abcd").write_bytes(b"ours, still writing")
+        assert sweep_temp_files(tmp_path) == 1
+        assert [p.name for p in tmp_path.iterdir()] == [f".b.png.tmp-{os.getpid()}-abcd"]
+    finally:
+        os.waitpid(pid, 0)
