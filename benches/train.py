@@ -89,13 +89,10 @@ def main() -> None:
             plain.append(time.perf_counter() - t0)
 
         from pixelsmile.infer import EditSettings, edit
-        from storage.loader import decode_image  # noqa: F401 (the same decoder the loader uses)
+        from storage.loader import tensor_to_image
 
         pipe = load_pipeline(model)
-        face = (batch["source"][0].clamp(-1, 1) + 1) * 127.5
-        from PIL import Image
-
-        img = Image.fromarray(face.byte().permute(1, 2, 0).numpy())
+        img = tensor_to_image(batch["source"][0])
         settings = EditSettings(steps=20, size=64, condition_area=56 * 56)
         edit(pipe, img, {"happy": 0.5}, settings)
         t0 = time.perf_counter()

@@ -13,6 +13,16 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256, size) of a file, read in 1 MB pieces (files of any size)."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
 def _complete_copy_exists(path: Path, size: int) -> bool:
     """A copy of the wrong size (a torn write after power loss with fsync off) does not count."""
     try:

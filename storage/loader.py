@@ -26,29 +26,21 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from storage.releases.shards import member_key, shard_paths
+from storage.releases.shards import shard_names, shard_paths
 from storage.releases.triplets import Face, identity_triplets
 from storage.schemas import CATEGORIES
-from storage.tarstream import iter_members
+from storage.tarstream import iter_samples
 
 
 def tar_samples(streams: Iterator[dict]) -> Iterator[dict]:
-    """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}; the
-    members of one sample are contiguous in our shards."""
+    """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}."""
     for source in streams:
-        url, sample = source["url"], None
+        url = source["url"]
         try:
-            for name, data in iter_members(source["stream"], Path(url).name):
-                key, ext = member_key(name)
-                if sample is None or sample["__key__"] != key:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key, "__url__": url}
-                sample[ext.lower()] = data
+            for key, members in iter_samples(source["stream"], Path(url).name):
+                yield {"__key__": key, "__url__": url, **{ext.lower(): data for ext, data in members.items()}}
         finally:
             source["stream"].close()
-        if sample is not None:
-            yield sample
 
 
 def faces_of_sample(doc: dict) -> list[Face]:
@@ -56,16 +48,26 @@ def faces_of_sample(doc: dict) -> list[Face]:
             for f in doc["faces"]]  # fmt: skip
 
 
+def image_to_tensor(im: Image.Image, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """An image -> float32 CHW tensor scaled to `value_range` ([-1, 1]: what diffusers' VAEs take)."""
+    arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    lo, hi = value_range
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() * ((hi - lo) / 255.0) + lo
+
+
+def tensor_to_image(pixels: torch.Tensor) -> Image.Image:
+    """A CHW tensor in [-1, 1] -> an RGB image (the inverse of `image_to_tensor`)."""
+    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
 def decode_image(data: bytes, resolution: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """PNG/JPEG bytes -> float32 CHW tensor of `resolution` px, scaled to `value_range` ([-1, 1]:
-    what diffusers' VAEs take)."""
+    """PNG/JPEG bytes -> float32 CHW tensor of `resolution` px, scaled to `value_range`."""
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
         if im.size != (resolution, resolution):
             im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
-        arr = np.asarray(im, dtype=np.float32)
-    lo, hi = value_range
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() * ((hi - lo) / 255.0) + lo
+        return image_to_tensor(im, value_range)
 
 
 def _scores(face: Face) -> torch.Tensor:
@@ -115,8 +117,7 @@ class TripletStream(torch.utils.data.IterableDataset):
         if shard_url is None:
             urls = shard_paths(folder, manifest, split)
         else:
-            names = [r["name"] for r in (manifest["shards"] or {}).get(split, [])]
-            urls = [shard_url.format(version=manifest["version"], name=n) for n in names]
+            urls = [shard_url.format(version=manifest["version"], name=n) for n in shard_names(manifest, split)]
         return cls(urls, pairs, **kw)
 
     def set_epoch(self, epoch: int) -> None:

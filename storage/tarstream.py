@@ -9,6 +9,7 @@ absolute or contain `..` before yielding anything of that member. Never extracts
 
 from __future__ import annotations
 
+import posixpath
 import tarfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -52,6 +53,28 @@ def _pax_path(data: bytes) -> str | None:
             return value.decode("utf-8")
         pos += length
     return None
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """webdataset's split of a member name into (sample key, extension)."""
+    base = posixpath.basename(name)
+    key, _, ext = base.partition(".")
+    return posixpath.join(posixpath.dirname(name), key), ext
+
+
+def iter_samples(f: BinaryIO, shard: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: data}) of each sample: runs of consecutive members with one key, as
+    webdataset groups them (a key that comes back later is a new sample)."""
+    key, members = None, {}
+    for name, data in iter_members(f, shard):
+        k, ext = member_key(name)
+        if k != key and key is not None:
+            yield key, members
+            members = {}
+        key = k
+        members[ext] = data
+    if key is not None:
+        yield key, members
 
 
 def iter_members(f: BinaryIO, shard: str = "") -> Iterator[tuple[str, bytes]]:

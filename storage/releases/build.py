@@ -10,7 +10,6 @@ The manifest is written last; shards (`storage.releases.shards`) complete it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 
 from storage import tables
 from storage.atomic import atomic_open, atomic_write_text, sweep_temp_files
+from storage.blobs import file_digest
 from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.config import SPLITS, ReleaseConfig
@@ -47,16 +47,6 @@ MANIFEST = "manifest.json"
 
 Progress = Callable[[int, int], None]
 IMAGE_CHUNK = 256  # images per thread task: a future per image costs more than linking and hashing it
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        n = 0
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -137,10 +127,11 @@ def _write_triplets(folder: Path, faces: pa.Table, pairs, config: ReleaseConfig)
     schema is checked on the first VALIDATE_FIRST records of a file and every VALIDATE_EVERY-th after."""
     validator = jsonschema.Draft202012Validator(TRIPLET_SCHEMA)
     counts = {}
+    identities = rows_by_identity(faces)
     for split, name in TRIPLET_FILES.items():
         n = 0
         with atomic_open(folder / name) as f:
-            for identity, rows in rows_by_identity(faces).items():
+            for identity, rows in identities.items():
                 if rows[0]["split"] != split:
                     continue
                 for t in identity_triplets(identity, faces_of(rows), pairs, max_per_pair=config.max_triplets_per_pair,

@@ -38,11 +38,11 @@ def write_plots(folder: Path, manifest: dict, faces: pa.Table) -> list[str]:
 
     counts = manifest["counts"]
     fig, axes = plt.subplots(3, 4, figsize=(12, 8), sharex=True)
+    by_split = {s: faces.filter(pc.equal(faces.column("split"), s)) for s in SPLITS}
     for ax, cat in zip(axes.flat, CATEGORIES, strict=True):
-        for split in SPLITS:
-            part = faces.filter(pc.equal(faces.column("split"), split)).column(cat).to_numpy()
-            if len(part):
-                ax.hist(part, bins=20, range=(0, 1), histtype="step", label=split)
+        for split, part in by_split.items():
+            if part.num_rows:
+                ax.hist(part.column(cat).to_numpy(), bins=20, range=(0, 1), histtype="step", label=split)
         ax.set_title(cat)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"FFE {manifest['version']}: score distributions per category and split")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from storage import catalog, tables
 from storage.atomic import atomic_open, atomic_write_text
+from storage.blobs import file_digest
 from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.config import SPLITS, ReleaseConfig
@@ -91,7 +92,7 @@ def _version(config: ReleaseConfig, face_ids, identity_ids, domains, scores: np.
 def _snapshot(layout: Layout, rows: pa.Table) -> dict:
     """What the labels came from: the affect_scores file, its sources and models."""
     path = layout.table_file("affect_scores", "all")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    sha = file_digest(path)[0] if path.is_file() else None
     return {
         "affect_scores_sha256": sha,
         "by_source": {s: rows.column("source").to_pylist().count(s) for s in ("human", "model")},

@@ -42,15 +42,26 @@ def _png(rng: np.random.Generator, px: int, photo: bool) -> bytes:
     return buf.getvalue()
 
 
-def _scores(rng: np.random.Generator, k: int) -> dict[str, float]:
-    s = rng.uniform(0.0, 0.08, len(CATEGORIES))
-    if k > 0:  # face 0 of each person stays neutral; then both sides of one pair, then the next pair
-        a, b = CONFUSABLE_PAIRS[(k - 1) // 2 % len(CONFUSABLE_PAIRS)]
+def pair_scores(
+    rng: np.random.Generator, k: int, pairs=CONFUSABLE_PAIRS, *, start: int = 0, level=(0.3, 1.0),
+    partner=(0.3, 0.7), background: float = 0.08,
+) -> np.ndarray:  # fmt: skip
+    """The 12 scores of face k of a person: face 0 neutral (only `background` noise); then both sides
+    of one pair at a random `level`, then the next pair (from pair `start`, so that people cover
+    every pair between them), the pair's other category co-scoring at a share `partner` of the level,
+    as real labels do."""
+    s = rng.uniform(0.0, background, len(CATEGORIES)) if background else np.zeros(len(CATEGORIES))
+    if k > 0:
+        a, b = pairs[(start + (k - 1) // 2) % len(pairs)]
         main, other = (a, b) if k % 2 else (b, a)
-        level = rng.uniform(0.3, 1.0)
-        s[CATEGORIES.index(main)] = level
-        s[CATEGORIES.index(other)] = level * rng.uniform(0.3, 0.7)
-    return {c: float(v) for c, v in zip(CATEGORIES, s, strict=True)}
+        value = rng.uniform(*level)
+        s[CATEGORIES.index(main)] = value
+        s[CATEGORIES.index(other)] = value * rng.uniform(*partner)
+    return s
+
+
+def _scores(rng: np.random.Generator, k: int) -> dict[str, float]:
+    return {c: float(v) for c, v in zip(CATEGORIES, pair_scores(rng, k), strict=True)}
 
 
 @dataclass(frozen=True)

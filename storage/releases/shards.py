@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import queue
 import shutil
 import tarfile
@@ -29,9 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_open, atomic_write_text, sweep_temp_files
+from storage.blobs import file_digest
 from storage.errors import StorageError
 from storage.layout import Layout
-from storage.releases.build import file_digest, read_manifest, rows_by_identity, write_manifest
+from storage.releases.build import read_manifest, rows_by_identity, write_manifest
 from storage.releases.config import SPLITS, ReleaseConfig
 from storage.releases.plan import release_dir
 from storage.schemas import CATEGORIES, RELEASE_FACES, SHARD_INDEX
@@ -284,12 +284,9 @@ def write_shards(layout: Layout, version: str, *, workers: int = 4, progress: Pr
     return manifest
 
 
+def shard_names(manifest: dict, split: str) -> list[str]:
+    return [r["name"] for r in (manifest["shards"] or {}).get(split, [])]
+
+
 def shard_paths(folder: Path, manifest: dict, split: str) -> list[str]:
-    return [str(folder / "shards" / r["name"]) for r in (manifest["shards"] or {}).get(split, [])]
-
-
-def member_key(name: str) -> tuple[str, str]:
-    """webdataset's split of a member name into (sample key, extension)."""
-    base = posixpath.basename(name)
-    key, _, ext = base.partition(".")
-    return posixpath.join(posixpath.dirname(name), key), ext
+    return [str(folder / "shards" / name) for name in shard_names(manifest, split)]

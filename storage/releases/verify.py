@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from storage.blobs import file_digest
 from storage.layout import Layout
-from storage.releases.build import file_digest, read_manifest
+from storage.releases.build import read_manifest
 from storage.releases.config import SPLITS
 from storage.releases.plan import release_dir
-from storage.releases.shards import INDEX, STATS, member_key
+from storage.releases.shards import INDEX, STATS
 from storage.schemas import RELEASE_FACES, SHARD_INDEX
-from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_members
+from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_samples
 
 
 class _HashingReader:
@@ -57,12 +58,9 @@ def _verify_shard(
     with open(path, "rb") as f:
         reader = _HashingReader(f)
         try:
-            for member, data in iter_members(reader, name):
-                key, ext = member_key(member)
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][ext] = data
+            for key, members in iter_samples(reader, name):
+                order.append(key)
+                samples[key] = members
         except UnsafeTarError as err:
             return [str(err)]
         except (TruncatedTarError, OSError) as err:
