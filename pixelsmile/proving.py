@@ -37,6 +37,7 @@ from pixelsmile.synthetic import (
     write_world,
 )
 from pixelsmile.train import TrainConfig, Trainer
+from storage.loader import image_to_tensor, tensor_to_image
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,6 @@ class ProvingSettings:
     seed: int = 0
 
 
-def _tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
-
-
-def _image(t: torch.Tensor) -> Image.Image:
-    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(arr))
-
-
 def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
     """A small CNN regressing the 14 expression features (`target="expression"`) or the identity
     vector (`"identity"`) from random renders."""
@@ -78,7 +70,7 @@ def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
         for _ in range(32):
             person, s = random_identity(rng), np.zeros(len(CATEGORIES))
             s[rng.choice(len(CATEGORIES), size=rng.integers(0, 3), replace=False)] = rng.uniform(0, 1)
-            xs.append(_tensor(render(person, s, settings.size)))
+            xs.append(image_to_tensor(render(person, s, settings.size)))
             ys.append(features_of(s) if target == "expression" else person.vector())
         loss = nn.functional.mse_loss(net(torch.stack(xs)), torch.tensor(np.array(ys), dtype=torch.float32))
         opt.zero_grad()
@@ -126,14 +118,14 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[metrics
     edits, strips = [], {}
     alphas = torch.tensor(settings.alphas)
     for n, (_, img) in enumerate(sources):
-        src = _tensor(img)[None].expand(len(alphas), -1, -1, -1)
+        src = image_to_tensor(img)[None].expand(len(alphas), -1, -1, -1)
         src_judged = judge(img)
         neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
         for cat in CATEGORIES:
             cond = interpolate(neutral, backbone.encode_prompts([cat] * len(alphas), src), alphas)
             out = backbone.generate(src, cond, steps=settings.sample_steps, seed=settings.seed)
             for a, t in zip(settings.alphas, out, strict=True):
-                edited = _image(t)
+                edited = tensor_to_image(t)
                 j = judge(edited)
                 edits.append(
                     metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, src_judged.identity))

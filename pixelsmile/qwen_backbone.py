@@ -12,19 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from pixelsmile.cache import EncodingCache, tensor_key
 from pixelsmile.conditioning import Embedding, prompt
 from pixelsmile.lora import add_lora, save_lora
 from pixelsmile.qwen import encode_prompt, image_areas, load_pipeline
-
-
-def to_pil(pixels: torch.Tensor) -> Image.Image:
-    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(arr))
+from storage.loader import tensor_to_image
 
 
 class QwenBackbone(torch.nn.Module):
@@ -49,7 +43,6 @@ class QwenBackbone(torch.nn.Module):
         vae = self.pipe.vae.config
         self.register_buffer("mean", torch.tensor(vae.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(vae.latents_std).view(1, -1, 1, 1, 1), persistent=False)
-        self._grid: tuple[int, int] = (0, 0)
         # Latents and prompt embeddings, on disk under <output_dir>/encoded (a resumed run reuses them).
         self.cache = EncodingCache(config.extra.get("cache_dir") or Path(config.output_dir) / "encoded",
                                    memory_items=int(config.extra.get("cache_memory_items", 100_000)))  # fmt: skip
@@ -68,13 +61,15 @@ class QwenBackbone(torch.nn.Module):
         lat = torch.stack([self.cache.get(tensor_key(p, "vae"), lambda p=p: self._latent(p)) for p in pixels])
         lat = lat.to(pixels.device)
         b, c, _, h, w = lat.shape
-        self._grid = (h, w)
         return self.pipe._pack_latents(lat, b, c, h, w)
 
+    @property
+    def latent_side(self) -> int:
+        """Latent pixels per side: images are `resolution` square (the loader makes them so)."""
+        return self.resolution // self.pipe.vae_scale_factor
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        h, w = self._grid
-        b, n, cc = latents.shape
-        lat = latents.view(b, h // 2, w // 2, cc // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, cc // 4, 1, h, w)
+        lat = self.pipe._unpack_latents(latents, self.resolution, self.resolution, self.pipe.vae_scale_factor)
         lat = lat * self.std.to(lat) + self.mean.to(lat)
         return self.pipe.vae.decode(lat.to(self.dtype)).sample[:, :, 0].float().clamp(-1, 1)
 
@@ -84,7 +79,7 @@ class QwenBackbone(torch.nn.Module):
         same one for the same (source, instruction) every epoch, so each is encoded once (the cache)."""
 
         def encode(text: str, source: torch.Tensor) -> Embedding:
-            emb = encode_prompt(self.pipe, prompt(text), to_pil(source), condition_area=self.condition_area)
+            emb = encode_prompt(self.pipe, prompt(text), tensor_to_image(source), condition_area=self.condition_area)
             return Embedding(emb.embeds.cpu(), emb.mask.cpu())
 
         with image_areas(self.resolution * self.resolution, self.condition_area):
@@ -99,8 +94,8 @@ class QwenBackbone(torch.nn.Module):
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, source_latents: torch.Tensor,
                  cond: Embedding) -> torch.Tensor:  # fmt: skip
-        h, w = self._grid
-        shapes = [[(1, h // 2, w // 2), (1, h // 2, w // 2)]] * x_t.shape[0]
+        side = self.latent_side // 2  # tokens per side after 2x2 packing
+        shapes = [[(1, side, side), (1, side, side)]] * x_t.shape[0]
         hidden = torch.cat([x_t, source_latents], dim=1).to(self.dtype)
         out = self.transformer(hidden_states=hidden, timestep=sigma.to(self.dtype), guidance=None,
                                encoder_hidden_states=cond.embeds.to(self.dtype), encoder_hidden_states_mask=cond.mask,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from storage.releases.sample import LabelledFace, pair_scores, write_labelled_faces
 from storage.schemas import CATEGORIES, CONFUSABLE_PAIRS
 
 FEATURES = ("mouth_open", "mouth_width", "mouth_curve", "mouth_asym", "brow_height", "brow_slope", "eye_open",
@@ -394,25 +395,15 @@ WORLD_PAIRS = (*CONFUSABLE_PAIRS, ("confused", "anxious"))
 
 
 def world_scores(rng: np.random.Generator, k: int, start: int = 0) -> np.ndarray:
-    """Face k of a person: 0 neutral; then both sides of one pair at random intensities, then the
-    next pair (starting at pair `start`, so that people cover every pair between them), the partner
-    category co-scoring lightly as real labels do."""
-    s = np.zeros(len(CATEGORIES))
-    if k > 0:
-        a, b = WORLD_PAIRS[(start + (k - 1) // 2) % len(WORLD_PAIRS)]
-        main, other = (a, b) if k % 2 else (b, a)
-        level = rng.uniform(0.2, 1.0)
-        s[CATEGORIES.index(main)] = level
-        s[CATEGORIES.index(other)] = level * rng.uniform(0.0, 0.3)
-    return s
+    """Face k of a person (storage.releases.sample.pair_scores over the world's pairs): exactly
+    neutral first, the partner category co-scoring lightly."""
+    return pair_scores(rng, k, WORLD_PAIRS, start=start, level=(0.2, 1.0), partner=(0.0, 0.3), background=0.0)
 
 
 def write_world(layout, *, batch: str = "batch-synthetic0", people: int = 40, faces_per_person: int = 7,
                 size: int = 64, seed: int = 0) -> list[str]:  # fmt: skip
     """A batch of synthetic faces written as curation and annotation would write real ones (labels =
     the exact intensities): `ffe release build` then makes a release and shards of it."""
-    from storage.releases.sample import LabelledFace, write_labelled_faces
-
     rng = np.random.default_rng(seed)
     faces = []
     for p in range(people):
