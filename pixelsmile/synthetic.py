@@ -258,8 +258,14 @@ def measure_raw(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     def region(x0, x1, y0, y1):
         return (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1) & inside
 
-    skin = np.median(arr[region(0.44, 0.56, 0.79, 0.84)], axis=0)
-    hair = np.median(arr[region(0.46, 0.54, 0.22, 0.25)], axis=0)
+    def colour_at(x0, x1, y0, y1):
+        """The median colour of the head there; where an edit left no head, of the area anyway."""
+        pixels = arr[region(x0, x1, y0, y1)]
+        if not len(pixels):
+            pixels = arr[(u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)]
+        return np.median(pixels, axis=0)
+
+    skin, hair = colour_at(0.44, 0.56, 0.79, 0.84), colour_at(0.46, 0.54, 0.22, 0.25)
     raw = dict.fromkeys(RAW, 0.0)
     raw["tilt_deg"] = tilt_deg
 
