@@ -34,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     settings = ProvingSettings()
     if args.quick:
-        settings = replace(settings, people=40, steps=60, encoder_steps=40, batch_size=8, channels=32, blocks=2)
+        settings = replace(settings, people=40, steps=60, encoder_steps=40, batch_size=8, channels=32, blocks=2,
+                           bootstrap=20)  # fmt: skip
     if args.steps:
         settings = replace(settings, steps=args.steps)
     if args.people:

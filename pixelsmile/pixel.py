@@ -20,6 +20,7 @@ from storage.schemas import CATEGORIES
 
 VOCAB = ("neutral", *CATEGORIES)
 TEMPLATE_TOKENS = 6  # "Edit the person to show a ... expression"
+SIGMA_FLOOR = 0.05
 
 
 class TokenTextEncoder(nn.Module):
@@ -111,7 +112,11 @@ class PixelBackbone(nn.Module):
         return Embedding(cond.embeds.to(sources.device), cond.mask.to(sources.device))
 
     def velocity(self, x_t, sigma, source_latents, cond: Embedding) -> torch.Tensor:
-        return self.net(x_t, sigma, source_latents, cond)
+        # The net predicts the clean edit as the source plus a change (identity is free, only the
+        # expression has to be learnt); the velocity follows from it, as in x-prediction with a
+        # velocity loss (Li & He, "Back to Basics", 2025), the noise level floored at SIGMA_FLOOR.
+        x0 = source_latents + self.net(x_t, sigma, source_latents, cond)
+        return (x_t - x0) / sigma.clamp(min=SIGMA_FLOOR).view(-1, 1, 1, 1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())

@@ -5,11 +5,13 @@
 2. Two frozen encoders are trained on fresh renders: an expression encoder (the 14 features: the
    world's stand-in for CLIP in L_SC) and an identity encoder (the identity vector: ArcFace's role in
    L_ID). They are saved as TorchScript and loaded by path, as real ones would be.
-3. The same pixel-space model is trained twice with the same code, data and steps: PixelSmile's
-   symmetric joint training (1/2 (FM_a + FM_b) + L_SC + 0.1 L_ID) and plain flow matching on one
-   target (the ablation).
-4. Both edit the bench people's neutral faces toward every category over an alpha grid; the exact
-   judge reads each edit; FFE-Bench metrics, a no-edit baseline, sweep strips and CLS curves follow.
+3. The same pixel-space model is trained once per arm of the ablation (`ARMS`) with the same code,
+   data, steps and seed: PixelSmile's symmetric joint training (1/2 (FM_a + FM_b) + L_SC + 0.1 L_ID),
+   the same without L_SC, and plain flow matching on the same targets as independent samples.
+4. Each edits the bench people's neutral faces toward every category over an alpha grid; the exact
+   judge reads each edit; FFE-Bench metrics with bootstrap intervals over the bench people (and of
+   each arm's difference to plain flow matching), a no-edit baseline, sweep strips, CLS curves and
+   confusion matrices follow.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ from storage.loader import image_to_tensor, tensor_to_image
 
 @dataclass(frozen=True)
 class ProvingSettings:
-    people: int = 160
+    people: int = 240
     faces_per_person: int = 7
     size: int = 32
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 16
     learning_rate: float = 1e-3
     channels: int = 64
@@ -55,6 +57,17 @@ class ProvingSettings:
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     sample_steps: int = 20
     seed: int = 0
+    arms: tuple[str, ...] = ("pixelsmile", "symmetric-no-sc", "plain-fm")
+    bootstrap: int = 500  # resamples of the bench people for the confidence intervals
+
+
+# The ablation's arms: (symmetric joint training, w_sc, w_id). The same code, data, steps and seed.
+ARMS = {
+    "pixelsmile": (True, 1.0, 0.1),  # the paper's objective
+    "symmetric-no-sc": (True, 0.0, 0.1),  # symmetric triplets and L_ID, no contrastive loss
+    "plain-fm": (False, 0.0, 0.0),  # both targets as independent (source, target) samples, FM only
+}
+HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim")
 
 
 def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
@@ -112,14 +125,16 @@ def bench_sources(release: Path) -> list[tuple[str, Image.Image]]:
 
 
 @torch.no_grad()
-def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[metrics.Edit], dict]:
-    """Every source toward every category at every alpha; judged. Returns the edits and the images
-    of the first two sources (for the sweep strips)."""
-    edits, strips = [], {}
+def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[list[metrics.Edit]], dict]:
+    """Every source toward every category at every alpha; judged. Returns the edits of each source
+    and the images of the first two sources (for the sweep strips)."""
+    per_source, strips = [], {}
     alphas = torch.tensor(settings.alphas)
     for n, (_, img) in enumerate(sources):
         src = image_to_tensor(img)[None].expand(len(alphas), -1, -1, -1)
         src_judged = judge(img)
+        edits = []
+        per_source.append(edits)
         neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
         for cat in CATEGORIES:
             cond = interpolate(neutral, backbone.encode_prompts([cat] * len(alphas), src), alphas)
@@ -132,20 +147,54 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[metrics
                 )
                 if n < 2:
                     strips.setdefault((n, cat), []).append(edited)
-    return edits, strips
+    return per_source, strips
 
 
-def no_edit(sources, settings: ProvingSettings) -> list[metrics.Edit]:
-    edits = []
+def no_edit(sources, settings: ProvingSettings) -> list[list[metrics.Edit]]:
+    per_source = []
     for _, img in sources:
         j = judge(img)
-        edits += [metrics.Edit(c, float(a), j.scores, 1.0) for c in CATEGORIES for a in settings.alphas]
-    return edits
+        per_source.append([metrics.Edit(c, float(a), j.scores, 1.0) for c in CATEGORIES for a in settings.alphas])
+    return per_source
+
+
+def flat(per_source: list[list[metrics.Edit]]) -> list[metrics.Edit]:
+    return [e for edits in per_source for e in edits]
+
+
+def bootstrap(per_arm: dict[str, list[list[metrics.Edit]]], baseline: str, n: int, seed: int) -> dict:
+    """95% intervals of the headline metrics by resampling the bench people, and of each arm's
+    difference to `baseline` on the same resampled people (paired: the same people edited by both)."""
+    rng = np.random.default_rng(seed)
+    people = len(next(iter(per_arm.values())))
+    draws: dict[str, list[dict]] = {arm: [] for arm in per_arm}
+    for _ in range(n):
+        pick = rng.integers(0, people, people)
+        for arm, per_source in per_arm.items():
+            draws[arm].append(metrics.summary([e for i in pick for e in per_source[i]]))
+
+    def interval(values) -> list[float]:
+        return [round(float(v), 4) for v in np.nanpercentile(values, [2.5, 97.5])]
+
+    out = {}
+    for arm in per_arm:
+        out[arm] = {"ci95": {m: interval([d[m] for d in draws[arm]]) for m in HEADLINE}}
+        if arm != baseline and baseline in per_arm:
+            out[arm][f"minus_{baseline}_ci95"] = {
+                m: interval([d[m] - b[m] for d, b in zip(draws[arm], draws[baseline], strict=True)]) for m in HEADLINE
+            }  # fmt: skip
+    return out
 
 
 def cls_curves(edits: list[metrics.Edit], settings: ProvingSettings) -> dict[str, list[float]]:
     return {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a])) for a in settings.alphas]
             for c in CATEGORIES}  # fmt: skip
+
+
+def pair_confusion(edits: list[metrics.Edit]) -> dict[str, float]:
+    """BCR of every confusable pair: where the ablation differs."""
+    c = metrics.confusion(edits)
+    return {f"{a}/{b}": metrics.bcr(c, a, b) for a, b in metrics.CONFUSABLE_PAIRS}
 
 
 def plot(out: Path, results: dict, strips: dict, settings: ProvingSettings) -> list[str]:
@@ -168,6 +217,22 @@ def plot(out: Path, results: dict, strips: dict, settings: ProvingSettings) -> l
     fig.savefig(out / "cls_curves.png", dpi=80)
     plt.close(fig)
     written.append("cls_curves.png")
+    trained = [name for name in results if "confusion" in results[name]]
+    fig, axes = plt.subplots(1, len(trained), figsize=(6 * len(trained), 5.4), squeeze=False)
+    for ax, name in zip(axes[0], trained, strict=True):
+        matrix = np.array(results[name]["confusion"])
+        ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+        for i, j in np.ndindex(matrix.shape):
+            if matrix[i, j] >= 0.05:
+                ax.text(j, i, f"{matrix[i, j]:.2f}"[1:], ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] > 0.5 else "black")  # fmt: skip
+        ax.set_xticks(range(len(CATEGORIES)), CATEGORIES, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(CATEGORIES)), CATEGORIES, fontsize=7)
+        ax.set_title(f"{name}: C(target -> judged dominant)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=80)
+    plt.close(fig)
+    written.append("confusion.png")
     for name, images in strips.items():
         rows = [(k, v) for k, v in images.items() if k[1] in ("happy", "fear", "surprised", "angry", "disgust")]
         size = settings.size
@@ -191,25 +256,31 @@ def run(out: Path, settings: ProvingSettings = ProvingSettings(), progress: bool
             small_encoder(path, module=train_encoder(target, settings))
         encoders[target] = str(path)
     sources = bench_sources(release)
-    results, strips = {"no-edit": {"metrics": metrics.summary(no_edit(sources, settings))}}, {}
-    for name, symmetric in (("pixelsmile", True), ("plain-fm", False)):
+    unedited = no_edit(sources, settings)
+    results, strips = {"no-edit": {"metrics": metrics.summary(flat(unedited))}}, {}
+    per_arm = {}
+    for name in settings.arms:
+        symmetric, w_sc, w_id = ARMS[name]
         config = TrainConfig(output_dir=str(out / name), release=str(release), feature_encoder=encoders["expression"],
                              identity_encoder=encoders["identity"], resolution=settings.size,
                              batch_size=settings.batch_size, max_steps=settings.steps,
                              learning_rate=settings.learning_rate, lr_warmup_steps=min(100, settings.steps // 10),
                              checkpointing_steps=max(settings.steps // 3, 1), pixel_channels=settings.channels,
-                             pixel_blocks=settings.blocks, symmetric=symmetric, seed=settings.seed,
-                             resume="latest")  # fmt: skip
+                             pixel_blocks=settings.blocks, symmetric=symmetric, contrastive_weight=w_sc,
+                             identity_weight=w_id, seed=settings.seed, resume="latest")  # fmt: skip
         trainer = Trainer(config)
         trained = trainer.train(progress=progress)
         trainer.backbone.eval()
-        edits, strips[name] = evaluate(trainer.backbone, sources, settings)
-        results[name] = {"metrics": metrics.summary(edits), "cls_curves": cls_curves(edits, settings),
-                         "last_loss": trained["last"]}  # fmt: skip
-    results["no-edit"]["cls_curves"] = cls_curves(no_edit(sources, settings), settings)
+        per_arm[name], strips[name] = evaluate(trainer.backbone, sources, settings)
+        edits = flat(per_arm[name])
+        results[name] = {"metrics": metrics.summary(edits), "pair_confusion": pair_confusion(edits),
+                         "last_loss": trained["last"], "cls_curves": cls_curves(edits, settings),
+                         "confusion": metrics.confusion(edits).round(4).tolist()}  # fmt: skip
+    results["no-edit"]["cls_curves"] = cls_curves(flat(unedited), settings)
+    for name, ci in bootstrap(per_arm, "plain-fm", settings.bootstrap, settings.seed).items():
+        results[name] |= ci
     files = plot(out, results, strips, settings)
     report = {"settings": asdict(settings), "bench_people": len(sources), "release": release.name,
-              "results": {k: {kk: vv for kk, vv in v.items() if kk != "cls_curves"} | {"cls_curves": v["cls_curves"]}
-                          for k, v in results.items()}, "plots": files}  # fmt: skip
+              "results": results, "plots": files}  # fmt: skip
     (out / "proving_ground.json").write_text(json.dumps(report, indent=1, default=float))
     return report

@@ -8,10 +8,11 @@ both targets are noised with the same noise to the same level (as the reference)
 each one's velocity from the source and its conditioning e(alpha) = e_neutral + alpha (e_target -
 e_neutral); the loss is
 1/2 (FM_a + FM_b) + w_sc L_SC + w_id L_ID (pixelsmile/losses.py). `symmetric: false` trains the plain
-baseline instead: flow matching on target a alone, no L_SC, no L_ID (the ablation).
+baseline instead (the ablation): the same two targets as two independent (source, target) samples,
+each with its own noise and level, flow matching only, no L_SC, no L_ID.
 
-Checkpoints are `checkpoint-<step>/` folders (accelerate's state: model, optimizer, scheduler, RNG;
-plus the step and our noise generator), and `resume: latest` continues from the newest one to the
+Checkpoints are `checkpoint-<step>/` folders (accelerate's state: optimizer, scheduler, RNG; the
+trainable weights alone, not the frozen base; the step and each process's noise generator), and `resume: latest` continues from the newest one to the
 same losses an uninterrupted run gives (fixed seeds; the data stream is replayed to its position).
 A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
 """
@@ -19,6 +20,7 @@ A NaN or infinite loss stops the run with an error naming the step; the last che
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +40,8 @@ from pixelsmile.losses import (
     sample_sigmas,
     symmetric_loss,
 )
+
+TRAINABLE = "trainable.safetensors"  # in each checkpoint-<step>/
 
 
 class TrainingError(RuntimeError):
@@ -128,6 +132,72 @@ def build_backbone(config: TrainConfig) -> Backbone:
         raise TrainingError(str(err)) from None
 
 
+class TrainingObjective(torch.nn.Module):
+    """The per-batch losses as one module's forward, so `accelerate` can wrap it (DDP under several
+    processes). The frozen encoders are held outside the module's state: checkpoints carry only
+    what trains."""
+
+    def __init__(self, backbone, features, faces, weights: LossWeights, symmetric: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = {"features": features, "faces": faces}
+        self.weights = weights
+        self.symmetric = symmetric
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.backbone.trainable_parameters())).device
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        bb, dev = self.backbone, self.device
+        source = batch["source"].to(dev)
+        src_lat = bb.encode_images(source)
+        neutral = bb.encode_prompts(["neutral"] * source.shape[0], source)
+        sigma = sample_sigmas(source.shape[0], generator, device=dev)
+        out = {}
+        x0_preds, targets = [], []
+        for side in ("a", "b"):
+            target = batch[f"target_{side}"].to(dev)
+            x0 = bb.encode_images(target)
+            # Symmetric: one noise and sigma for both targets, as the reference (only the conditioning
+            # differs). Plain: two independent (source, target) samples, so it sees the same images.
+            if side == "b" and not self.symmetric:
+                sigma = sample_sigmas(source.shape[0], generator, device=dev)
+            if side == "a" or not self.symmetric:
+                noise = torch.randn(x0.shape, generator=generator).to(dev, x0.dtype)
+            x_t, v = noisy(x0, noise, sigma)
+            cond = interpolate(neutral, bb.encode_prompts(list(batch[f"category_{side}"]), source),
+                               batch[f"alpha_{side}"].to(dev))  # fmt: skip
+            v_pred = bb.velocity(x_t, sigma, src_lat, cond)
+            out[f"fm_{side}"] = flow_matching(v_pred, v)
+            x0_preds.append(predicted_x0(x_t, v_pred, sigma))
+            targets.append(target)
+        zero = torch.zeros((), device=dev)
+        if not self.symmetric:
+            out["total"] = 0.5 * (out["fm_a"] + out["fm_b"])
+            out["contrastive"] = out["identity"] = zero
+            return out
+        features, faces = self.frozen["features"], self.frozen["faces"]
+        use_sc = features is not None and self.weights.contrastive
+        use_id = faces is not None and self.weights.identity
+        if use_sc or use_id:  # both predictions through the decoder in one call
+            pred_a, pred_b = bb.decode(torch.cat(x0_preds)).chunk(2)
+        out["contrastive"] = out["identity"] = zero
+        if use_sc:
+            with torch.no_grad():
+                fa, fb = features(targets[0]), features(targets[1])
+            pa, pb = features(torch.cat([pred_a, pred_b])).chunk(2)
+            out["contrastive"] = info_nce_pair(pa, pb, fa, fb, self.weights.tau)
+        if use_id:
+            with torch.no_grad():
+                ref = faces(source)
+            emb_a, emb_b = faces(torch.cat([pred_a, pred_b])).chunk(2)
+            out["identity"] = 0.5 * (identity(emb_a, ref) + identity(emb_b, ref))
+        terms = symmetric_loss(out["fm_a"], out["fm_b"], out["contrastive"], out["identity"], self.weights)
+        out["total"] = terms.total
+        return out
+
+
 def triplet_batches(config: TrainConfig, epoch: int) -> Iterator[dict]:
     """Batches of one epoch, in a fixed order for a given (seed, epoch)."""
     if config.release:
@@ -157,12 +227,15 @@ class Trainer:
         self.config = config
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(self.out))
+        # cpu=True where there is no GPU: several processes then train with gloo (accelerate only
+        # picks its multi-CPU mode when told to be on the CPU).
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(self.out),
+                                       cpu=not torch.cuda.is_available())  # fmt: skip
         set_seed(config.seed)
         self.backbone = build_backbone(config)
-        self.features = self._encoder(config.feature_encoder)
-        self.faces = self._encoder(config.identity_encoder)
-        self.weights = LossWeights(config.contrastive_weight, config.identity_weight, config.tau)
+        weights = LossWeights(config.contrastive_weight, config.identity_weight, config.tau)
+        objective = TrainingObjective(self.backbone, self._encoder(config.feature_encoder),
+                                      self._encoder(config.identity_encoder), weights, config.symmetric)  # fmt: skip
         params = self.backbone.trainable_parameters()
         if not params:
             raise TrainingError(f"the {config.backbone} backbone has nothing to train")
@@ -171,12 +244,41 @@ class Trainer:
 
         self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                        num_training_steps=config.max_steps)  # fmt: skip
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            self.backbone, self.optimizer, self.scheduler
-        )
-        self.noise = torch.Generator().manual_seed(config.seed)
+        self.accelerator.register_save_state_pre_hook(self._save_trainable)
+        self.accelerator.register_load_state_pre_hook(self._load_trainable)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(objective, self.optimizer, self.scheduler)
+        # Each process draws its own noise (its own data too: the loader splits shards by node).
+        self.noise = torch.Generator().manual_seed(config.seed + self.accelerator.process_index)
         self.step = 0
         self.log_path = self.out / "losses.jsonl"
+
+    # A checkpoint keeps what trains (the LoRA, or the small net), not the frozen base: a full
+    # Qwen-Image transformer would be 40 GB per checkpoint. Hooks as in diffusers' LoRA examples.
+    def _save_trainable(self, models, weights, output_dir) -> None:
+        from safetensors.torch import save_file
+
+        if self.accelerator.is_main_process:
+            for model in models:
+                state = {n: p.detach().cpu().contiguous() for n, p in self.accelerator.unwrap_model(model)
+                         .named_parameters() if p.requires_grad}  # fmt: skip
+                save_file(state, str(Path(output_dir) / TRAINABLE))
+        weights.clear()
+
+    def _load_trainable(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(input_dir) / TRAINABLE
+        if not path.is_file():
+            raise TrainingError(f"{input_dir} holds no {TRAINABLE}: not a checkpoint of this trainer")
+        while models:
+            model = self.accelerator.unwrap_model(models.pop())
+            state = load_file(str(path))
+            expected = {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(state) != expected:
+                raise TrainingError(f"{path} does not match this model's trainable weights "
+                                    f"({len(state)} tensors saved, {len(expected)} expected): another backbone "
+                                    "or LoRA rank?")  # fmt: skip
+            model.load_state_dict(state, strict=False)
 
     def _encoder(self, path: str):
         if not path:
@@ -188,49 +290,9 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        bb, dev = self.backbone, self.accelerator.device
-        source = batch["source"].to(dev)
-        src_lat = bb.encode_images(source)
-        neutral = bb.encode_prompts(["neutral"] * source.shape[0], source)
-        sigma = sample_sigmas(source.shape[0], self.noise, device=dev)
-        out = {}
-        sides = ("a", "b") if self.config.symmetric else ("a",)
-        preds = {}
-        noise = None
-        for side in sides:
-            target = batch[f"target_{side}"].to(dev)
-            x0 = bb.encode_images(target)
-            if noise is None:  # one noise for both targets, as the reference: only the conditioning differs
-                noise = torch.randn(x0.shape, generator=self.noise).to(dev, x0.dtype)
-            x_t, v = noisy(x0, noise, sigma)
-            cond = interpolate(neutral, bb.encode_prompts(list(batch[f"category_{side}"]), source),
-                               batch[f"alpha_{side}"].to(dev))  # fmt: skip
-            v_pred = bb.velocity(x_t, sigma, src_lat, cond)
-            out[f"fm_{side}"] = flow_matching(v_pred, v)
-            preds[side] = (bb.decode(predicted_x0(x_t, v_pred, sigma)), target)
-        zero = torch.zeros((), device=dev)
-        if not self.config.symmetric:
-            out["fm_b"] = out["fm_a"]
-            out["total"] = out["fm_a"]
-            out["contrastive"] = out["identity"] = zero
-            return out
-        if self.features is not None and self.weights.contrastive:
-            (pa, ta), (pb, tb) = preds["a"], preds["b"]
-            with torch.no_grad():
-                fa, fb = self.features(ta), self.features(tb)
-            out["contrastive"] = info_nce_pair(self.features(pa), self.features(pb), fa, fb, self.weights.tau)
-        else:
-            out["contrastive"] = zero
-        if self.faces is not None and self.weights.identity:
-            with torch.no_grad():
-                ref = self.faces(source)
-            pred_a, pred_b = preds["a"][0], preds["b"][0]
-            out["identity"] = 0.5 * (identity(self.faces(pred_a), ref) + identity(self.faces(pred_b), ref))
-        else:
-            out["identity"] = zero
-        terms = symmetric_loss(out["fm_a"], out["fm_b"], out["contrastive"], out["identity"], self.weights)
-        out["total"] = terms.total
-        return out
+        # Through the prepared module's forward: under several processes DDP syncs the gradients of
+        # what runs inside it (calling the backbone directly would skip the sync).
+        return self.model(batch, self.noise)
 
     def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
@@ -253,14 +315,21 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
+    def _state_file(self, folder: Path) -> Path:
+        """The step and this process's noise generator (one file per process under several)."""
+        rank = self.accelerator.process_index
+        return folder / ("trainer_state.pt" if rank == 0 else f"trainer_state_{rank}.pt")
+
     def save_checkpoint(self) -> Path:
         folder = self.out / f"checkpoint-{self.step}"
         self.accelerator.save_state(str(folder))
-        torch.save({"step": self.step, "noise": self.noise.get_state()}, folder / "trainer_state.pt")
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
-        if self.config.checkpoints_total_limit:
-            for old in checkpoints(self.out)[: -self.config.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        torch.save({"step": self.step, "noise": self.noise.get_state()}, self._state_file(folder))
+        if self.accelerator.is_main_process:
+            (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+            if self.config.checkpoints_total_limit:
+                for old in checkpoints(self.out)[: -self.config.checkpoints_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         return folder
 
     def resume(self, which: str) -> Path | None:
@@ -276,7 +345,7 @@ class Trainer:
             if not (folder / "trainer_state.pt").is_file():
                 raise TrainingError(f"{folder} is not a checkpoint folder (no trainer_state.pt)")
         self.accelerator.load_state(str(folder))
-        state = torch.load(folder / "trainer_state.pt", weights_only=False)
+        state = torch.load(self._state_file(folder), weights_only=False)
         self.step = int(state["step"])
         self.noise.set_state(state["noise"])
         return folder
@@ -302,8 +371,9 @@ class Trainer:
 
         resumed = self.resume(self.config.resume)
         history = []
-        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", disable=not progress)
-        with open(self.log_path, "a") as log:
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", disable=not (progress and main))
+        with open(self.log_path if main else os.devnull, "a") as log:
             for batch in self.batches():
                 if self.step >= self.config.max_steps:
                     break
@@ -316,7 +386,8 @@ class Trainer:
                 if self.step % self.config.checkpointing_steps == 0 or self.step == self.config.max_steps:
                     self.save_checkpoint()
         bar.close()
-        weights = self.backbone.save_weights(self.out / "final")
+        weights = self.backbone.save_weights(self.out / "final") if main else None
+        self.accelerator.wait_for_everyone()
         return {"steps": self.step, "resumed_from": str(resumed) if resumed else None, "weights": str(weights),
                 "history": history, "last": history[-1] if history else None}  # fmt: skip
 
