@@ -62,6 +62,29 @@ def test_lora_round_trip_in_diffusers_format(tiny_model, face, tmp_path):
     assert not np.array_equal(base, trained)
 
 
+def test_a_lora_saved_as_the_reference_saves_it_loads_as_the_pipeline_loads_it(tiny_model, face, tmp_path):
+    """The reference writes its LoRA with convert_state_dict_to_diffusers + save_lora_weights and no
+    adapter metadata (the published preview LoRA is such a file); our loader gives the same edit as
+    the pipeline's own load_lora_weights on it."""
+    from diffusers import QwenImageEditPlusPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = load_pipeline(tiny_model)
+    params = add_lora(pipe.transformer, rank=4, alpha=8)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.transformer, adapter_name="pixelsmile"))
+    QwenImageEditPlusPipeline.save_lora_weights(tmp_path / "ref", transformer_lora_layers=layers)
+    ours, theirs = load_pipeline(tiny_model), load_pipeline(tiny_model)
+    load_lora(ours, tmp_path / "ref")
+    theirs.load_lora_weights(str(tmp_path / "ref"))
+    edited = np.asarray(edit(ours, face, {"surprised": 0.6}, TINY))
+    assert np.array_equal(edited, np.asarray(edit(theirs, face, {"surprised": 0.6}, TINY)))
+    assert not np.array_equal(edited, np.asarray(edit(load_pipeline(tiny_model), face, {"surprised": 0.6}, TINY)))
+
+
 def test_wrong_folders_and_lora_files_are_one_clear_error(tiny_model, tmp_path):
     with pytest.raises(ModelFolderError, match="does not exist"):
         load_pipeline(tmp_path / "nowhere")
