@@ -108,6 +108,86 @@ def real_size_flops(side: int = 512, text_tokens: int = 220) -> dict:
             "ratio_per_target_vs_plain": round(ours / t, 3)}  # fmt: skip
 
 
+# Two tiny models: the tests' (its VAE decode costs ~4x its 2-layer transformer), and one where the
+# transformer dominates as in the real model (decode ~0.2x a transformer step here; 0.075x at real
+# size, `real_size_flops`): the wall-clock ratio measured there is still an upper bound for a real run.
+TINY_MODELS = {"tests": {}, "transformer-heavy": {"layers": 8, "heads": 8, "vae_dim": 8}}
+
+
+def release(root: Path) -> str:
+    from storage.layout import Layout
+    from storage.releases.build import build_release
+    from storage.releases.config import ReleaseConfig
+    from storage.releases.plan import plan_release, release_dir, write_plan
+    from storage.releases.shards import write_shards
+
+    layout = Layout.at(root / "w")
+    write_world(layout, people=12, faces_per_person=7, size=64)
+    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0))
+    write_plan(layout, plan)
+    build_release(layout, plan.version)
+    write_shards(layout, plan.version)
+    return str(release_dir(layout, plan.version))
+
+
+def cost_split(trainer: Trainer, batch: dict, repeats: int = 10) -> float:
+    """Seconds of one VAE decode fwd+bwd over one transformer fwd+bwd (the real model: 0.075)."""
+    bb = trainer.backbone
+    source, target = batch["source"], batch["target_a"]
+    src_lat, lat = bb.encode_images(source), bb.encode_images(target)
+    cond = bb.encode_prompts(list(batch["category_a"]), source)
+    sigma = torch.full((lat.shape[0],), 0.5)
+
+    def decode():
+        bb.decode(lat.clone().requires_grad_(True)).sum().backward()
+
+    def transformer():
+        bb.velocity(lat.clone().requires_grad_(True), sigma, src_lat, cond).sum().backward()
+
+    def seconds(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    split = round(seconds(decode) / seconds(transformer), 3)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return split
+
+
+def measure(root: Path, name: str, data: str, steps: int) -> dict:
+    """Median seconds of our step and of the plain step, alternated on one batch, per target trained."""
+    model = build_tiny(root / name, **TINY_MODELS[name])
+    config = TrainConfig(output_dir=str(root / f"run-{name}"), release=data, backbone="qwen", model_path=str(model),
+                         resolution=64, batch_size=2, max_steps=10**6, lr_warmup_steps=0, lora_rank=4, lora_alpha=8,
+                         feature_encoder=str(small_encoder(root / "f.pt", seed=1)),
+                         identity_encoder=str(small_encoder(root / "i.pt", seed=2)))  # fmt: skip
+    trainer = Trainer(config)
+    batch = next(trainer.batches())
+    ours, plain = [], []
+    for _ in range(2):  # warm-up
+        trainer.train_step(batch)
+        plain_step(trainer, batch)
+    for _ in range(steps):  # alternate, so both see the same machine state
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        plain_step(trainer, batch)
+        plain.append(time.perf_counter() - t0)
+    split = cost_split(trainer, batch)
+    per_target_ours = statistics.median(ours) / 2  # a triplet trains two targets
+    per_target_plain = statistics.median(plain)
+    return {"model": model, "batch": batch, "shape": TINY_MODELS[name] or "build_tiny defaults",
+            "ours_s_per_step": round(statistics.median(ours), 4), "ours_s_per_target": round(per_target_ours, 4),
+            "plain_s_per_target": round(per_target_plain, 4),
+            "decode_vs_transformer": split,
+            "ratio_per_target_vs_plain": round(per_target_ours / per_target_plain, 3)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -116,67 +196,32 @@ def main() -> None:
     steps = args.steps or (4 if args.quick else 20)
     with tempfile.TemporaryDirectory(prefix="ffe-bench-train-") as tmp:
         root = Path(tmp)
-        from storage.layout import Layout
-        from storage.releases.build import build_release
-        from storage.releases.config import ReleaseConfig
-        from storage.releases.plan import plan_release, release_dir, write_plan
-        from storage.releases.shards import write_shards
-
-        layout = Layout.at(root / "w")
-        write_world(layout, people=12, faces_per_person=7, size=64)
-        plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0))
-        write_plan(layout, plan)
-        build_release(layout, plan.version)
-        write_shards(layout, plan.version)
-        model = build_tiny(root / "tiny")
-        config = TrainConfig(output_dir=str(root / "run"), release=str(release_dir(layout, plan.version)),
-                             backbone="qwen", model_path=str(model), resolution=64, batch_size=2, max_steps=10**6,
-                             lr_warmup_steps=0, lora_rank=4, lora_alpha=8,
-                             feature_encoder=str(small_encoder(root / "f.pt", seed=1)),
-                             identity_encoder=str(small_encoder(root / "i.pt", seed=2)))  # fmt: skip
-        trainer = Trainer(config)
-        batch = next(trainer.batches())
-        ours, plain = [], []
-        for _ in range(2):  # warm-up
-            trainer.train_step(batch)
-            plain_step(trainer, batch)
-        for _ in range(steps):  # alternate, so both see the same machine state
-            t0 = time.perf_counter()
-            trainer.train_step(batch)
-            ours.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            plain_step(trainer, batch)
-            plain.append(time.perf_counter() - t0)
+        data = release(root)
+        tiny = {name: measure(root, name, data, steps) for name in TINY_MODELS}
 
         from pixelsmile.infer import EditSettings, edit
         from storage.loader import tensor_to_image
 
-        pipe = load_pipeline(model)
-        img = tensor_to_image(batch["source"][0])
+        pipe = load_pipeline(tiny["tests"]["model"])
+        img = tensor_to_image(tiny["tests"]["batch"]["source"][0])
         settings = EditSettings(steps=20, size=64, condition_area=56 * 56)
         edit(pipe, img, {"happy": 0.5}, settings)
         t0 = time.perf_counter()
         for a in (0.25, 0.5, 0.75):
             edit(pipe, img, {"happy": a}, settings)
         per_edit = (time.perf_counter() - t0) / 3
-
-    per_target_ours = statistics.median(ours) / 2  # a triplet trains two targets
-    per_target_plain = statistics.median(plain)
-    ratio = per_target_ours / per_target_plain
+    for m in tiny.values():
+        del m["model"], m["batch"]
     real = real_size_flops()
+    proportioned = tiny["transformer-heavy"]["ratio_per_target_vs_plain"]
     report("train", args.quick, {
         "bench": "train",
-        "model": "tiny random Qwen-Image-Edit (pixelsmile.qwen.build_tiny), 64 px, batch 2, LoRA rank 4, CPU",
+        "setup": "tiny random Qwen-Image-Edit (pixelsmile.qwen.build_tiny), 64 px, batch 2, LoRA rank 4, CPU",
         "steps": steps,
-        "ours_s_per_step": round(statistics.median(ours), 4),
-        "plain_s_per_step": round(per_target_plain, 4),
-        "ours_s_per_target": round(per_target_ours, 4),
-        "ratio_per_target_vs_plain": round(ratio, 3),
-        "target": TARGET,
-        "meets_target_tiny": ratio <= TARGET,
-        # The tiny model's VAE costs 4x its 2-layer transformer; the real VAE about 8% of the real one.
+        "tiny": tiny,
         "real_size_flops": real,
-        "meets_target_real_size": real["ratio_per_target_vs_plain"] <= TARGET,
+        "target": TARGET,
+        "meets_target": proportioned <= TARGET and real["ratio_per_target_vs_plain"] <= TARGET,
         "inference_s_per_edit_20_steps": round(per_edit, 4),
     })  # fmt: skip
 

@@ -10,8 +10,8 @@
    the same without L_SC, and plain flow matching on the same targets as independent samples.
 4. Each edits the bench people's neutral faces toward every category over an alpha grid; the exact
    judge reads each edit; FFE-Bench metrics with bootstrap intervals over the bench people (and of
-   each arm's difference to plain flow matching), a no-edit baseline, sweep strips, CLS curves and
-   confusion matrices follow.
+   each arm's difference to plain flow matching), a no-edit baseline, a perfect editor (exact
+   renders: the judge's own ceiling), sweep strips, CLS curves and confusion matrices follow.
 """
 
 from __future__ import annotations
@@ -158,6 +158,25 @@ def no_edit(sources, settings: ProvingSettings) -> list[list[metrics.Edit]]:
     return per_source
 
 
+def perfect_editor(people: int, settings: ProvingSettings) -> list[list[metrics.Edit]]:
+    """Fresh people rendered with exactly the asked intensity, judged: what a perfect editor scores
+    through this judge at this size (the judge's own errors are the ceiling of every arm)."""
+    rng = np.random.default_rng(settings.seed + 99)
+    per_source = []
+    for _ in range(people):
+        person = random_identity(rng)
+        source = judge(render(person, np.zeros(len(CATEGORIES)), settings.size)).identity
+        edits = []
+        for cat in CATEGORIES:
+            for a in settings.alphas:
+                s = np.zeros(len(CATEGORIES))
+                s[CATEGORIES.index(cat)] = a
+                j = judge(render(person, s, settings.size))
+                edits.append(metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, source)))
+        per_source.append(edits)
+    return per_source
+
+
 def flat(per_source: list[list[metrics.Edit]]) -> list[metrics.Edit]:
     return [e for edits in per_source for e in edits]
 
@@ -277,6 +296,10 @@ def run(out: Path, settings: ProvingSettings = ProvingSettings(), progress: bool
                          "last_loss": trained["last"], "cls_curves": cls_curves(edits, settings),
                          "confusion": metrics.confusion(edits).round(4).tolist()}  # fmt: skip
     results["no-edit"]["cls_curves"] = cls_curves(flat(unedited), settings)
+    perfect = flat(perfect_editor(len(sources), settings))
+    results["perfect-editor"] = {"metrics": metrics.summary(perfect), "pair_confusion": pair_confusion(perfect),
+                                 "cls_curves": cls_curves(perfect, settings),
+                                 "confusion": metrics.confusion(perfect).round(4).tolist()}  # fmt: skip
     for name, ci in bootstrap(per_arm, "plain-fm", settings.bootstrap, settings.seed).items():
         results[name] |= ci
     files = plot(out, results, strips, settings)

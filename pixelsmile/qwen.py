@@ -131,8 +131,9 @@ def _tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny(folder: str | Path, seed: int = 0) -> Path:
-    """Write a random-weight Qwen-Image-Edit of the real classes, small enough for a CPU test."""
+def build_tiny(folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 3, vae_dim: int = 24) -> Path:
+    """Write a random-weight Qwen-Image-Edit of the real classes, small enough for a CPU test
+    (`layers` transformer blocks of `heads` x 16 wide; a VAE of base width `vae_dim`)."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -161,10 +162,10 @@ def build_tiny(folder: str | Path, seed: int = 0) -> Path:
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     processor = _processor_class()(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=layers,
+                                              attention_head_dim=16, num_attention_heads=heads, joint_attention_dim=16,
                                               axes_dims_rope=(8, 4, 4))  # fmt: skip
-    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+    vae = AutoencoderKLQwenImage(base_dim=vae_dim, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
                                  temperal_downsample=[False, True], latents_mean=[0.0] * 4,
                                  latents_std=[1.0] * 4)  # fmt: skip
     pipe = QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,

@@ -12,8 +12,9 @@ baseline instead (the ablation): the same two targets as two independent (source
 each with its own noise and level, flow matching only, no L_SC, no L_ID.
 
 Checkpoints are `checkpoint-<step>/` folders (accelerate's state: optimizer, scheduler, RNG; the
-trainable weights alone, not the frozen base; the step and each process's noise generator), and `resume: latest` continues from the newest one to the
-same losses an uninterrupted run gives (fixed seeds; the data stream is replayed to its position).
+trainable weights alone, not the frozen base; the step and each process's noise generator), and
+`resume: latest` continues from the newest one to the same losses an uninterrupted run gives (fixed
+seeds; the data stream is replayed to its position).
 A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
 """
 
@@ -374,7 +375,7 @@ class Trainer:
         main = self.accelerator.is_main_process
         bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", disable=not (progress and main))
         with open(self.log_path if main else os.devnull, "a") as log:
-            for batch in self.batches():
+            for batch in self.batches() if self.step < self.config.max_steps else ():  # a finished run reads nothing
                 if self.step >= self.config.max_steps:
                     break
                 terms = self.train_step(batch)
