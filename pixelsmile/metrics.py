@@ -13,6 +13,16 @@ An edit is (target category, alpha, judged 12 scores, identity similarity to its
 - HES = 2 S_E S_ID / (S_E + S_ID), S_E the mean judged target intensity, S_ID the mean ID Sim.
 
 Confusion and accuracy count edits at alpha > 0 only (an edit at alpha 0 asks for no expression).
+
+Beside the paper's, three readings that a lenient pooled CLS can hide (docs/bench.md):
+- CLS-12/task: the correlation within each task (one source toward one category over the alpha
+  grid), averaged: a model that moves some people and not others scores low here.
+- |I-a|: the mean absolute gap between judged intensity and alpha over alpha in [0, 1] (a judge's
+  scale ends at 1): an on/off switch has a high CLS but a large gap.
+- Acc-12@1: accuracy at alpha = 1 alone (at small alpha every category looks neutral).
+
+Intervals: `bootstrap` resamples the bench's sources (people) with replacement; `paired_bootstrap`
+resamples the same sources for two models and gives the interval of their difference.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ class Edit:
     alpha: float
     scores: np.ndarray  # the judge's 12 intensities of the edited image
     id_sim: float
+    source: str = ""  # the source face (person) edited: what the bootstrap resamples
 
     @property
     def dominant(self) -> str:
@@ -80,6 +91,22 @@ def cls(edits: Sequence[Edit], categories: Sequence[str] = CATEGORIES) -> float:
     return float(np.corrcoef(alphas, judged)[0, 1])
 
 
+def cls_per_task(edits: Sequence[Edit], categories: Sequence[str] = CATEGORIES) -> float:
+    """The mean over tasks (source, target) of the correlation between alpha and judged intensity."""
+    tasks: dict[tuple[str, str], list[Edit]] = {}
+    for e in edits:
+        if e.target in categories:
+            tasks.setdefault((e.source, e.target), []).append(e)
+    values = [cls(task, categories) for task in tasks.values() if len({e.alpha for e in task}) >= 3]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def intensity_error(edits: Sequence[Edit]) -> float:
+    """Mean |judged target intensity - alpha| over the edits with alpha in [0, 1]."""
+    gaps = [abs(e.intensity - e.alpha) for e in edits if 0 <= e.alpha <= 1]
+    return float(np.mean(gaps)) if gaps else float("nan")
+
+
 def hes(s_e: float, s_id: float) -> float:
     return 2 * s_e * s_id / (s_e + s_id) if s_e + s_id > 0 else 0.0
 
@@ -97,4 +124,52 @@ def summary(edits: Sequence[Edit], pairs: Sequence[tuple[str, str]] = CONFUSABLE
         "ID Sim": s_id,
         "S_E": s_e,
         "HES": hes(s_e, s_id),
+        "CLS-12/task": cls_per_task(edits),
+        "|I-a|": intensity_error(edits),
+        "Acc-12@1": accuracy([e for e in edits if e.alpha == 1.0]),
     }
+
+
+HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim", "HES")
+
+
+def _by_source(edits: Sequence[Edit]) -> dict[str, list[Edit]]:
+    groups: dict[str, list[Edit]] = {}
+    for e in edits:
+        groups.setdefault(e.source, []).append(e)
+    return groups
+
+
+def _interval(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 4) for v in np.nanpercentile(np.asarray(values, dtype=float), [2.5, 97.5])]
+
+
+def bootstrap(edits: Sequence[Edit], n: int = 1000, seed: int = 0, names: Sequence[str] = HEADLINE,
+              pairs: Sequence[tuple[str, str]] = CONFUSABLE_PAIRS) -> dict[str, list[float]]:  # fmt: skip
+    """95% intervals of `names`, resampling the sources with replacement `n` times."""
+    return paired_bootstrap({"": edits}, n, seed, names, pairs)[""]
+
+
+def paired_bootstrap(arms: dict[str, Sequence[Edit]], n: int = 1000, seed: int = 0,
+                     names: Sequence[str] = HEADLINE, pairs: Sequence[tuple[str, str]] = CONFUSABLE_PAIRS,
+                     baseline: str | None = None) -> dict:  # fmt: skip
+    """Per arm, 95% intervals of `names`; with `baseline`, also of each arm's difference to it on the
+    same resampled sources (`minus_<baseline>`). The arms must have edited the same sources."""
+    groups = {arm: _by_source(edits) for arm, edits in arms.items()}
+    sources = sorted(next(iter(groups.values())))
+    if any(sorted(g) != sources for g in groups.values()):
+        raise ValueError("paired bootstrap: the arms edited different sources")
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for _ in range(n):
+        pick = rng.integers(0, len(sources), len(sources))
+        for arm, by in groups.items():
+            draws[arm].append(summary([e for i in pick for e in by[sources[i]]], pairs))
+    out: dict[str, dict] = {}
+    for arm in arms:
+        out[arm] = {m: _interval([d[m] for d in draws[arm]]) for m in names}
+        if baseline is not None and arm != baseline:
+            out[arm][f"minus_{baseline}"] = {
+                m: _interval([d[m] - b[m] for d, b in zip(draws[arm], draws[baseline], strict=True)]) for m in names
+            }  # fmt: skip
+    return out

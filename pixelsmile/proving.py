@@ -67,7 +67,6 @@ ARMS = {
     "symmetric-no-sc": (True, 0.0, 0.1),  # symmetric triplets and L_ID, no contrastive loss
     "plain-fm": (False, 0.0, 0.0),  # both targets as independent (source, target) samples, FM only
 }
-HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim")
 
 
 def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
@@ -130,7 +129,7 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[list[me
     and the images of the first two sources (for the sweep strips)."""
     per_source, strips = [], {}
     alphas = torch.tensor(settings.alphas)
-    for n, (_, img) in enumerate(sources):
+    for n, (person, img) in enumerate(sources):
         src = image_to_tensor(img)[None].expand(len(alphas), -1, -1, -1)
         src_judged = judge(img)
         edits = []
@@ -143,7 +142,7 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[list[me
                 edited = tensor_to_image(t)
                 j = judge(edited)
                 edits.append(
-                    metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, src_judged.identity))
+                    metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, src_judged.identity), person)
                 )
                 if n < 2:
                     strips.setdefault((n, cat), []).append(edited)
@@ -152,9 +151,10 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[list[me
 
 def no_edit(sources, settings: ProvingSettings) -> list[list[metrics.Edit]]:
     per_source = []
-    for _, img in sources:
+    for person, img in sources:
         j = judge(img)
-        per_source.append([metrics.Edit(c, float(a), j.scores, 1.0) for c in CATEGORIES for a in settings.alphas])
+        alphas = settings.alphas
+        per_source.append([metrics.Edit(c, float(a), j.scores, 1.0, person) for c in CATEGORIES for a in alphas])
     return per_source
 
 
@@ -163,7 +163,7 @@ def perfect_editor(people: int, settings: ProvingSettings) -> list[list[metrics.
     through this judge at this size (the judge's own errors are the ceiling of every arm)."""
     rng = np.random.default_rng(settings.seed + 99)
     per_source = []
-    for _ in range(people):
+    for k in range(people):
         person = random_identity(rng)
         source = judge(render(person, np.zeros(len(CATEGORIES)), settings.size)).identity
         edits = []
@@ -172,37 +172,14 @@ def perfect_editor(people: int, settings: ProvingSettings) -> list[list[metrics.
                 s = np.zeros(len(CATEGORIES))
                 s[CATEGORIES.index(cat)] = a
                 j = judge(render(person, s, settings.size))
-                edits.append(metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, source)))
+                similarity = identity_similarity(j.identity, source)
+                edits.append(metrics.Edit(cat, float(a), j.scores, similarity, f"fresh-{k}"))
         per_source.append(edits)
     return per_source
 
 
 def flat(per_source: list[list[metrics.Edit]]) -> list[metrics.Edit]:
     return [e for edits in per_source for e in edits]
-
-
-def bootstrap(per_arm: dict[str, list[list[metrics.Edit]]], baseline: str, n: int, seed: int) -> dict:
-    """95% intervals of the headline metrics by resampling the bench people, and of each arm's
-    difference to `baseline` on the same resampled people (paired: the same people edited by both)."""
-    rng = np.random.default_rng(seed)
-    people = len(next(iter(per_arm.values())))
-    draws: dict[str, list[dict]] = {arm: [] for arm in per_arm}
-    for _ in range(n):
-        pick = rng.integers(0, people, people)
-        for arm, per_source in per_arm.items():
-            draws[arm].append(metrics.summary([e for i in pick for e in per_source[i]]))
-
-    def interval(values) -> list[float]:
-        return [round(float(v), 4) for v in np.nanpercentile(values, [2.5, 97.5])]
-
-    out = {}
-    for arm in per_arm:
-        out[arm] = {"ci95": {m: interval([d[m] for d in draws[arm]]) for m in HEADLINE}}
-        if arm != baseline and baseline in per_arm:
-            out[arm][f"minus_{baseline}_ci95"] = {
-                m: interval([d[m] - b[m] for d, b in zip(draws[arm], draws[baseline], strict=True)]) for m in HEADLINE
-            }  # fmt: skip
-    return out
 
 
 def cls_curves(edits: list[metrics.Edit], settings: ProvingSettings) -> dict[str, list[float]]:
@@ -300,8 +277,13 @@ def run(out: Path, settings: ProvingSettings = ProvingSettings(), progress: bool
     results["perfect-editor"] = {"metrics": metrics.summary(perfect), "pair_confusion": pair_confusion(perfect),
                                  "cls_curves": cls_curves(perfect, settings),
                                  "confusion": metrics.confusion(perfect).round(4).tolist()}  # fmt: skip
-    for name, ci in bootstrap(per_arm, "plain-fm", settings.bootstrap, settings.seed).items():
-        results[name] |= ci
+    baseline = "plain-fm" if "plain-fm" in per_arm else None
+    arms = {name: flat(per_source) for name, per_source in per_arm.items()}
+    for name, ci in metrics.paired_bootstrap(arms, settings.bootstrap, settings.seed, baseline=baseline).items():
+        difference = ci.pop(f"minus_{baseline}", None)
+        results[name]["ci95"] = ci
+        if difference:
+            results[name][f"minus_{baseline}_ci95"] = difference
     files = plot(out, results, strips, settings)
     report = {"settings": asdict(settings), "bench_people": len(sources), "release": release.name,
               "results": results, "plots": files}  # fmt: skip

@@ -44,3 +44,34 @@ def test_a_collapsed_pair_has_bcr_one_half_and_hes_follows_its_formula():
     assert hes(0.5, 0.7) == pytest.approx(2 * 0.5 * 0.7 / 1.2)
     m = summary(edits)
     assert m["HES"] == pytest.approx(hes(m["S_E"], m["ID Sim"]))
+
+
+def test_per_task_cls_and_the_intensity_gap_catch_what_pooled_cls_hides():
+    """An on/off switch (nothing below alpha 0.5, full above) scores a high pooled CLS but a visible
+    gap to alpha; a model that moves only half the people scores a per-task CLS of one half."""
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    switch = [Edit("happy", a, one_hot("happy", float(a >= 0.5)), 1.0, "p") for a in grid]
+    m = summary(switch)
+    assert m["CLS-12"] > 0.85 and m["|I-a|"] == pytest.approx(np.mean([0, 0.25, 0.5, 0.25, 0]))
+    linear = [Edit("happy", a, one_hot("happy", a), 1.0, "p") for a in grid]
+    assert summary(linear)["|I-a|"] == pytest.approx(0.0)
+    half = linear + [Edit("happy", a, one_hot("happy", 0.0), 1.0, "q") for a in grid]
+    assert summary(half)["CLS-12/task"] == pytest.approx(0.5)  # 1 for p, 0 for q (nothing moves)
+    at_one = [Edit("fear", 1.0, one_hot("fear", 0.9), 1.0), Edit("fear", 0.25, one_hot("surprised", 0.2), 1.0)]
+    assert summary(at_one)["Acc-12@1"] == 1.0 and summary(at_one)["Acc-12"] == 0.5
+
+
+def test_bootstrap_intervals_resample_people_and_pair_the_arms():
+    from pixelsmile.metrics import bootstrap, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    edits = [Edit(c, a, one_hot(c, a * rng.uniform(0.5, 1.0)), rng.uniform(0.8, 1.0), f"person-{p}")
+             for p in range(8) for c in ("fear", "surprised") for a in (0.0, 0.5, 1.0)]  # fmt: skip
+    ci = bootstrap(edits, n=200, seed=1)
+    point = summary(edits)
+    for name in ("CLS-12", "ID Sim"):
+        assert ci[name][0] <= point[name] <= ci[name][1] and ci[name][0] < ci[name][1]
+    same = paired_bootstrap({"a": edits, "b": list(edits)}, n=50, seed=1, baseline="b")
+    assert same["a"]["minus_b"]["ID Sim"] == [0.0, 0.0]  # the same people resampled for both arms
+    with pytest.raises(ValueError, match="different sources"):
+        paired_bootstrap({"a": edits, "b": edits[:-6]}, n=5)
