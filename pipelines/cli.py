@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     _workdir_arg(q)
     q.add_argument("--rebuild", action="store_true", help="also rebuild it from its plan and compare every sha256")
 
+    p = sub.add_parser("bench", help="FFE-Bench: the leaderboard")
+    bs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = bs.add_parser("show", help="the leaderboard: measured runs beside the paper's reported numbers")
+    q.add_argument("--release", default=None, help="only runs on this release")
+    _workdir_arg(q)
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)
     p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
@@ -256,7 +263,14 @@ def cmd_release(args: argparse.Namespace) -> int:
     return release_command(args, _existing_layout(args.workdir), _load_config(getattr(args, "config", None)))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipelines.bench import bench_command
+
+    return bench_command(args, _existing_layout(args.workdir))
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "release": cmd_release,
     "sample": cmd_sample,
     "annotate": cmd_annotate,

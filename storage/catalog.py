@@ -10,7 +10,8 @@ from __future__ import annotations
 import duckdb
 
 from storage.layout import Layout
-from storage.schemas import RELEASE_FACES, SHARD_INDEX, TABLES, schema_of
+from storage.reported import REPORTED, SOURCE
+from storage.schemas import BENCH_METRICS, RELEASE_FACES, SHARD_INDEX, TABLES, schema_of
 
 # Tables whose rows carry a key that two partitions written in parallel may both claim (two ingest
 # batches racing on the same content): the view keeps the earliest row per key.
@@ -76,11 +77,32 @@ def _release_view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, view: str)
 RELEASE_VIEWS = ("releases", "release_faces", "release_shards")
 
 
+def _sql_value(v) -> str:
+    return "NULL" if v is None else repr(float(v))
+
+
+def leaderboard_sql() -> str:
+    """Finished bench runs (failed ones never rank) beside the paper's reported rows."""
+    metrics = list(BENCH_METRICS.values())
+    shared = ", ".join(f"{m}::DOUBLE AS {m}" for m in metrics)
+    measured = (f"SELECT kind, model, release, run_id, judge, tasks, {shared}, ci95, config_hash, git_commit, \"at\" "
+                "FROM bench_runs WHERE status = 'ok'")  # fmt: skip
+    values = ", ".join(
+        "(" + ", ".join([_sql_str(r["model"]), *(_sql_value(r.get(m)) for m in metrics)]) + ")" for r in REPORTED
+    )
+    reported = (f"SELECT 'reported' AS kind, model, NULL::VARCHAR AS release, NULL::VARCHAR AS run_id, "
+                f"{_sql_str(SOURCE)} AS judge, NULL::INTEGER AS tasks, {shared}, NULL::VARCHAR AS ci95, "
+                "NULL::VARCHAR AS config_hash, NULL::VARCHAR AS git_commit, NULL::TIMESTAMPTZ AS \"at\" "
+                f"FROM (VALUES {values}) AS t(model, {', '.join(metrics)})")  # fmt: skip
+    return f"{measured} UNION ALL {reported}"
+
+
 def refresh_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
     for table in TABLES:
         con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {view_sql(con, layout, table)}')
     for view in RELEASE_VIEWS:
         con.execute(f'CREATE OR REPLACE VIEW "{view}" AS {_release_view_sql(con, layout, view)}')
+    con.execute(f"CREATE OR REPLACE VIEW leaderboard AS {leaderboard_sql()}")
 
 
 def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnection:

@@ -235,6 +235,33 @@ SHARD_INDEX = pa.schema(
     ]
 )
 
+# FFE-Bench metrics (pixelsmile.metrics.summary's names) as leaderboard columns (docs/bench.md).
+BENCH_METRICS: dict[str, str] = {
+    "mSCR": "mscr", "Acc-6": "acc6", "Acc-12": "acc12", "CLS-6": "cls6", "CLS-12": "cls12", "ID Sim": "id_sim",
+    "HES": "hes", "CLS-12/task": "cls12_task", "|I-a|": "intensity_gap", "Acc-12@1": "acc12_at1",
+}  # fmt: skip
+
+# One row per bench run (`tables/bench_runs/<run_id>.parquet`): measured models and baselines, and
+# runs that failed (status "failed", a reason, no metrics: they never rank). The `leaderboard` view
+# holds the finished ones beside the paper's reported numbers.
+BENCH_RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("release", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),  # a name: "pixelsmile-lora@<run>", "no-edit", ...
+        pa.field("kind", pa.string(), nullable=False),  # measured | baseline
+        pa.field("status", pa.string(), nullable=False),  # ok | failed
+        pa.field("reason", pa.string()),  # why a run failed
+        pa.field("judge", pa.string()),  # name@version of the expression judge
+        pa.field("tasks", pa.int32()),  # edits judged
+        *[pa.field(column, _F64) for column in BENCH_METRICS.values()],
+        pa.field("ci95", pa.string()),  # JSON: {metric: [low, high]} from the bootstrap over sources
+        pa.field("config_hash", pa.string()),
+        pa.field("git_commit", pa.string()),
+        pa.field("at", _TIMESTAMP, nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "failures": FAILURES,
@@ -247,6 +274,7 @@ TABLES: dict[str, pa.Schema] = {
     "gold_scores": GOLD_SCORES,
     "annotator_quality": ANNOTATOR_QUALITY,
     "affect_scores": AFFECT_SCORES,
+    "bench_runs": BENCH_RUNS,
 }
 
 

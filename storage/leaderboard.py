@@ -1,0 +1,73 @@
+"""Bench runs and the leaderboard: one `bench_runs` row per run, written once and never changed;
+the catalog's `leaderboard` view ranks the finished ones beside the paper's reported numbers.
+
+A run that crashed, trained to NaN or lost images is recorded as failed with its reason and never
+ranks; so is a result whose headline metrics are not numbers (too few edits to compute them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+from storage.catalog import connect
+from storage.layout import Layout
+from storage.reported import REPORTED
+from storage.schemas import BENCH_METRICS
+from storage.tables import has_partition, write_partition
+
+HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim")  # must be numbers for a run to rank
+
+
+class RunExists(ValueError):
+    """A bench run id is recorded once: a rerun gets a new id."""
+
+
+def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: str = "measured",
+               metrics: dict[str, float] | None = None, ci95: dict | None = None, judge: str | None = None,
+               tasks: int | None = None, config_hash: str | None = None, git_commit: str | None = None,
+               reason: str | None = None) -> dict:  # fmt: skip
+    """Write the run's row; `reason` (or metrics that are not numbers) makes it a failed run."""
+    if has_partition(layout, "bench_runs", run_id):
+        raise RunExists(f"bench run {run_id} is already recorded")
+    if reason is None:
+        if metrics is None:
+            reason = "no metrics"
+        elif bad := [m for m in HEADLINE if not _finite(metrics.get(m))]:
+            reason = f"{', '.join(bad)} not a number (too few edits?)"
+    ok = reason is None
+    row = {"run_id": run_id, "release": release, "model": model, "kind": kind, "status": "ok" if ok else "failed",
+           "reason": reason, "judge": judge, "tasks": tasks, "config_hash": config_hash, "git_commit": git_commit,
+           "ci95": json.dumps(ci95) if ci95 and ok else None, "at": datetime.now(UTC)}  # fmt: skip
+    for name, column in BENCH_METRICS.items():
+        value = (metrics or {}).get(name)
+        row[column] = float(value) if ok and _finite(value) else None
+    write_partition(layout, "bench_runs", run_id, [row])
+    return row
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def leaderboard(layout: Layout, release: str | None = None) -> list[dict]:
+    """Measured rows (best HES first), baselines, then the reported rows in the paper's order."""
+    where = "WHERE kind = 'reported' OR release = ?" if release else ""
+    order = "ORDER BY CASE kind WHEN 'measured' THEN 0 WHEN 'baseline' THEN 1 ELSE 2 END, hes DESC NULLS LAST, mscr"
+    with connect(layout, persist=False) as con:
+        cur = con.execute(f"SELECT * FROM leaderboard {where} {order}", [release] if release else [])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    paper = [r["model"] for r in REPORTED]
+    ranked = [r for r in rows if r["kind"] != "reported"]
+    return ranked + sorted((r for r in rows if r["kind"] == "reported"), key=lambda r: paper.index(r["model"]))
+
+
+def failed_runs(layout: Layout, release: str | None = None) -> list[dict]:
+    where = "AND release = ?" if release else ""
+    with connect(layout, persist=False) as con:
+        cur = con.execute(f"SELECT run_id, release, model, reason, \"at\" FROM bench_runs WHERE status = 'failed' "
+                          f"{where} ORDER BY \"at\"", [release] if release else [])  # fmt: skip
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
