@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from pixelsmile import metrics
+from pixelsmile.bench.tasks import sources
 from pixelsmile.conditioning import interpolate
 from pixelsmile.encoders import SmallEncoder, small_encoder
 from pixelsmile.synthetic import (
@@ -112,15 +113,8 @@ def make_release(out: Path, settings: ProvingSettings) -> Path:
 
 
 def bench_sources(release: Path) -> list[tuple[str, Image.Image]]:
-    """The most neutral face of every bench-split person (never seen in training)."""
-    import pyarrow.parquet as pq
-
-    rows = [r for r in pq.read_table(release / "splits.parquet").to_pylist() if r["split"] == "bench"]
-    best: dict[str, dict] = {}
-    for r in rows:
-        if r["identity_id"] not in best or r["intensity"] < best[r["identity_id"]]["intensity"]:
-            best[r["identity_id"]] = r
-    return [(i, Image.open(release / r["image"]).convert("RGB")) for i, r in sorted(best.items())]
+    """The bench tasks' sources: the most neutral face of every bench-split person (never trained on)."""
+    return [(s["identity_id"], Image.open(release / s["image"]).convert("RGB")) for s in sources(release)]
 
 
 @torch.no_grad()
