@@ -27,12 +27,24 @@ ALL = "all"  # the single partition file of tables that span every batch
 CLASSIFIER_WEIGHT = 0.5  # share of the classifier in the six categories it knows
 
 
+def with_classifier(scores: dict[str, float], model, crop_rgb: np.ndarray) -> dict[str, float]:
+    """The blendshape scores with the classifier's probabilities blended into the six it knows."""
+    blended = dict(scores)
+    for cat, p in model.probabilities(crop_rgb).items():
+        blended[cat] = (1 - CLASSIFIER_WEIGHT) * scores[cat] + CLASSIFIER_WEIGHT * p
+    return blended
+
+
+def scorer_version(model) -> str:
+    return MODEL_VERSION if model is None else f"{MODEL_VERSION}+{CLASSIFIER_VERSION}"
+
+
 def prelabel_batch(layout: Layout, batch: str) -> dict:
     """Write `prelabels/<batch>` for every face of the batch that has blendshapes; where the
     expression classifier is installed, its probabilities are blended into the six basic categories."""
     faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes", "crop_path"])
     model = classifier()
-    version = MODEL_VERSION if model is None else f"{MODEL_VERSION}+{CLASSIFIER_VERSION}"
+    version = scorer_version(model)
     rows, skipped = [], 0
     for face in faces.to_pylist():
         scores = scores_from_blendshapes(face["blendshapes"])
@@ -43,8 +55,7 @@ def prelabel_batch(layout: Layout, batch: str) -> dict:
             crop = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
             if crop is None:
                 raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
-            for cat, p in model.probabilities(crop[:, :, ::-1]).items():
-                scores[cat] = (1 - CLASSIFIER_WEIGHT) * scores[cat] + CLASSIFIER_WEIGHT * p
+            scores = with_classifier(scores, model, crop[:, :, ::-1])
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
     return {"faces": len(rows), "without_blendshapes": skipped, "model_version": version}
