@@ -1,0 +1,161 @@
+"""A bench run: every task's source edited at every alpha by an editor, each edit read by a judge,
+FFE-Bench metrics with bootstrap intervals over the sources.
+
+    <out>/tasks/<task_id>.json   one per finished task: its readings (resume skips these)
+    <out>/edits.parquet          every edit: task, category, alpha, 12 scores, identity similarity
+    <out>/metrics.json           written last: metrics, intervals, counts, what was unreadable
+
+An editor is any callable `(source image, category, alphas) -> images`, one per alpha (`editors`
+below: no edit, prompt only, PixelSmile). A judge is `pixelsmile.bench.judges.Judge`. An edit the
+judge cannot read (no face found) is kept with its reason; when more than `max_unreadable` of the
+edits are unreadable the run fails with that reason (a bad run never ranks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pixelsmile import metrics
+from pixelsmile.bench.judges import Judge
+from pixelsmile.bench.tasks import BenchConfig, bench_tasks
+from storage.atomic import atomic_open, atomic_write_text
+
+Editor = Callable[[Image.Image, str, Sequence[float]], Sequence[Image.Image]]
+
+EDITS = pa.schema(
+    [
+        pa.field("task_id", pa.string(), nullable=False),
+        pa.field("identity_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("alpha", pa.float64(), nullable=False),
+        pa.field("scores", pa.list_(pa.float64())),  # null: unreadable
+        pa.field("id_sim", pa.float64()),
+        pa.field("reason", pa.string()),  # why the judge could not read the edit
+    ]
+)
+
+
+class BenchError(RuntimeError):
+    """The run cannot give a result (too many unreadable edits, a source that cannot be read)."""
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    metrics: dict[str, float]
+    ci95: dict[str, list[float]]
+    edits: int
+    unreadable: int
+    folder: Path
+
+
+def _task_file(out: Path, task_id: str) -> Path:
+    return out / "tasks" / f"{task_id}.json"
+
+
+def run_task(task: dict, release: Path, editor: Editor, judge: Judge) -> list[dict]:
+    try:
+        source = Image.open(release / task["image"]).convert("RGB")
+    except OSError as err:
+        raise BenchError(f"task {task['task_id']}: source {task['image']} cannot be read: {err}") from None
+    ref = judge.read(source)
+    if ref.identity is None:
+        raise BenchError(f"task {task['task_id']}: the judge cannot read the source {task['image']}: {ref.reason}")
+    images = list(editor(source, task["category"], task["alphas"]))
+    if len(images) != len(task["alphas"]):
+        raise BenchError(
+            f"task {task['task_id']}: the editor gave {len(images)} images for {len(task['alphas'])} alphas"
+        )
+    rows = []
+    for alpha, image in zip(task["alphas"], images, strict=True):
+        r = judge.read(image)
+        rows.append({"task_id": task["task_id"], "identity_id": task["identity_id"], "category": task["category"],
+                     "alpha": float(alpha), "scores": None if r.scores is None else [float(v) for v in r.scores],
+                     "id_sim": None if r.identity is None else judge.similarity(r.identity, ref.identity),
+                     "reason": r.reason})  # fmt: skip
+    return rows
+
+
+def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: BenchConfig = BenchConfig(), *,
+              max_unreadable: float = 0.05, progress: bool = True) -> BenchResult:  # fmt: skip
+    """Run (or resume) the bench of `editor` on `release` into `out`."""
+    from tqdm import tqdm
+
+    release, out = Path(release), Path(out)
+    tasks = bench_tasks(release, config).to_pylist()
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    todo = [t for t in tasks if not _task_file(out, t["task_id"]).is_file()]
+    for task in tqdm(todo, desc="bench", unit="task", disable=not progress, initial=len(tasks) - len(todo),
+                     total=len(tasks)):  # fmt: skip
+        rows = run_task(task, release, editor, judge)
+        atomic_write_text(_task_file(out, task["task_id"]), json.dumps(rows), fsync=False)
+    rows = [r for t in tasks for r in json.loads(_task_file(out, t["task_id"]).read_text())]
+    with atomic_open(out / "edits.parquet") as f:
+        pq.write_table(pa.Table.from_pylist(rows, schema=EDITS), f, compression="zstd")
+    unreadable = [r for r in rows if r["scores"] is None]
+    if len(unreadable) > max_unreadable * len(rows):
+        reasons = sorted({r["reason"] for r in unreadable})
+        raise BenchError(f"{len(unreadable)} of {len(rows)} edits could not be read by the judge "
+                         f"({'; '.join(reasons)[:200]}): more than {max_unreadable:.0%}")  # fmt: skip
+    edits = [metrics.Edit(r["category"], r["alpha"], np.asarray(r["scores"]), r["id_sim"], r["identity_id"])
+             for r in rows if r["scores"] is not None]  # fmt: skip
+    summary = metrics.summary(edits)
+    ci = metrics.bootstrap(edits, n=config.bootstrap, seed=config.seed)
+    result = BenchResult(summary, ci, len(rows), len(unreadable), out)
+    atomic_write_text(out / "metrics.json", json.dumps({
+        "judge": f"{judge.name}@{judge.version}", "tasks": len(tasks), "edits": len(rows),
+        "unreadable": len(unreadable), "metrics": summary, "ci95": ci, "config": config.digest(),
+    }, indent=1, default=float) + "\n")  # fmt: skip
+    return result
+
+
+# --- editors ----------------------------------------------------------------------------------------
+
+
+def no_edit(source: Image.Image, category: str, alphas: Sequence[float]) -> list[Image.Image]:
+    """The baseline that changes nothing: identity kept, expression unchanged."""
+    return [source.copy() for _ in alphas]
+
+
+def prompt_only(editor: Editor) -> Editor:
+    """The baseline without interpolation: the full target prompt for every alpha > 0."""
+
+    def edit(source: Image.Image, category: str, alphas: Sequence[float]) -> list[Image.Image]:
+        full = list(editor(source, category, [1.0]))[0]
+        return [source.copy() if a == 0 else full.copy() for a in alphas]
+
+    return edit
+
+
+def pixel_editor(backbone, steps: int = 20, seed: int = 0) -> Editor:
+    """PixelSmile on the pixel backbone (the synthetic world's model): one batch per task."""
+    import torch
+
+    from pixelsmile.conditioning import interpolate
+    from storage.loader import image_to_tensor, tensor_to_image
+
+    @torch.no_grad()
+    def edit(source: Image.Image, category: str, alphas: Sequence[float]) -> list[Image.Image]:
+        src = image_to_tensor(source)[None].expand(len(alphas), -1, -1, -1)
+        neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
+        cond = interpolate(neutral, backbone.encode_prompts([category] * len(alphas), src), torch.tensor(alphas))
+        return [tensor_to_image(t) for t in backbone.generate(src, cond, steps=steps, seed=seed)]
+
+    return edit
+
+
+def pipeline_editor(pipe, settings) -> Editor:
+    """PixelSmile through a Qwen-Image-Edit pipeline (a LoRA loaded or not): one edit per alpha."""
+    from pixelsmile.infer import edit as edit_one
+
+    def edit(source: Image.Image, category: str, alphas: Sequence[float]) -> list[Image.Image]:
+        return [edit_one(pipe, source, {category: float(a)}, settings) for a in alphas]
+
+    return edit
