@@ -90,3 +90,33 @@ def test_a_missing_source_image_is_one_clear_error_naming_the_task(release, tmp_
     (copy / first["image"]).unlink()
     with pytest.raises(BenchError, match=rf"task {first['task_id']}: source {first['image']} cannot be read"):
         run_bench(copy, tmp_path / "missing", no_edit, SyntheticJudge(), SMALL, progress=False)
+
+
+def test_a_bench_run_lands_in_the_leaderboard_and_a_failed_one_with_its_reason(release, tmp_path):
+    import shutil
+
+    from pixelsmile.bench.run import bench_and_record
+    from pixelsmile.bench.tasks import bench_tasks
+    from storage.leaderboard import failed_runs, leaderboard
+
+    layout = Layout.at(release.parents[1])
+    row = bench_and_record(layout, release.name, "noedit-1", "no-edit", no_edit, SyntheticJudge(), SMALL,
+                           kind="baseline", progress=False)  # fmt: skip
+    assert row["status"] == "ok" and row["id_sim"] == 1.0 and row["git_commit"]
+    assert (layout.runs / release.name / "noedit-1" / "bench" / "metrics.json").is_file()
+    board = [r for r in leaderboard(layout, release.name) if r["kind"] == "baseline"]
+    assert [r["run_id"] for r in board] == ["noedit-1"] and json.loads(board[0]["ci95"])["ID Sim"] == [1.0, 1.0]
+
+    first = bench_tasks(release, SMALL).to_pylist()[0]
+    backup = tmp_path / "kept.png"
+    shutil.copyfile(release / first["image"], backup)
+    (release / first["image"]).unlink()
+    try:
+        with pytest.raises(BenchError):
+            bench_and_record(layout, release.name, "broken-1", "no-edit", no_edit, SyntheticJudge(), SMALL,
+                             progress=False)  # fmt: skip
+    finally:
+        shutil.copyfile(backup, release / first["image"])
+    failed = failed_runs(layout, release.name)
+    assert [f["run_id"] for f in failed] == ["broken-1"] and "cannot be read" in failed[0]["reason"]
+    assert "broken-1" not in {r["run_id"] for r in leaderboard(layout)}

@@ -159,3 +159,34 @@ def pipeline_editor(pipe, settings) -> Editor:
         return [edit_one(pipe, source, {category: float(a)}, settings) for a in alphas]
 
     return edit
+
+
+def git_commit() -> str | None:
+    """The code's commit, when it runs from a git checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def bench_and_record(layout, version: str, run_id: str, model: str, editor: Editor, judge: Judge,
+                     config: BenchConfig = BenchConfig(), *, kind: str = "measured",
+                     progress: bool = True) -> dict:  # fmt: skip
+    """Run the bench of `editor` on release `version` into runs/<version>/<run_id>/bench and record
+    the leaderboard row; a run that fails is recorded as failed with its reason (and re-raised)."""
+    from storage.leaderboard import record_run
+    from storage.releases.plan import release_dir
+
+    out = layout.runs / version / run_id / "bench"
+    common = dict(release=version, model=model, kind=kind, judge=f"{judge.name}@{judge.version}",
+                  config_hash=config.digest(), git_commit=git_commit())  # fmt: skip
+    try:
+        result = run_bench(release_dir(layout, version), out, editor, judge, config, progress=progress)
+    except BenchError as err:
+        record_run(layout, run_id, reason=f"bench: {err}", **common)
+        raise
+    return record_run(layout, run_id, metrics=result.metrics, ci95=result.ci95, tasks=result.edits, **common)
