@@ -1,10 +1,14 @@
-"""`ffe bench ...`: the leaderboard (measured runs beside the paper's reported numbers)."""
+"""`ffe bench ...`: run FFE-Bench on a release, and the leaderboard (measured runs beside the paper's
+reported numbers)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
+from pipelines.errors import FFEError
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
 from storage.reported import SOURCE
@@ -35,7 +39,56 @@ def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _judge(name: str):
+    from pixelsmile.bench.judges import FaceJudge, SyntheticJudge
+
+    return {"face": FaceJudge, "synthetic": SyntheticJudge}[name]()
+
+
+def _editor(args: argparse.Namespace):
+    """(model name, kind, editor) for `--model`."""
+    from pixelsmile.bench.run import no_edit, pipeline_editor, prompt_only
+
+    if args.model == "no-edit":
+        return "no-edit", "baseline", no_edit
+    if not args.model_path:
+        raise FFEError(f"--model {args.model} needs --model-path (a local Qwen-Image-Edit folder)")
+    from pixelsmile.infer import EditSettings
+    from pixelsmile.lora import load_lora
+    from pixelsmile.qwen import load_pipeline
+
+    pipe = load_pipeline(args.model_path)
+    name = Path(args.model_path).name
+    if args.lora:
+        load_lora(pipe, args.lora)
+        name += f"+{Path(args.lora).stem}"
+    editor = pipeline_editor(pipe, EditSettings(steps=args.steps, size=args.size))
+    if args.model == "prompt-only":
+        return f"{name} (prompt only)", "baseline", prompt_only(editor)
+    return name, "measured", editor
+
+
+def run_command(args: argparse.Namespace, layout: Layout) -> dict:
+    import yaml
+
+    from pixelsmile.bench.run import bench_and_record
+    from pixelsmile.bench.tasks import BenchConfig
+    from storage.releases.listing import resolve_version
+
+    version = resolve_version(layout, args.release)
+    config = BenchConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}) if args.config else BenchConfig()
+    model, kind, editor = _editor(args)
+    run_id = args.run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{args.model}"
+    return bench_and_record(layout, version, run_id, model, editor, _judge(args.judge), config, kind=kind)
+
+
 def bench_command(args: argparse.Namespace, layout: Layout) -> int:
+    if args.action == "run":
+        row = run_command(args, layout)
+        print(f"bench run {row['run_id']} on {row['release']}: {row['model']} ({row['kind']}), "
+              f"mSCR {_cell(row['mscr'])}, Acc-12 {_cell(row['acc12'])}, CLS-12 {_cell(row['cls12'])}, "
+              f"ID Sim {_cell(row['id_sim'])}, HES {_cell(row['hes'])}; `ffe bench show` ranks it")  # fmt: skip
+        return 0
     if args.action == "show":
         rows, failed = leaderboard(layout, args.release), failed_runs(layout, args.release)
         if args.json:

@@ -120,3 +120,19 @@ def test_a_bench_run_lands_in_the_leaderboard_and_a_failed_one_with_its_reason(r
     failed = failed_runs(layout, release.name)
     assert [f["run_id"] for f in failed] == ["broken-1"] and "cannot be read" in failed[0]["reason"]
     assert "broken-1" not in {r["run_id"] for r in leaderboard(layout)}
+
+
+def test_ffe_bench_run_and_show(release, tmp_path, capsys):
+    from pipelines.cli import main
+
+    work = release.parents[1]
+    config = tmp_path / "bench.yaml"
+    config.write_text("categories: [fear, surprised]\nalphas: [0, 0.5, 1]\nbootstrap: 20\n")
+    args = ["bench", "run", "--workdir", str(work), "--release", release.name, "--judge", "synthetic"]
+    assert main([*args, "--model", "no-edit", "--config", str(config), "--run-id", "cli-noedit"]) == 0
+    assert "bench run cli-noedit on" in capsys.readouterr().out
+    assert main([*args, "--model", "pixelsmile"]) == 1
+    assert "needs --model-path" in capsys.readouterr().err
+    assert main(["bench", "show", "--workdir", str(work), "--release", release.name]) == 0
+    shown = capsys.readouterr().out
+    assert any(line.startswith("baseline") and "no-edit" in line and "1.0000" in line for line in shown.splitlines())
