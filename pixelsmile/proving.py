@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from pixelsmile import metrics
+from pixelsmile.bench import plots
 from pixelsmile.bench.tasks import sources
 from pixelsmile.conditioning import interpolate
 from pixelsmile.encoders import SmallEncoder, small_encoder
@@ -188,51 +189,14 @@ def pair_confusion(edits: list[metrics.Edit]) -> dict[str, float]:
 
 
 def plot(out: Path, results: dict, strips: dict, settings: ProvingSettings) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    fig, axes = plt.subplots(3, 4, figsize=(12, 8), sharex=True, sharey=True)
-    for ax, cat in zip(axes.flat, CATEGORIES, strict=True):
-        for name, r in results.items():
-            ax.plot(settings.alphas, r["cls_curves"][cat], marker="o", label=name)
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
-        ax.set_title(cat)
-    axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("alpha (requested intensity)")
-    fig.supylabel("judged intensity of the target")
-    fig.tight_layout()
-    fig.savefig(out / "cls_curves.png", dpi=80)
-    plt.close(fig)
-    written.append("cls_curves.png")
-    trained = [name for name in results if "confusion" in results[name]]
-    fig, axes = plt.subplots(1, len(trained), figsize=(6 * len(trained), 5.4), squeeze=False)
-    for ax, name in zip(axes[0], trained, strict=True):
-        matrix = np.array(results[name]["confusion"])
-        ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
-        for i, j in np.ndindex(matrix.shape):
-            if matrix[i, j] >= 0.05:
-                ax.text(j, i, f"{matrix[i, j]:.2f}"[1:], ha="center", va="center", fontsize=6,
-                        color="white" if matrix[i, j] > 0.5 else "black")  # fmt: skip
-        ax.set_xticks(range(len(CATEGORIES)), CATEGORIES, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(CATEGORIES)), CATEGORIES, fontsize=7)
-        ax.set_title(f"{name}: C(target -> judged dominant)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=80)
-    plt.close(fig)
-    written.append("confusion.png")
+    cls_png = plots.cls_curves(out / "cls_curves.png", settings.alphas,
+                               {name: r["cls_curves"] for name, r in results.items()})  # fmt: skip
+    matrices = {name: np.array(r["confusion"]) for name, r in results.items() if "confusion" in r}
+    written = [cls_png.name, plots.confusion(out / "confusion.png", matrices).name]
+    shown = ("happy", "fear", "surprised", "angry", "disgust")
     for name, images in strips.items():
-        rows = [(k, v) for k, v in images.items() if k[1] in ("happy", "fear", "surprised", "angry", "disgust")]
-        size = settings.size
-        sheet = Image.new("RGB", (size * len(settings.alphas), size * len(rows)), "white")
-        for r, (_, tiles) in enumerate(rows):
-            for c, tile in enumerate(tiles):
-                sheet.paste(tile, (c * size, r * size))
-        sheet = sheet.resize((sheet.width * 3, sheet.height * 3), Image.Resampling.NEAREST)
-        sheet.save(out / f"sweeps_{name}.png")
-        written.append(f"sweeps_{name}.png")
+        rows = [tiles for (_, cat), tiles in images.items() if cat in shown]
+        written.append(plots.sweep_sheet(out / f"sweeps_{name}.png", rows).name)
     return written
 
 

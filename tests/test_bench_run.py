@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pixelsmile.bench.judges import SyntheticJudge
 from pixelsmile.bench.run import BenchError, no_edit, pixel_editor, prompt_only, run_bench
@@ -43,6 +44,15 @@ def test_the_no_edit_baseline_keeps_identity_and_controls_nothing(release, tmp_p
     assert len(edits) == result.edits == len(people) * 3 * 3
     written = json.loads((tmp_path / "noedit" / "metrics.json").read_text())
     assert written["judge"] == "synthetic-exact@1" and written["metrics"]["ID Sim"] == 1.0
+    figures = ["cls_curves.png", "confusion.png", "identity_vs_expression.png", "sweeps.png"]
+    assert written["figures"] == figures
+    for name in figures:
+        with Image.open(tmp_path / "noedit" / name) as im:
+            assert im.width > 100 and im.height > 100
+    with Image.open(tmp_path / "noedit" / "sweeps.png") as im:  # 2 people x 3 tasks, source + 3 alphas each
+        assert im.size == (2 * 32 * 4, 2 * 32 * 6)
+    report = (tmp_path / "noedit" / "report.html").read_text()
+    assert all(f'src="{name}"' in report for name in figures) and "ID Sim</td><td>1.0000" in report
 
 
 def test_a_killed_run_resumes_without_redoing_finished_tasks(release, tmp_path):

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pixelsmile import metrics
+from pixelsmile.bench import plots
 from pixelsmile.bench.judges import Judge
 from pixelsmile.bench.tasks import BenchConfig, bench_tasks
 from storage.atomic import atomic_open, atomic_write_text
@@ -60,7 +61,8 @@ def _task_file(out: Path, task_id: str) -> Path:
     return out / "tasks" / f"{task_id}.json"
 
 
-def run_task(task: dict, release: Path, editor: Editor, judge: Judge) -> list[dict]:
+def run_task(task: dict, release: Path, editor: Editor, judge: Judge, strip: Path | None = None) -> list[dict]:
+    """One task's edits, judged; with `strip`, the source and its edits saved there side by side."""
     try:
         source = Image.open(release / task["image"]).convert("RGB")
     except OSError as err:
@@ -73,6 +75,8 @@ def run_task(task: dict, release: Path, editor: Editor, judge: Judge) -> list[di
         raise BenchError(
             f"task {task['task_id']}: the editor gave {len(images)} images for {len(task['alphas'])} alphas"
         )
+    if strip is not None:
+        plots.sweep_sheet(strip, [[source, *images]], scale=1)
     rows = []
     for alpha, image in zip(task["alphas"], images, strict=True):
         r = judge.read(image)
@@ -92,9 +96,12 @@ def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: Be
     tasks = bench_tasks(release, config).to_pylist()
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     todo = [t for t in tasks if not _task_file(out, t["task_id"]).is_file()]
+    shown = sorted({t["identity_id"] for t in tasks})[:SWEEP_SOURCES]
+    (out / "sweeps").mkdir(exist_ok=True)
     for task in tqdm(todo, desc="bench", unit="task", disable=not progress, initial=len(tasks) - len(todo),
                      total=len(tasks)):  # fmt: skip
-        rows = run_task(task, release, editor, judge)
+        strip = out / "sweeps" / f"{task['task_id']}.png" if task["identity_id"] in shown else None
+        rows = run_task(task, release, editor, judge, strip)
         atomic_write_text(_task_file(out, task["task_id"]), json.dumps(rows), fsync=False)
     rows = [r for t in tasks for r in json.loads(_task_file(out, t["task_id"]).read_text())]
     with atomic_open(out / "edits.parquet") as f:
@@ -109,11 +116,59 @@ def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: Be
     summary = metrics.summary(edits)
     ci = metrics.bootstrap(edits, n=config.bootstrap, seed=config.seed)
     result = BenchResult(summary, ci, len(rows), len(unreadable), out)
+    figures = draw(out, edits, config, sorted(out.glob("sweeps/*.png")))
+    write_report(out, judge, summary, ci, len(rows), len(unreadable), figures)
     atomic_write_text(out / "metrics.json", json.dumps({
         "judge": f"{judge.name}@{judge.version}", "tasks": len(tasks), "edits": len(rows),
         "unreadable": len(unreadable), "metrics": summary, "ci95": ci, "config": config.digest(),
+        "figures": figures,
     }, indent=1, default=float) + "\n")  # fmt: skip
     return result
+
+
+SWEEP_SOURCES = 2  # people whose every edit is kept as a strip (sweeps/ and sweeps.png)
+
+
+def draw(out: Path, edits: list[metrics.Edit], config: BenchConfig, strips: list[Path]) -> list[str]:
+    """cls_curves.png, confusion.png, identity_vs_expression.png and sweeps.png of a run."""
+    curves = {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a] or [np.nan]))
+                  for a in config.alphas] for c in config.categories}  # fmt: skip
+    positive = [e for e in edits if e.alpha > 0]
+    written = [
+        plots.cls_curves(out / "cls_curves.png", config.alphas, {"edits": curves}),
+        plots.confusion(out / "confusion.png", {"edits": metrics.confusion(edits)}),
+        plots.identity_vs_expression(out / "identity_vs_expression.png",
+                                     {"edits": ([e.intensity for e in positive], [e.id_sim for e in positive])}),
+    ]  # fmt: skip
+    if strips:
+        written.append(plots.sweep_sheet(out / "sweeps.png", [[Image.open(p)] for p in strips], scale=2))
+    return [p.name for p in written]
+
+
+def write_report(out: Path, judge: Judge, summary: dict, ci: dict, edits: int, unreadable: int,
+                 figures: list[str]) -> Path:  # fmt: skip
+    """report.html: the metrics with their intervals and the figures; opens in any browser offline."""
+    from html import escape
+
+    def cell(name: str) -> str:
+        low, high = ci.get(name, (None, None))
+        interval = f" <small>[{low:.3f}, {high:.3f}]</small>" if low is not None else ""
+        return f"<tr><td>{escape(name)}</td><td>{summary[name]:.4f}{interval}</td></tr>"
+
+    rows = "".join(cell(name) for name in summary)
+    images = "".join(f'<figure><img src="{escape(f)}" alt="{escape(f)}"><figcaption>{escape(f)}</figcaption></figure>'
+                     for f in figures)  # fmt: skip
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>FFE-Bench run {escape(out.parent.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{padding:2px 10px;
+border-bottom:1px solid #ddd}}img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
+<h1>FFE-Bench: {escape(out.parent.name)}</h1>
+<p>judge {escape(judge.name)}@{escape(judge.version)}; {edits} edits, {unreadable} unreadable;
+95% intervals from a bootstrap over the sources.</p>
+<table><tr><th>metric</th><th>value [95% interval]</th></tr>{rows}</table>
+{images}</body></html>
+"""
+    atomic_write_text(out / "report.html", html)
+    return out / "report.html"
 
 
 # --- editors ----------------------------------------------------------------------------------------
