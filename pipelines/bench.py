@@ -39,10 +39,16 @@ def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _judge(name: str):
+def _judge(args: argparse.Namespace):
     from pixelsmile.bench.judges import FaceJudge, SyntheticJudge
 
-    return {"face": FaceJudge, "synthetic": SyntheticJudge}[name]()
+    if args.judge == "vlm":
+        from pixelsmile.bench.vlm import VLMJudge
+
+        if not args.vlm_path:
+            raise FFEError("--judge vlm needs --vlm-path (a local vision-language model folder)")
+        return VLMJudge(args.vlm_path, identity=FaceJudge())
+    return {"face": FaceJudge, "synthetic": SyntheticJudge}[args.judge]()
 
 
 def _editor(args: argparse.Namespace):
@@ -79,7 +85,7 @@ def run_command(args: argparse.Namespace, layout: Layout) -> dict:
     config = BenchConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}) if args.config else BenchConfig()
     model, kind, editor = _editor(args)
     run_id = args.run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{args.model}"
-    return bench_and_record(layout, version, run_id, model, editor, _judge(args.judge), config, kind=kind)
+    return bench_and_record(layout, version, run_id, model, editor, _judge(args), config, kind=kind)
 
 
 def bench_command(args: argparse.Namespace, layout: Layout) -> int:

@@ -131,20 +131,12 @@ def _tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny(folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 3, vae_dim: int = 24) -> Path:
-    """Write a random-weight Qwen-Image-Edit of the real classes, small enough for a CPU test
-    (`layers` transformer blocks of `heads` x 16 wide; a VAE of base width `vae_dim`)."""
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
-    )
+def tiny_vision_language_model():
+    """A random-weight Qwen2.5-VL (the Qwen-Image-Edit text encoder's class) and its image-only
+    processor, with an offline byte-level tokenizer: (model, processor)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    folder = Path(folder)
-    torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
     ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
     config = Qwen2_5_VLConfig(
@@ -162,6 +154,23 @@ def build_tiny(folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     processor = _processor_class()(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
+    return text_encoder, processor
+
+
+def build_tiny(folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 3, vae_dim: int = 24) -> Path:
+    """Write a random-weight Qwen-Image-Edit of the real classes, small enough for a CPU test
+    (`layers` transformer blocks of `heads` x 16 wide; a VAE of base width `vae_dim`)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    text_encoder, processor = tiny_vision_language_model()
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=layers,
                                               attention_head_dim=16, num_attention_heads=heads, joint_attention_dim=16,
                                               axes_dims_rope=(8, 4, 4))  # fmt: skip
