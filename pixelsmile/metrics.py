@@ -133,11 +133,72 @@ def summary(edits: Sequence[Edit], pairs: Sequence[tuple[str, str]] = CONFUSABLE
 HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim", "HES")
 
 
-def _by_source(edits: Sequence[Edit]) -> dict[str, list[Edit]]:
-    groups: dict[str, list[Edit]] = {}
-    for e in edits:
-        groups.setdefault(e.source, []).append(e)
-    return groups
+class _Weighted:
+    """Every metric of `summary` over the same edits with a weight per source: a bootstrap draw is a
+    weight vector (how often each source was drawn), so no edit list is rebuilt per draw. Equal to
+    `summary` of the correspondingly repeated edits (tests/test_metrics.py checks it)."""
+
+    def __init__(self, edits: Sequence[Edit], sources: Sequence[str], pairs: Sequence[tuple[str, str]]):
+        index = {s: k for k, s in enumerate(sources)}
+        self.src = np.array([index[e.source] for e in edits], dtype=np.int64)
+        self.target = np.array([CATEGORIES.index(e.target) for e in edits], dtype=np.int64)
+        self.dom = np.array([int(np.argmax(e.scores)) for e in edits], dtype=np.int64)
+        self.alpha = np.array([e.alpha for e in edits], dtype=np.float64)
+        self.intensity = np.array([e.intensity for e in edits], dtype=np.float64)
+        self.id_sim = np.array([e.id_sim for e in edits], dtype=np.float64)
+        six = [CATEGORIES.index(c) for c in CATEGORIES_6]
+        self.in_six = np.isin(self.target, six)
+        self.pairs = [(CATEGORIES.index(a), CATEGORIES.index(b)) for a, b in pairs]
+        tasks: dict[tuple[str, str], list[Edit]] = {}
+        for e in edits:
+            tasks.setdefault((e.source, e.target), []).append(e)
+        kept = [(index[src], cls(t)) for (src, _), t in tasks.items() if len({e.alpha for e in t}) >= 3]
+        self.task_src = np.array([k for k, _ in kept], dtype=np.int64)
+        self.task_cls = np.array([v for _, v in kept], dtype=np.float64)
+
+    @staticmethod
+    def _mean(values: np.ndarray, w: np.ndarray) -> float:
+        total = w.sum()
+        return float((values * w).sum() / total) if total > 0 else float("nan")
+
+    @staticmethod
+    def _pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+        total = w.sum()
+        if total < 3:
+            return float("nan")
+        mx, my = (w * x).sum() / total, (w * y).sum() / total
+        vx, vy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum()
+        if vx <= 1e-24 or vy <= 1e-24:
+            return 0.0  # nothing moves: no linear control
+        return float((w * (x - mx) * (y - my)).sum() / np.sqrt(vx * vy))
+
+    def summary(self, source_weights: np.ndarray) -> dict[str, float]:
+        w = source_weights[self.src].astype(np.float64)
+        positive = self.alpha > 0
+        hit = (self.dom == self.target).astype(np.float64)
+        wp = w * positive
+        counts = np.bincount(self.target * 12 + self.dom, weights=wp, minlength=144).reshape(12, 12)
+        totals = counts.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.where(totals > 0, counts / totals, np.nan)
+        bcrs = [(c[i, j] + c[j, i]) / 2 for i, j in self.pairs]
+        bcrs = [b for b in bcrs if not np.isnan(b)]
+        s_e, s_id = self._mean(self.intensity, wp), self._mean(self.id_sim, w)
+        unit = (self.alpha >= 0) & (self.alpha <= 1)
+        task_w = source_weights[self.task_src].astype(np.float64)
+        return {
+            "mSCR": float(np.mean(bcrs)) if bcrs else float("nan"),
+            "Acc-6": self._mean(hit, wp * self.in_six),
+            "Acc-12": self._mean(hit, wp),
+            "CLS-6": self._pearson(self.alpha, self.intensity, w * self.in_six),
+            "CLS-12": self._pearson(self.alpha, self.intensity, w),
+            "ID Sim": s_id,
+            "S_E": s_e,
+            "HES": hes(s_e, s_id),
+            "CLS-12/task": self._mean(self.task_cls, task_w),
+            "|I-a|": self._mean(np.abs(self.intensity - self.alpha), w * unit),
+            "Acc-12@1": self._mean(hit, w * (self.alpha == 1.0)),
+        }
 
 
 def _interval(values: Sequence[float]) -> list[float]:
@@ -155,16 +216,17 @@ def paired_bootstrap(arms: dict[str, Sequence[Edit]], n: int = 1000, seed: int =
                      baseline: str | None = None) -> dict:  # fmt: skip
     """Per arm, 95% intervals of `names`; with `baseline`, also of each arm's difference to it on the
     same resampled sources (`minus_<baseline>`). The arms must have edited the same sources."""
-    groups = {arm: _by_source(edits) for arm, edits in arms.items()}
-    sources = sorted(next(iter(groups.values())))
-    if any(sorted(g) != sources for g in groups.values()):
+    per_arm = {arm: sorted({e.source for e in edits}) for arm, edits in arms.items()}
+    sources = next(iter(per_arm.values()))
+    if any(s != sources for s in per_arm.values()):
         raise ValueError("paired bootstrap: the arms edited different sources")
+    weighted = {arm: _Weighted(edits, sources, pairs) for arm, edits in arms.items()}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[dict]] = {arm: [] for arm in arms}
     for _ in range(n):
-        pick = rng.integers(0, len(sources), len(sources))
-        for arm, by in groups.items():
-            draws[arm].append(summary([e for i in pick for e in by[sources[i]]], pairs))
+        weights = np.bincount(rng.integers(0, len(sources), len(sources)), minlength=len(sources))
+        for arm, arrays in weighted.items():
+            draws[arm].append(arrays.summary(weights))
     out: dict[str, dict] = {}
     for arm in arms:
         out[arm] = {m: _interval([d[m] for d in draws[arm]]) for m in names}

@@ -75,3 +75,22 @@ def test_bootstrap_intervals_resample_people_and_pair_the_arms():
     assert same["a"]["minus_b"]["ID Sim"] == [0.0, 0.0]  # the same people resampled for both arms
     with pytest.raises(ValueError, match="different sources"):
         paired_bootstrap({"a": edits, "b": edits[:-6]}, n=5)
+
+
+def test_the_bootstrap_s_weighted_metrics_equal_summary_of_the_repeated_edits():
+    from pixelsmile.metrics import _Weighted
+
+    rng = np.random.default_rng(3)
+    people = [f"p{k}" for k in range(6)]
+    categories, alphas = ("fear", "surprised", "happy", "confused"), (0.0, 0.5, 1.0, 1.5)
+    edits = [Edit(c, a, rng.uniform(0, 1, len(CATEGORIES)) * (1 + a), rng.uniform(0.5, 1), p)
+             for p in people for c in categories for a in alphas]  # fmt: skip
+    weights = np.array([0, 2, 1, 3, 0, 1])
+    # A person drawn twice is two people of the resample (two tasks each, for the per-task CLS).
+    repeated = [Edit(e.target, e.alpha, e.scores, e.id_sim, f"{p}#{copy}") for k, p in enumerate(people)
+                for copy in range(weights[k]) for e in edits if e.source == p]  # fmt: skip
+    fast = _Weighted(edits, people, [("fear", "surprised"), ("happy", "confident")]).summary(weights)
+    slow = summary(repeated, [("fear", "surprised"), ("happy", "confident")])
+    assert fast.keys() == slow.keys()
+    for name in slow:
+        assert fast[name] == pytest.approx(slow[name], abs=1e-12, nan_ok=True), name
