@@ -88,7 +88,31 @@ def run_command(args: argparse.Namespace, layout: Layout) -> dict:
     return bench_and_record(layout, version, run_id, model, editor, _judge(args), config, kind=kind)
 
 
+def _run_folder(layout: Layout, run_id: str) -> Path:
+    found = sorted(layout.runs.glob(f"*/{run_id}/bench"))
+    if not found:
+        raise FFEError(f"no bench run {run_id!r} under {layout.runs}")
+    return found[0]
+
+
+def render_compare(a: str, b: str, result: dict) -> str:
+    lines = [f"{a} against {b} on {result['sources']} shared sources (95% paired-bootstrap interval of a - b)",
+             f"{'metric':<12} {'a':>8} {'b':>8} {'a - b':>8}  interval"]  # fmt: skip
+    for name, (low, high) in result["a_minus_b_ci95"].items():
+        va, vb = result["a"][name], result["b"][name]
+        seen = "" if low <= 0 <= high else "  <- beyond noise"
+        lines.append(f"{name:<12} {va:>8.4f} {vb:>8.4f} {va - vb:>+8.4f}  [{low:+.4f}, {high:+.4f}]{seen}")
+    lines.append("(lower is better for mSCR and |I-a|; higher for the rest)")
+    return "\n".join(lines)
+
+
 def bench_command(args: argparse.Namespace, layout: Layout) -> int:
+    if args.action == "compare":
+        from pixelsmile.bench.run import compare
+
+        result = compare(_run_folder(layout, args.a), _run_folder(layout, args.b))
+        print(json.dumps(result, indent=2, default=float) if args.json else render_compare(args.a, args.b, result))
+        return 0
     if args.action == "run":
         row = run_command(args, layout)
         print(f"bench run {row['run_id']} on {row['release']}: {row['model']} ({row['kind']}), "

@@ -146,3 +146,25 @@ def test_ffe_bench_run_and_show(release, tmp_path, capsys):
     assert main(["bench", "show", "--workdir", str(work), "--release", release.name]) == 0
     shown = capsys.readouterr().out
     assert any(line.startswith("baseline") and "no-edit" in line and "1.0000" in line for line in shown.splitlines())
+
+
+def test_ffe_bench_compare_pairs_two_runs_on_their_shared_sources(release, tmp_path, capsys):
+    from pipelines.cli import main
+    from pixelsmile.bench.run import bench_and_record
+
+    layout = Layout.at(release.parents[1])
+    config = BenchConfig(categories=("fear", "surprised"), alphas=(0.0, 0.5, 1.0), bootstrap=20)
+    editor = pixel_editor(PixelBackbone(channels=16, blocks=1, seed=3), steps=2)
+    bench_and_record(layout, release.name, "cmp-pixel", "pixel-untrained", editor, SyntheticJudge(), config,
+                     progress=False)  # fmt: skip
+    bench_and_record(layout, release.name, "cmp-noedit", "no-edit", no_edit, SyntheticJudge(), config,
+                     kind="baseline", progress=False)  # fmt: skip
+    work = str(release.parents[1])
+    assert main(["bench", "compare", "cmp-pixel", "cmp-noedit", "--workdir", work]) == 0
+    out = capsys.readouterr().out
+    assert "cmp-pixel against cmp-noedit on" in out and any(line.startswith("ID Sim") for line in out.splitlines())
+    assert main(["bench", "compare", "cmp-noedit", "cmp-noedit", "--workdir", work, "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert all(interval == [0.0, 0.0] for interval in same["a_minus_b_ci95"].values())
+    assert main(["bench", "compare", "cmp-noedit", "nope", "--workdir", work]) == 1
+    assert "no bench run 'nope'" in capsys.readouterr().err

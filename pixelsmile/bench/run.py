@@ -171,6 +171,28 @@ border-bottom:1px solid #ddd}}img{{max-width:100%}}figure{{margin:1em 0}}</style
     return out / "report.html"
 
 
+def read_edits(folder: Path) -> list[metrics.Edit]:
+    """The judged edits of a finished run folder (its edits.parquet), unreadable ones left out."""
+    path = Path(folder) / "edits.parquet"
+    if not path.is_file():
+        raise BenchError(f"{folder} holds no edits.parquet: not a finished bench run")
+    return [metrics.Edit(r["category"], r["alpha"], np.asarray(r["scores"]), r["id_sim"], r["identity_id"])
+            for r in pq.read_table(path).to_pylist() if r["scores"] is not None]  # fmt: skip
+
+
+def compare(a: Path, b: Path, n: int = 1000, seed: int = 0) -> dict:
+    """Run a against run b on the sources both edited: each one's metrics and the paired-bootstrap
+    interval of a - b (an interval without 0 is a difference the bench can see)."""
+    edits = {"a": read_edits(a), "b": read_edits(b)}
+    shared = {e.source for e in edits["a"]} & {e.source for e in edits["b"]}
+    if not shared:
+        raise BenchError(f"{a} and {b} edited no source in common (runs on different releases?)")
+    edits = {k: [e for e in v if e.source in shared] for k, v in edits.items()}
+    ci = metrics.paired_bootstrap(edits, n, seed, names=tuple(metrics.summary(edits["a"])), baseline="b")
+    return {"sources": len(shared), "a": metrics.summary(edits["a"]), "b": metrics.summary(edits["b"]),
+            "a_minus_b_ci95": ci["a"]["minus_b"]}  # fmt: skip
+
+
 # --- editors ----------------------------------------------------------------------------------------
 
 
