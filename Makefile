@@ -10,7 +10,7 @@ LS_VENV  := .venv-ls
 LS_STAMP := $(LS_VENV)/.installed
 LS_VERSION := 1.23.2
 
-.PHONY: install label-studio demo test test-fast lint bench clean-demo
+.PHONY: install label-studio chromium demo test test-fast lint bench clean-demo
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ $(LS_STAMP):
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip --disable-pip-version-check -q install label-studio==$(LS_VERSION)
 	touch $(LS_STAMP)
+
+# Debian's Chromium, for the test that opens a bench report headless (CI and developers run as root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +46,7 @@ demo: install
 	# Rebuild the release from its plan in a scratch folder: every file and shard, the same sha256.
 	$(BIN)/ffe release verify latest --rebuild
 
-test: install label-studio
+test: install label-studio chromium
 	$(BIN)/ruff check .
 	FFE_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio $(BIN)/pytest
 
@@ -55,6 +59,8 @@ lint: install
 bench: install
 	$(BIN)/python benches/ingest.py
 	$(BIN)/python benches/shards.py
+	$(BIN)/python benches/train.py
+	$(BIN)/python benches/bench.py
 
 clean-demo:
 	rm -rf ffe_data

@@ -168,3 +168,28 @@ def test_ffe_bench_compare_pairs_two_runs_on_their_shared_sources(release, tmp_p
     assert all(interval == [0.0, 0.0] for interval in same["a_minus_b_ci95"].values())
     assert main(["bench", "compare", "cmp-noedit", "nope", "--workdir", work]) == 1
     assert "no bench run 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_report_opens_in_headless_chromium(release, tmp_path):
+    """report.html renders offline: a headless Chromium screenshot shows the text and the figures."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    run_bench(release, tmp_path / "run", no_edit, SyntheticJudge(), SMALL, progress=False)
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1000,1400"]  # fmt: skip
+    done = subprocess.run([browser, *flags, f"--screenshot={shot}", (tmp_path / "run" / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as im:
+        assert im.size == (1000, 1400)
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    dark = (pixels.max(axis=1) < 80).mean()  # text
+    coloured = (pixels.max(axis=1).astype(int) - pixels.min(axis=1) > 60).mean()  # the plots' lines and cells
+    assert dark > 0.002 and coloured > 0.001
