@@ -27,7 +27,7 @@ from benches.common import report  # noqa: E402
 from pixelsmile.bench.judges import FaceJudge, SyntheticJudge  # noqa: E402
 from pixelsmile.bench.run import no_edit, run_bench  # noqa: E402
 from pixelsmile.bench.tasks import BenchConfig, bench_tasks  # noqa: E402
-from pixelsmile.synthetic import write_world  # noqa: E402
+from pixelsmile.synthetic import world_release  # noqa: E402
 
 TARGET = 0.8
 
@@ -53,16 +53,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="ffe-bench-bench-") as tmp:
         from storage.layout import Layout
-        from storage.releases.build import build_release
         from storage.releases.config import ReleaseConfig
-        from storage.releases.plan import plan_release, release_dir, write_plan
 
-        layout = Layout.at(Path(tmp) / "w")
-        write_world(layout, people=people, faces_per_person=3, size=128)
-        plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.5))
-        write_plan(layout, plan)
-        build_release(layout, plan.version)
-        release = release_dir(layout, plan.version)
+        release = world_release(Layout.at(Path(tmp) / "w"), ReleaseConfig(val_fraction=0.0, bench_fraction=0.5),
+                                shards=False, people=people, faces_per_person=3, size=128)  # fmt: skip
         for name, judge in (("synthetic", SyntheticJudge()), ("face", FaceJudge())):
             cfg = config if name == "synthetic" else BenchConfig(categories=("happy", "fear"), alphas=config.alphas,
                                                                  bootstrap=config.bootstrap)  # fmt: skip

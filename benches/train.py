@@ -28,7 +28,7 @@ from benches.common import report  # noqa: E402
 from pixelsmile.encoders import small_encoder  # noqa: E402
 from pixelsmile.losses import flow_matching, noisy, sample_sigmas  # noqa: E402
 from pixelsmile.qwen import build_tiny, load_pipeline  # noqa: E402
-from pixelsmile.synthetic import write_world  # noqa: E402
+from pixelsmile.synthetic import world_release  # noqa: E402
 from pixelsmile.train import TrainConfig, Trainer  # noqa: E402
 
 TARGET = 1.5
@@ -116,18 +116,8 @@ TINY_MODELS = {"tests": {}, "transformer-heavy": {"layers": 8, "heads": 8, "vae_
 
 def release(root: Path) -> str:
     from storage.layout import Layout
-    from storage.releases.build import build_release
-    from storage.releases.config import ReleaseConfig
-    from storage.releases.plan import plan_release, release_dir, write_plan
-    from storage.releases.shards import write_shards
 
-    layout = Layout.at(root / "w")
-    write_world(layout, people=12, faces_per_person=7, size=64)
-    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0))
-    write_plan(layout, plan)
-    build_release(layout, plan.version)
-    write_shards(layout, plan.version)
-    return str(release_dir(layout, plan.version))
+    return str(world_release(Layout.at(root / "w"), people=12, faces_per_person=7, size=64))
 
 
 def cost_split(trainer: Trainer, batch: dict, repeats: int = 10) -> float:

@@ -38,7 +38,7 @@ from pixelsmile.synthetic import (
     judge,
     random_identity,
     render,
-    write_world,
+    world_release,
 )
 from pixelsmile.train import TrainConfig, Trainer
 from storage.loader import image_to_tensor, tensor_to_image
@@ -95,22 +95,13 @@ def train_encoder(target: str, settings: ProvingSettings) -> nn.Module:
 
 def make_release(out: Path, settings: ProvingSettings) -> Path:
     from storage.layout import Layout
-    from storage.releases.build import build_release
     from storage.releases.config import ReleaseConfig
-    from storage.releases.plan import plan_release, release_dir, write_plan
-    from storage.releases.shards import write_shards
 
-    layout = Layout.at(out / "world")
-    if not layout.releases.is_dir():
-        write_world(layout, people=settings.people, faces_per_person=settings.faces_per_person, size=settings.size,
-                    seed=settings.seed)  # fmt: skip
     config = ReleaseConfig(val_fraction=0.0, bench_fraction=settings.bench_fraction, pairs=WORLD_PAIRS, extra_pairs=0,
                            shard_target_bytes=2_000_000)  # fmt: skip
-    plan = plan_release(layout, config)
-    write_plan(layout, plan)
-    build_release(layout, plan.version)
-    write_shards(layout, plan.version)
-    return release_dir(layout, plan.version)
+    world = dict(people=settings.people, faces_per_person=settings.faces_per_person, size=settings.size,
+                 seed=settings.seed)  # fmt: skip
+    return world_release(Layout.at(out / "world"), config, **world)
 
 
 def bench_sources(release: Path) -> list[tuple[str, Image.Image]]:

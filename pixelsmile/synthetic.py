@@ -21,6 +21,7 @@ import functools
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -419,3 +420,22 @@ def write_world(layout, *, batch: str = "batch-synthetic0", people: int = 40, fa
             labels = dict(zip(CATEGORIES, map(float, s), strict=True))
             faces.append(LabelledFace(p, png(render(person, s, size)), labels, f"synthetic://{batch}/{p}/{k}"))
     return write_labelled_faces(layout, batch, faces, model_version="synthetic-exact")
+
+
+def world_release(layout, config=None, *, shards: bool = True, **world) -> Path:
+    """A synthetic world written into `layout` (unless it already holds one) and cut into a release
+    as `ffe release build` would: planned, built and (with `shards`) sharded. `world` goes to
+    `write_world`; `config` is a `ReleaseConfig`. Returns the release folder."""
+    from storage.releases.build import build_release
+    from storage.releases.config import ReleaseConfig
+    from storage.releases.plan import plan_release, release_dir, write_plan
+    from storage.releases.shards import write_shards
+
+    if not layout.releases.is_dir():
+        write_world(layout, **world)
+    plan = plan_release(layout, config or ReleaseConfig(val_fraction=0.0, bench_fraction=0.0))
+    write_plan(layout, plan)
+    build_release(layout, plan.version)
+    if shards:
+        write_shards(layout, plan.version)
+    return release_dir(layout, plan.version)

@@ -15,11 +15,9 @@ from pixelsmile.bench.judges import SyntheticJudge
 from pixelsmile.bench.run import BenchError, no_edit, pixel_editor, prompt_only, run_bench
 from pixelsmile.bench.tasks import BenchConfig
 from pixelsmile.pixel import PixelBackbone
-from pixelsmile.synthetic import write_world
+from pixelsmile.synthetic import world_release
 from storage.layout import Layout
-from storage.releases.build import build_release
 from storage.releases.config import ReleaseConfig
-from storage.releases.plan import plan_release, release_dir, write_plan
 
 SMALL = BenchConfig(categories=("fear", "surprised", "happy"), alphas=(0.0, 0.5, 1.0), bootstrap=50)
 
@@ -27,11 +25,8 @@ SMALL = BenchConfig(categories=("fear", "surprised", "happy"), alphas=(0.0, 0.5,
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     layout = Layout.at(tmp_path_factory.mktemp("bench-run") / "w")
-    write_world(layout, people=16, faces_per_person=3, size=32)
-    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.3))
-    write_plan(layout, plan)
-    build_release(layout, plan.version)
-    return release_dir(layout, plan.version)
+    config = ReleaseConfig(val_fraction=0.0, bench_fraction=0.3)
+    return world_release(layout, config, shards=False, people=16, faces_per_person=3, size=32)
 
 
 def test_the_no_edit_baseline_keeps_identity_and_controls_nothing(release, tmp_path):

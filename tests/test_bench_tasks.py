@@ -7,22 +7,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixelsmile.bench.tasks import BenchConfig, bench_tasks, sources, tasks_path
-from pixelsmile.synthetic import write_world
+from pixelsmile.synthetic import world_release
 from storage.layout import Layout
-from storage.releases.build import build_release
 from storage.releases.config import ReleaseConfig
-from storage.releases.plan import plan_release, release_dir, write_plan
 from storage.schemas import CATEGORIES
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     layout = Layout.at(tmp_path_factory.mktemp("bench") / "w")
-    write_world(layout, people=20, faces_per_person=4, size=32)
-    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.3))
-    write_plan(layout, plan)
-    build_release(layout, plan.version)
-    return release_dir(layout, plan.version)
+    config = ReleaseConfig(val_fraction=0.0, bench_fraction=0.3)
+    return world_release(layout, config, shards=False, people=20, faces_per_person=4, size=32)
 
 
 def test_one_neutral_source_per_bench_person_and_every_category(release):

@@ -13,26 +13,19 @@ import pytest
 import torch
 
 from pixelsmile.encoders import small_encoder
-from pixelsmile.synthetic import write_world
+from pixelsmile.synthetic import world_release
 from pixelsmile.train import TrainConfig, Trainer, TrainingError, checkpoints, train
 from storage.layout import Layout
-from storage.releases.build import build_release
 from storage.releases.config import ReleaseConfig
-from storage.releases.plan import plan_release, release_dir, write_plan
-from storage.releases.shards import write_shards
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    layout = Layout.at(root / "w")
-    write_world(layout, people=16, faces_per_person=7, size=32)
-    plan = plan_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0, shard_target_bytes=100_000))
-    write_plan(layout, plan)
-    build_release(layout, plan.version)
-    write_shards(layout, plan.version)
+    config = ReleaseConfig(val_fraction=0.0, bench_fraction=0.0, shard_target_bytes=100_000)
+    release = world_release(Layout.at(root / "w"), config, people=16, faces_per_person=7, size=32)
     return {
-        "release": str(release_dir(layout, plan.version)),
+        "release": str(release),
         "features": str(small_encoder(root / "features.pt", seed=1)),
         "faces": str(small_encoder(root / "faces.pt", seed=2)),
     }
