@@ -80,10 +80,12 @@ def run_task(task: dict, release: Path, editor: Editor, judge: Judge, strip: Pat
     rows = []
     for alpha, image in zip(task["alphas"], images, strict=True):
         r = judge.read(image)
+        # An edit counts only with both readings: its expression and its identity.
+        readable = r.scores is not None and r.identity is not None
         rows.append({"task_id": task["task_id"], "identity_id": task["identity_id"], "category": task["category"],
-                     "alpha": float(alpha), "scores": None if r.scores is None else [float(v) for v in r.scores],
-                     "id_sim": None if r.identity is None else judge.similarity(r.identity, ref.identity),
-                     "reason": r.reason})  # fmt: skip
+                     "alpha": float(alpha), "scores": [float(v) for v in r.scores] if readable else None,
+                     "id_sim": judge.similarity(r.identity, ref.identity) if readable else None,
+                     "reason": None if readable else r.reason or "no identity embedding"})  # fmt: skip
     return rows
 
 
