@@ -22,6 +22,7 @@ from curation.batches import InputFile, load_manifest
 from curation.parallel import ordered_map, worker_count
 from curation.probe import Rejected, probe
 from storage import tables
+from storage.atomic import sweep_temp_files
 from storage.blobs import content_id, put_image
 from storage.errors import StorageError
 from storage.layout import Layout
@@ -109,6 +110,7 @@ def ingest_batch(
     """Ingest every file of `batch`'s manifest; write its `images` and `failures` partitions."""
     manifest = load_manifest(layout, batch)
     staging = Staging(layout, STAGE, batch, ["images", "failures"])
+    sweep_temp_files(layout.images_temp)  # originals a killed run was writing (their writers are gone)
     staged_images = staging.read("images")
     done = set(staged_images.column("source_uri").to_pylist()) | set(
         staging.read("failures").column("item").to_pylist()
