@@ -107,6 +107,12 @@ def intensity_error(edits: Sequence[Edit]) -> float:
     return float(np.mean(gaps)) if gaps else float("nan")
 
 
+def intensity_curves(edits: Sequence[Edit], categories: Sequence[str], alphas: Sequence[float]) -> dict[str, list]:
+    """Per category, the mean judged target intensity at each alpha (NaN where no edit): CLS plots."""
+    return {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a] or [np.nan]))
+                for a in alphas] for c in categories}  # fmt: skip
+
+
 def hes(s_e: float, s_id: float) -> float:
     return 2 * s_e * s_id / (s_e + s_id) if s_e + s_id > 0 else 0.0
 

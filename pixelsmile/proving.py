@@ -27,8 +27,8 @@ from torch import nn
 
 from pixelsmile import metrics
 from pixelsmile.bench import plots
+from pixelsmile.bench.run import pixel_editor
 from pixelsmile.bench.tasks import sources
-from pixelsmile.conditioning import interpolate
 from pixelsmile.encoders import SmallEncoder, small_encoder
 from pixelsmile.synthetic import (
     CATEGORIES,
@@ -41,7 +41,7 @@ from pixelsmile.synthetic import (
     world_release,
 )
 from pixelsmile.train import TrainConfig, Trainer
-from storage.loader import image_to_tensor, tensor_to_image
+from storage.loader import image_to_tensor
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,13 @@ def evaluate(backbone, sources, settings: ProvingSettings) -> tuple[list[list[me
     """Every source toward every category at every alpha; judged. Returns the edits of each source
     and the images of the first two sources (for the sweep strips)."""
     per_source, strips = [], {}
-    alphas = torch.tensor(settings.alphas)
+    editor = pixel_editor(backbone, steps=settings.sample_steps, seed=settings.seed)
     for n, (person, img) in enumerate(sources):
-        src = image_to_tensor(img)[None].expand(len(alphas), -1, -1, -1)
         src_judged = judge(img)
         edits = []
         per_source.append(edits)
-        neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
         for cat in CATEGORIES:
-            cond = interpolate(neutral, backbone.encode_prompts([cat] * len(alphas), src), alphas)
-            out = backbone.generate(src, cond, steps=settings.sample_steps, seed=settings.seed)
-            for a, t in zip(settings.alphas, out, strict=True):
-                edited = tensor_to_image(t)
+            for a, edited in zip(settings.alphas, editor(img, cat, settings.alphas), strict=True):
                 j = judge(edited)
                 edits.append(
                     metrics.Edit(cat, float(a), j.scores, identity_similarity(j.identity, src_judged.identity), person)
@@ -169,8 +164,7 @@ def flat(per_source: list[list[metrics.Edit]]) -> list[metrics.Edit]:
 
 
 def cls_curves(edits: list[metrics.Edit], settings: ProvingSettings) -> dict[str, list[float]]:
-    return {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a])) for a in settings.alphas]
-            for c in CATEGORIES}  # fmt: skip
+    return metrics.intensity_curves(edits, CATEGORIES, settings.alphas)
 
 
 def pair_confusion(edits: list[metrics.Edit]) -> dict[str, float]:

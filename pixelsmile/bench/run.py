@@ -133,8 +133,7 @@ SWEEP_SOURCES = 2  # people whose every edit is kept as a strip (sweeps/ and swe
 
 def draw(out: Path, edits: list[metrics.Edit], config: BenchConfig, strips: list[Path]) -> list[str]:
     """cls_curves.png, confusion.png, identity_vs_expression.png and sweeps.png of a run."""
-    curves = {c: [float(np.mean([e.intensity for e in edits if e.target == c and e.alpha == a] or [np.nan]))
-                  for a in config.alphas] for c in config.categories}  # fmt: skip
+    curves = metrics.intensity_curves(edits, config.categories, config.alphas)
     positive = [e for e in edits if e.alpha > 0]
     written = [
         plots.cls_curves(out / "cls_curves.png", config.alphas, {"edits": curves}),
