@@ -15,6 +15,7 @@ from annotation.classifier import VERSION as CLASSIFIER_VERSION
 from annotation.classifier import classifier
 from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
+from curation.labels import IMPORTED, labels_by_face
 from storage import tables
 from storage.errors import StorageError
 from storage.layout import Layout
@@ -45,8 +46,12 @@ def prelabel_batch(layout: Layout, batch: str) -> dict:
     faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes", "crop_path"])
     model = classifier()
     version = scorer_version(model)
+    imported = {f: label["scores"] for f, label in labels_by_face(layout, [batch]).items() if label["scores"]}
     rows, skipped = [], 0
     for face in faces.to_pylist():
+        if face["face_id"] in imported:  # the collection's own label (curation/labels.py)
+            rows.append(dict(face_id=face["face_id"], batch=batch, model_version=IMPORTED, **imported[face["face_id"]]))
+            continue
         scores = scores_from_blendshapes(face["blendshapes"])
         if scores is None:
             skipped += 1  # a face taken whole: nothing to read, people must label it
@@ -58,7 +63,7 @@ def prelabel_batch(layout: Layout, batch: str) -> dict:
             scores = with_classifier(scores, model, crop[:, :, ::-1])
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
-    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": version}
+    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": version, "imported": len(imported)}
 
 
 @dataclass

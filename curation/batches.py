@@ -69,6 +69,7 @@ class Manifest:
     files: tuple[InputFile, ...]
     domain: str = "real"  # real | anime: FFE is half of each
     pre_cropped: bool = False  # every image is one face: taken whole where no face is found
+    label_files: tuple[InputFile, ...] = ()  # labels.csv files registered with these images (curation/labels.py)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -80,10 +81,12 @@ class Manifest:
             files=tuple(InputFile(**f) for f in raw["files"]),
             domain=raw.get("domain", "real"),
             pre_cropped=bool(raw.get("pre_cropped", False)),
+            label_files=tuple(InputFile(**f) for f in raw.get("label_files", ())),
         )
 
     def dumps(self) -> str:
-        return json.dumps({**asdict(self), "files": [asdict(f) for f in self.files]}, indent=1, sort_keys=True)
+        files = {"files": [asdict(f) for f in self.files], "label_files": [asdict(f) for f in self.label_files]}
+        return json.dumps({**asdict(self), **files}, indent=1, sort_keys=True)
 
 
 def batch_id_for(files: list[InputFile]) -> str:
@@ -125,13 +128,17 @@ def register_new_batch(
     domain: str = "real",
     pre_cropped: bool = False,
 ) -> Manifest | None:
-    """Put every file of `input_dir` that no batch holds yet into a new batch; None if none."""
+    """Put every file of `input_dir` that no batch holds yet into a new batch; None if none. New
+    label files (`labels.csv`) go with the new images; alone, they wait for some."""
+    from curation.labels import is_label_file
+
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
     root = Path(input_dir).expanduser().resolve()
     with _registry_lock(layout):
-        known = {f.key for m in manifests(layout) for f in m.files}
-        new = [f for f in scan_input(root, min_age_s=min_age_s) if f.key not in known]
+        known = {f.key for m in manifests(layout) for f in (*m.files, *m.label_files)}
+        found = [f for f in scan_input(root, min_age_s=min_age_s) if f.key not in known]
+        new = [f for f in found if not is_label_file(f.path)]
         if not new:
             return None
         manifest = Manifest(
@@ -141,6 +148,7 @@ def register_new_batch(
             files=tuple(new),
             domain=domain,
             pre_cropped=pre_cropped,
+            label_files=tuple(f for f in found if is_label_file(f.path)),
         )
         atomic_write_text(layout.batch_manifest(manifest.batch), manifest.dumps())
         return manifest

@@ -7,16 +7,22 @@ that is the same shot as an earlier member (perceptual hash of the aligned crops
 `duplicate_hash_bits` and vectors within `duplicate_distance`: re-encoded, resized, cropped or
 rotated copies) is marked `duplicate_of` that member, does not move the centre, and stays out of
 releases. Rows of an assigned batch are never rewritten.
+
+A face whose image came with an identity label (curation/labels.py) joins the identity that label
+names (`idn_l<hash of the label>`, the same across batches) instead of the nearest one; and two
+faces whose imported scores differ are different pictures, however alike their crops.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
 from curation.batches import manifests
+from curation.labels import labels_by_face
 from curation.quality import hamming
 from storage import tables
 from storage.layout import Layout
@@ -39,6 +45,15 @@ class IdentitySettings:
         same = self.same_person_distance or DEFAULT_SAME_PERSON.get(family, 0.5)
         dup = self.duplicate_distance or DEFAULT_DUPLICATE.get(family, 0.25)
         return same, dup
+
+
+def labelled_identity_id(label: str) -> str:
+    return f"idn_l{hashlib.sha256(label.encode()).hexdigest()[:15]}"
+
+
+def _same_scores(a: dict | None, b: dict | None, tolerance: float = 0.05) -> bool:
+    """Whether two faces' imported scores allow them to be one shot (unknown scores do)."""
+    return a is None or b is None or max(abs(a[c] - b[c]) for c in a) <= tolerance
 
 
 class _Identity:
@@ -104,6 +119,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
     """Assign every waiting batch; returns counts for the run's metadata."""
     assigned, waiting = pending_batches(layout)
     ids, model = _load_state(layout, assigned)
+    labels = labels_by_face(layout, assigned)  # scores of earlier originals, for the duplicate test
     new_faces = new_ids = dups = 0
     for batch in waiting:
         emb = tables.read_partition(layout, "face_embeddings", batch)
@@ -118,6 +134,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         same, dup = settings.thresholds(model or "")
         facts = _face_facts(layout, [batch])
         hashes = {f: h for f, (h, _) in facts.items()}
+        labels.update(labels_by_face(layout, [batch]))
         rows = []
         # Biggest faces first: of several copies of a shot, the sharpest source stays the original.
         order = sorted(
@@ -126,22 +143,30 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         )
         for face_id, vector in order:
             vec = np.asarray(vector, dtype=np.float64)
+            label = labels.get(face_id, {})
             best, dist = None, float("inf")
-            for ident in ids.values():
-                d = float(np.linalg.norm(ident.centre - vec))
-                if d < dist:
-                    best, dist = ident, d
+            if label.get("identity"):
+                best = ids.get(labelled_identity_id(label["identity"]))
+                dist = 0.0 if best is None else float(np.linalg.norm(best.centre - vec))
+                same_person = best is not None
+            else:
+                for ident in ids.values():
+                    d = float(np.linalg.norm(ident.centre - vec))
+                    if d < dist:
+                        best, dist = ident, d
+                same_person = best is not None and dist <= same
             duplicate_of = None
-            if best is not None and dist <= same:
+            if same_person:
                 for orig_id, orig_vec, orig_hash in best.originals:
-                    if hamming(orig_hash, hashes[face_id]) <= settings.duplicate_hash_bits and (
-                        float(np.linalg.norm(orig_vec - vec)) <= dup
-                    ):
+                    if (hamming(orig_hash, hashes[face_id]) <= settings.duplicate_hash_bits
+                            and float(np.linalg.norm(orig_vec - vec)) <= dup
+                            and _same_scores(labels.get(orig_id, {}).get("scores"), label.get("scores"))):  # fmt: skip
                         duplicate_of = orig_id
                         break
                 ident = best
             else:
-                ident = ids[f"idn_{face_id}"] = _Identity(f"idn_{face_id}")
+                new_id = labelled_identity_id(label["identity"]) if label.get("identity") else f"idn_{face_id}"
+                ident = ids[new_id] = _Identity(new_id)
                 dist = 0.0
                 new_ids += 1
             if duplicate_of is None:

@@ -40,15 +40,12 @@ def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
 
 
 def _judge(args: argparse.Namespace):
-    from pixelsmile.bench.judges import FaceJudge, SyntheticJudge
+    from pixelsmile.bench.judges import judge_named
 
-    if args.judge == "vlm":
-        from pixelsmile.bench.vlm import VLMJudge
-
-        if not args.vlm_path:
-            raise FFEError("--judge vlm needs --vlm-path (a local vision-language model folder)")
-        return VLMJudge(args.vlm_path, identity=FaceJudge())
-    return {"face": FaceJudge, "synthetic": SyntheticJudge}[args.judge]()
+    try:
+        return judge_named(args.judge, args.vlm_path or "")
+    except ValueError as err:
+        raise FFEError(str(err)) from None
 
 
 def _editor(args: argparse.Namespace):

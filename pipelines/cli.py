@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     _workdir_arg(p)
     p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--domain", choices=["real", "anime"], default="real", help="what new files are (default real)")
+    p.add_argument(
+        "--pre-cropped", action="store_true", help="each new image is one face: taken whole where none is found"
+    )
     return parser
 
 
@@ -214,6 +218,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     env = {**os.environ, "FFE_WORKDIR": str(layout.root), "DAGSTER_HOME": str(layout.dagster_home)}
     if args.input is not None:
         env["FFE_INPUT"] = str(args.input.resolve())
+    env["FFE_INPUT_DOMAIN"] = args.domain
+    if args.pre_cropped:
+        env["FFE_INPUT_PRE_CROPPED"] = "1"
     argv = [dagster, "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (work folder {layout.root}); Ctrl-C stops it")
     sys.stdout.flush()

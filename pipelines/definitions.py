@@ -3,10 +3,19 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
-from pipelines.defs import annotation, curation, ingest, release
-from pipelines.resources import FFEStorage, default_input_dir, default_workdir, label_studio_from_env
+from pipelines.defs import annotation, curation, ingest, model, release
+from pipelines.resources import (
+    FFEStorage,
+    PixelSmileResource,
+    default_input_dir,
+    default_workdir,
+    label_studio_from_env,
+    pixelsmile_from_env,
+)
 
 ASSETS = [
     ingest.raw_images,
@@ -20,8 +29,10 @@ ASSETS = [
     release.release_plan,
     release.ffe_release,
     release.ffe_shards,
+    model.pixelsmile_lora,
+    model.ffe_bench,
 ]
-CHECKS = [release.shards_verified]
+CHECKS = [release.shards_verified, model.bench_regression]
 
 # Ingest and curate one batch: every asset partitioned by batch. The assets across all batches
 # (identities) follow by declarative automation (the daemon) or `ffe build`.
@@ -32,19 +43,33 @@ batch_job = dg.define_asset_job(
 )
 
 
-def build_definitions(workdir: str | None = None, input_dir: str | None = None) -> dg.Definitions:
-    """The graph over one work folder; defaults from $FFE_WORKDIR and $FFE_INPUT."""
+def build_definitions(
+    workdir: str | None = None,
+    input_dir: str | None = None,
+    pixelsmile: PixelSmileResource | None = None,
+    *,
+    domain: str | None = None,
+    pre_cropped: bool | None = None,
+) -> dg.Definitions:
+    """The graph over one work folder; defaults from $FFE_WORKDIR, $FFE_INPUT, $FFE_INPUT_DOMAIN,
+    $FFE_INPUT_PRE_CROPPED and the $FFE_TRAIN_* / $FFE_JUDGE variables (pipelines/resources.py)."""
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[batch_job, annotation.annotation_sync_job, release.release_job],
-        sensors=[ingest.new_input_files, annotation.annotation_sync, release.new_release],
+        jobs=[batch_job, annotation.annotation_sync_job, release.release_job, model.model_job, model.bench_job],
+        sensors=[ingest.new_input_files, annotation.annotation_sync, release.new_release, model.verified_release],
+        schedules=[model.nightly_bench],
         resources={
             "ffe": FFEStorage(
                 workdir=workdir or default_workdir(),
                 input_dir=default_input_dir() if input_dir is None else input_dir,
+                domain=domain or os.environ.get("FFE_INPUT_DOMAIN", "real"),
+                pre_cropped=os.environ.get("FFE_INPUT_PRE_CROPPED", "") == "1" if pre_cropped is None else pre_cropped,
             ),
             "label_studio": label_studio_from_env(),
+            "pixelsmile": pixelsmile or pixelsmile_from_env(),
+            # Training runs in its own process; on Kubernetes: dagster_k8s.PipesK8sClient (docs).
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },
     )
 

@@ -67,6 +67,40 @@ class LabelStudioResource(dg.ConfigurableResource):
         )  # fmt: skip
 
 
+class PixelSmileResource(dg.ConfigurableResource):
+    """How each release's model is trained and benched. Defaults: the tiny pixel model (trains in a
+    minute on a CPU) judged by the face judge; env: $FFE_TRAIN_RECIPE, $FFE_TRAIN_LAUNCHER,
+    $FFE_TRAIN_PROCESSES, $FFE_JUDGE, $FFE_VLM_PATH, $FFE_BENCH_CONFIG."""
+
+    recipe: str = ""  # a YAML of TrainConfig fields (docs/model.md); "" = pipelines.model.TINY_RECIPE
+    launcher: str = "accelerate"  # accelerate | python
+    processes: int = 1  # training processes (`accelerate launch --num_processes`): one per GPU
+    judge: str = "face"  # face | synthetic | vlm
+    vlm_path: str = ""  # judge vlm: a local vision-language model folder
+    bench_config: str = ""  # a YAML of BenchConfig fields (docs/bench.md); "" = the defaults
+
+    def bench_settings(self):
+        import yaml
+
+        from pixelsmile.bench.tasks import BenchConfig
+
+        if not self.bench_config:
+            return BenchConfig()
+        try:
+            return BenchConfig.from_dict(yaml.safe_load(Path(self.bench_config).expanduser().read_text()) or {})
+        except OSError as err:
+            raise dg.Failure(f"bench config {self.bench_config}: {err.strerror}") from None
+        except ValueError as err:
+            raise dg.Failure(f"bench config {self.bench_config}: {err}") from None
+
+
+def pixelsmile_from_env() -> PixelSmileResource:
+    env = os.environ.get
+    return PixelSmileResource(recipe=env("FFE_TRAIN_RECIPE", ""), launcher=env("FFE_TRAIN_LAUNCHER", "accelerate"),
+                              processes=int(env("FFE_TRAIN_PROCESSES", "1")), judge=env("FFE_JUDGE", "face"),
+                              vlm_path=env("FFE_VLM_PATH", ""), bench_config=env("FFE_BENCH_CONFIG", ""))  # fmt: skip
+
+
 def label_studio_from_env() -> LabelStudioResource:
     token = dg.EnvVar("FFE_LABEL_STUDIO_TOKEN") if os.environ.get("FFE_LABEL_STUDIO_TOKEN") else ""
     return LabelStudioResource(url=os.environ.get("FFE_LABEL_STUDIO_URL", ""), token=token)

@@ -85,12 +85,32 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pixelsmile.train import TrainConfig, train
+    from pixelsmile.pipes import main_process, reporter
+    from pixelsmile.train import TrainConfig, train, write_outcome
 
     config = TrainConfig.from_yaml(args.config)
     if args.resume is not None:
         config = replace(config, resume=args.resume)
-    result = train(config)
+    out = Path(config.output_dir)
+    with reporter() as report:
+        report.log(f"training {config.backbone} on {config.release or config.train_jsonl} to step {config.max_steps}")
+
+        every = max(config.log_every, config.max_steps // 20, 1)  # some twenty lines in Dagster's log
+
+        def log(step: int, terms: dict) -> None:
+            if step % every and step != config.max_steps:
+                return
+            report.log(f"step {step}/{config.max_steps}: " + ", ".join(f"{k} {v:.4g}" for k, v in terms.items()))
+
+        try:
+            result = train(config, on_log=log)
+        except Exception as err:
+            if main_process():
+                write_outcome(out, error=" ".join(str(err).split()))
+            raise
+        if main_process():
+            outcome = write_outcome(out, result=result)
+            report.materialized({k: v for k, v in outcome.items() if v is not None})
     loss = (result["last"] or {}).get("total", float("nan"))
     print(f"trained to step {result['steps']}; weights {result['weights']}; last loss {loss:.4f}")
     return 0

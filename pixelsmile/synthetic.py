@@ -373,8 +373,18 @@ def _unmix(features: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return nnls(D.T / spread[:, None], np.nan_to_num(features) / spread)[0]
 
 
+MAX_MEASURE_SIZE = 128  # larger faces are read at this size (a calibration per size costs seconds)
+
+
+def _measurable(img: Image.Image) -> Image.Image:
+    if img.size[0] <= MAX_MEASURE_SIZE:
+        return img
+    return img.resize((MAX_MEASURE_SIZE, MAX_MEASURE_SIZE), Image.Resampling.BOX)
+
+
 def measure(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """(the 14 features, the identity vector) read from a rendered (or edited) face."""
+    img = _measurable(img)
     raw, identity = measure_raw(img)
     coef = calibration(img.size[0])[0]
     return np.array([_basis(raw, f) @ coef[f] for f in FEATURES]), identity
@@ -384,7 +394,7 @@ def judge(img: Image.Image) -> Judgement:
     """The 12 intensities behind a face: non-negative least squares of the measured features on the
     mixing matrix, each feature weighted by how precisely it is measured, clipped to [0, 1]."""
     features, identity = measure(img)
-    _, spread, gains = calibration(img.size[0])
+    _, spread, gains = calibration(_measurable(img).size[0])
     return Judgement(np.clip(_unmix(features, spread) * gains, 0.0, 1.0), features, identity)
 
 
@@ -420,6 +430,30 @@ def write_world(layout, *, batch: str = "batch-synthetic0", people: int = 40, fa
             labels = dict(zip(CATEGORIES, map(float, s), strict=True))
             faces.append(LabelledFace(p, png(render(person, s, size)), labels, f"synthetic://{batch}/{p}/{k}"))
     return write_labelled_faces(layout, batch, faces, model_version="synthetic-exact")
+
+
+def write_world_input(folder, *, people: int = 40, faces_per_person: int = 7, size: int = 128, seed: int = 0,
+                      first_person: int = 0) -> Path:  # fmt: skip
+    """The synthetic world as a labelled collection arrives: `<folder>/world-<first_person>/` with one
+    PNG per face (`p<person>/<k>.png`) and a `labels.csv` giving each face's person and exact
+    intensities (curation/labels.py). Ingest it as a `pre_cropped` batch. Another call with other
+    `first_person` adds new people beside. Returns the subfolder."""
+    import csv
+
+    out = Path(folder) / f"world-{first_person}"
+    rng = np.random.default_rng([seed, first_person])
+    rows = []
+    for p in range(first_person, first_person + people):
+        person = random_identity(rng)
+        for k in range(faces_per_person):
+            s = world_scores(rng, k, start=p)
+            path = out / f"p{p:04d}" / f"{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png(render(person, s, size)))
+            rows.append([path.relative_to(out).as_posix(), f"synthetic-{seed}-{p}", *(f"{v:.4f}" for v in s)])
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "identity", *CATEGORIES], *rows])
+    return out
 
 
 def world_release(layout, config=None, *, shards: bool = True, **world) -> Path:

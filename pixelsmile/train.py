@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from pixelsmile.losses import (
 )
 
 TRAINABLE = "trainable.safetensors"  # in each checkpoint-<step>/
+OUTCOME = "outcome.json"  # in output_dir: how the last `pixelsmile train` ended (written by the CLI)
 
 
 class TrainingError(RuntimeError):
@@ -367,7 +368,8 @@ class Trainer:
                 raise TrainingError("the training data yields no full batch (too few triplets for batch_size?)")
             epoch += 1
 
-    def train(self, progress: bool = True) -> dict:
+    def train(self, progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> dict:
+        """Train to max_steps; `on_log(step, losses)` hears every `log_every` steps (main process)."""
         from tqdm import tqdm
 
         resumed = self.resume(self.config.resume)
@@ -384,6 +386,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % max(self.config.log_every, 1) == 0:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k != "lr"})
+                    if on_log is not None and main:
+                        on_log(self.step, terms)
                 if self.step % self.config.checkpointing_steps == 0 or self.step == self.config.max_steps:
                     self.save_checkpoint()
         bar.close()
@@ -393,5 +397,26 @@ class Trainer:
                 "history": history, "last": history[-1] if history else None}  # fmt: skip
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    return Trainer(config).train(progress=progress)
+def train(config: TrainConfig, progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> dict:
+    return Trainer(config).train(progress=progress, on_log=on_log)
+
+
+def write_outcome(output_dir: Path, *, result: dict | None = None, error: str | None = None) -> dict:
+    """Record how a training command ended, for whoever launched it (the Dagster asset reads it: a
+    process's exit code alone cannot say that the loss went NaN at step 812)."""
+    from storage.atomic import atomic_write_text
+
+    last = (result or {}).get("last") or {}
+    outcome = {"status": "failed" if error else "ok", "error": error,
+               "steps": (result or {}).get("steps"), "weights": (result or {}).get("weights"),
+               "last_loss": last.get("total"), "resumed_from": (result or {}).get("resumed_from")}  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / OUTCOME, json.dumps(outcome, indent=1) + "\n")
+    return outcome
+
+
+def read_outcome(output_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(output_dir) / OUTCOME).read_text())
+    except (OSError, ValueError):
+        return None

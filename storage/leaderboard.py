@@ -71,3 +71,47 @@ def failed_runs(layout: Layout, release: str | None = None) -> list[dict]:
                           f"{where} ORDER BY \"at\"", [release] if release else [])  # fmt: skip
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+LOWER_IS_BETTER = ("mSCR", "|I-a|")
+COMPARED = ("mSCR", "Acc-12", "CLS-12", "ID Sim", "HES")
+
+
+def latest_ok_run(layout: Layout, release: str, model: str, judge: str | None = None) -> dict | None:
+    """The newest finished run of `model` on `release` (judged by `judge`, when given)."""
+    with connect(layout, persist=False) as con:
+        cur = con.execute("SELECT * FROM bench_runs WHERE status = 'ok' AND release = ? AND model = ? "
+                          "AND (? IS NULL OR judge = ?) ORDER BY \"at\" DESC LIMIT 1",
+                          [release, model, judge, judge])  # fmt: skip
+        names = [d[0] for d in cur.description]
+        row = cur.fetchone()
+    return dict(zip(names, row, strict=True)) if row else None
+
+
+def regression(layout: Layout, release: str, model: str, releases: list[str]) -> dict:
+    """This release's latest run of `model` against the one of the nearest earlier release in
+    `releases` (oldest first) with the same judge: the metrics that got worse, or better, beyond
+    the noise (their 95% intervals do not overlap; different releases bench different people, so
+    the comparison cannot be paired)."""
+    now = latest_ok_run(layout, release, model)
+    if now is None:
+        return {"previous": None, "worse": [], "better": [], "note": f"no finished run of {model} on {release}"}
+    earlier = releases[: releases.index(release)] if release in releases else []
+    before = next((r for v in reversed(earlier) if (r := latest_ok_run(layout, v, model, now["judge"]))), None)
+    if before is None:
+        return {"previous": None, "worse": [], "better": [], "note": "no earlier release benched with this model"}
+    ci_now, ci_before = json.loads(now["ci95"] or "{}"), json.loads(before["ci95"] or "{}")
+    worse, better = [], []
+    for name in COMPARED:
+        if name not in ci_now or name not in ci_before:
+            continue
+        (lo_n, hi_n), (lo_b, hi_b) = ci_now[name], ci_before[name]
+        sign = -1 if name in LOWER_IS_BETTER else 1  # > 0: better
+        change = {"metric": name, "now": now[BENCH_METRICS[name]], "before": before[BENCH_METRICS[name]],
+                  "now_ci95": [lo_n, hi_n], "before_ci95": [lo_b, hi_b]}  # fmt: skip
+        if (sign > 0 and hi_n < lo_b) or (sign < 0 and lo_n > hi_b):
+            worse.append(change)
+        elif (sign > 0 and lo_n > hi_b) or (sign < 0 and hi_n < lo_b):
+            better.append(change)
+    return {"previous": before["release"], "previous_run": before["run_id"], "run": now["run_id"],
+            "worse": worse, "better": better}  # fmt: skip

@@ -150,6 +150,18 @@ PRELABELS = pa.schema(
     ]
 )
 
+# Labels that came with the images (curation/labels.py): one row per labelled image; identity and
+# scores each optional (null).
+IMPORTED_LABELS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("label_file", pa.string(), nullable=False),
+        pa.field("identity", pa.string()),
+        *_category_fields(nullable=True),
+    ]
+)
+
 # One row per annotator per face (the latest version of their annotation).
 ANNOTATIONS = pa.schema(
     [
@@ -268,6 +280,7 @@ TABLES: dict[str, pa.Schema] = {
     "faces": FACES,
     "face_embeddings": FACE_EMBEDDINGS,
     "identities": IDENTITIES,
+    "imported_labels": IMPORTED_LABELS,
     "prelabels": PRELABELS,
     "annotations": ANNOTATIONS,
     "annotation_history": ANNOTATION_HISTORY,

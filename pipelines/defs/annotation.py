@@ -55,6 +55,8 @@ def annotation_tasks(
     deps=[annotation_tasks],
     group_name="annotation",
     kinds={"labelstudio", "parquet"},
+    # Eager too: without a server it completes at once, and affect_scores (eager) waits for it.
+    automation_condition=dg.AutomationCondition.eager(),
     description="Annotations pulled from Label Studio: one row per annotator per face (the latest edit); "
     "malformed ones quarantined in `failures`.",
 )

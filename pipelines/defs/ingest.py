@@ -14,6 +14,7 @@ from pydantic import Field
 
 from curation.batches import load_manifest, manifests, register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
+from curation.labels import import_labels
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage import tables
@@ -66,12 +67,17 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFE
     layout, batch = ffe.layout, context.partition_key
     with progress_reporter(context, f"ingest {batch}") as report:
         summary = ingest_batch(layout, batch, config.settings(), progress=report)
+    manifest = load_manifest(layout, batch)
+    labels = import_labels(layout, batch, [f.path for f in manifest.label_files], [f.path for f in manifest.files])
+    if manifest.label_files:
+        context.log.info(f"{batch}: labels for {labels['labelled_images']} images, {labels['label_problems']} "
+                         "label rows unusable (failures, stage labels)")  # fmt: skip
     context.log.info(
         f"{batch}: {summary.images} images, {sum(summary.failures.values())} rejected "
         f"{dict(summary.failures)}" + (f", {summary.resumed} resumed" if summary.resumed else "")
     )
     return dg.MaterializeResult(
-        metadata={**summary.as_metadata(), "dagster/row_count": summary.images},
+        metadata={**summary.as_metadata(), **labels, "dagster/row_count": summary.images},
         check_results=[_check_every_file_accounted(ffe, batch)],
     )
 

@@ -98,3 +98,21 @@ class FaceJudge:
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
         return cosine(a, b)
+
+
+JUDGES = ("face", "synthetic", "vlm")
+
+
+def judge_named(name: str, vlm_path: str = "") -> Judge:
+    """The judge a command or a run config names: face (default), synthetic, or vlm (a local folder)."""
+    if name == "vlm":
+        from pixelsmile.bench.vlm import VLMJudge
+
+        if not vlm_path:
+            raise ValueError("the vlm judge needs a local vision-language model folder (--vlm-path / vlm_path)")
+        return VLMJudge(vlm_path, identity=FaceJudge())
+    if name == "face":
+        return FaceJudge()
+    if name == "synthetic":
+        return SyntheticJudge()
+    raise ValueError(f"unknown judge {name!r}; judges: {', '.join(JUDGES)}")

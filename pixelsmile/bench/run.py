@@ -212,8 +212,10 @@ def prompt_only(editor: Editor) -> Editor:
     return edit
 
 
-def pixel_editor(backbone, steps: int = 20, seed: int = 0) -> Editor:
-    """PixelSmile on the pixel backbone (the synthetic world's model): one batch per task."""
+def pixel_editor(backbone, steps: int = 20, seed: int = 0, size: int | None = None) -> Editor:
+    """PixelSmile on the pixel backbone (the synthetic world's model): one batch per task. With
+    `size`, the model works at size x size (its training resolution) and each edit is returned at
+    the source's own size, as any editor's would be."""
     import torch
 
     from pixelsmile.conditioning import interpolate
@@ -221,10 +223,12 @@ def pixel_editor(backbone, steps: int = 20, seed: int = 0) -> Editor:
 
     @torch.no_grad()
     def edit(source: Image.Image, category: str, alphas: Sequence[float]) -> list[Image.Image]:
-        src = image_to_tensor(source)[None].expand(len(alphas), -1, -1, -1)
+        small = source if size is None else source.resize((size, size), Image.Resampling.BICUBIC)
+        src = image_to_tensor(small)[None].expand(len(alphas), -1, -1, -1)
         neutral = backbone.encode_prompts(["neutral"] * len(alphas), src)
         cond = interpolate(neutral, backbone.encode_prompts([category] * len(alphas), src), torch.tensor(alphas))
-        return [tensor_to_image(t) for t in backbone.generate(src, cond, steps=steps, seed=seed)]
+        edits = [tensor_to_image(t) for t in backbone.generate(src, cond, steps=steps, seed=seed)]
+        return edits if size is None else [e.resize(source.size, Image.Resampling.BICUBIC) for e in edits]
 
     return edit
 

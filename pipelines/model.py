@@ -1,0 +1,150 @@
+"""The retrain-and-bench loop without Dagster: where a release's model is trained, how the training
+process is launched, the model it gives as an editor, and the key of a bench run.
+
+Folders, per release (`runs/<version>/`):
+    train-<recipe>/            the training run of one recipe (config.yaml, checkpoint-<step>/,
+                               final/, outcome.json); the same recipe resumes there
+    <bench run id>/bench/      a bench run (run_bench's files); the id is a hash of the weights,
+                               judge, bench config and code, so an unchanged rerun finds its result
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from pipelines.errors import FFEError
+from pixelsmile.train import TrainConfig, TrainingError
+from storage.layout import Layout
+from storage.releases.plan import release_dir
+
+# The embedded default's recipe: the pixel-space model, small enough to train in a minute on a CPU
+# (docs/model.md). A real recipe (the Qwen backbone, a LoRA, encoders for L_SC and L_ID) is a YAML
+# of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_CONFIG).
+TINY_RECIPE = {
+    "backbone": "pixel",
+    "resolution": 32,
+    "batch_size": 8,
+    "max_steps": 200,
+    "learning_rate": 1e-3,
+    "lr_warmup_steps": 20,
+    "checkpointing_steps": 50,
+    "pixel_channels": 32,
+    "pixel_blocks": 2,
+    "log_every": 10,
+}
+SET_BY_THE_LOOP = ("output_dir", "release", "train_jsonl", "resume")
+LAUNCHERS = ("accelerate", "python")
+
+
+def load_recipe(path: str) -> dict:
+    """The training recipe: a YAML of TrainConfig fields, or the tiny default when `path` is empty."""
+    if not path:
+        return dict(TINY_RECIPE)
+    try:
+        recipe = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except OSError as err:
+        raise FFEError(f"training recipe {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise FFEError(f"training recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(recipe, dict):
+        raise FFEError(f"training recipe {path} must be a mapping of TrainConfig fields")
+    if clash := [k for k in SET_BY_THE_LOOP if k in recipe]:
+        raise FFEError(f"training recipe {path} sets {', '.join(clash)}: the loop sets those per release")
+    return recipe
+
+
+def recipe_digest(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def model_name(recipe: dict) -> str:
+    """One name per recipe across releases: what the leaderboard and the regression check compare."""
+    return f"pixelsmile-{recipe.get('backbone', 'pixel')}@{recipe_digest(recipe)}"
+
+
+def training_config(layout: Layout, version: str, recipe: dict) -> TrainConfig:
+    """The recipe on this release, in its own folder, resuming from its latest checkpoint."""
+    out = layout.runs / version / f"train-{recipe_digest(recipe)}"
+    try:
+        return TrainConfig.from_dict(
+            {**recipe, "output_dir": str(out), "release": str(release_dir(layout, version)), "resume": "latest"}
+        )
+    except (TrainingError, TypeError) as err:
+        raise FFEError(f"training recipe: {err}") from None
+
+
+def write_training_config(config: TrainConfig) -> Path:
+    path = Path(config.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    return path
+
+
+def launch_command(config_path: Path, launcher: str = "accelerate", processes: int = 1) -> list[str]:
+    """`pixelsmile train` in its own process: through `accelerate launch` (several processes: DDP, on
+    GPUs or, without one, over gloo on the CPU), or plain Python."""
+    train = ["-m", "pixelsmile.cli", "train", "--config", str(config_path)]
+    if launcher == "python":
+        if processes != 1:
+            raise FFEError("launcher python runs one process; use launcher accelerate for several")
+        return [sys.executable, *train]
+    if launcher != "accelerate":
+        raise FFEError(f"unknown launcher {launcher!r}; launchers: {', '.join(LAUNCHERS)}")
+    # Every setting named, so that accelerate neither needs `accelerate config` nor warns about it.
+    multi = ["--multi_gpu"] if processes > 1 else []
+    return [sys.executable, "-m", "accelerate.commands.launch", *multi, "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *train]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    folder: Path  # the training run
+    weights: Path  # final/ of the run
+    digest: str  # of the weight files: the bench run's key
+
+    def editor(self, config: TrainConfig, steps: int = 20):
+        """The bench's editor for these weights (the pixel model, or the Qwen pipeline with the LoRA)."""
+        from pixelsmile.bench.run import pipeline_editor, pixel_editor
+
+        if config.backbone == "pixel":
+            from pixelsmile.pixel import PixelBackbone
+
+            backbone = PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
+            backbone.load_weights(self.weights)
+            return pixel_editor(backbone.eval(), steps=steps, seed=config.seed, size=config.resolution)
+        from pixelsmile.infer import EditSettings
+        from pixelsmile.lora import load_lora
+        from pixelsmile.qwen import load_pipeline
+
+        pipe = load_pipeline(config.model_path)
+        load_lora(pipe, self.weights)
+        return pipeline_editor(pipe, EditSettings(size=config.resolution, seed=config.seed))
+
+
+def trained_model(config: TrainConfig, recipe: dict) -> TrainedModel | None:
+    """The finished model of a training run, or None when it has not finished."""
+    from pixelsmile.train import read_outcome
+
+    out = Path(config.output_dir)
+    outcome = read_outcome(out)
+    weights = out / "final"
+    if not outcome or outcome["status"] != "ok" or not weights.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in weights.rglob("*") if p.is_file()):
+        h.update(f.relative_to(weights).as_posix().encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return TrainedModel(model_name(recipe), out, weights, h.hexdigest())
+
+
+def bench_run_id(version: str, model: TrainedModel, judge: str, bench_digest: str, commit: str | None) -> str:
+    """Same weights, judge, tasks and code: the same run (a rerun finds it, a killed one resumes)."""
+    key = json.dumps([model.digest, judge, bench_digest, commit])
+    return f"{version}-bench-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
