@@ -13,7 +13,6 @@ import pytest
 
 from pipelines.definitions import build_definitions
 from pipelines.defs.model import ffe_bench, nightly_bench, pixelsmile_lora, verified_release
-from pipelines.defs.release import new_release, shards_verified
 from pipelines.resources import PixelSmileResource
 from pixelsmile.synthetic import write_world_input
 from storage.layout import Layout
@@ -63,8 +62,9 @@ class Daemon:
             for partition in evaluation.get_requested_partitions(key):
                 wanted.setdefault(partition, []).append(key)
         for partition, keys in wanted.items():
-            result = dg.materialize([*self.defs.assets, *self.defs.asset_checks], selection=keys, instance=self.instance,
-                                    partition_key=partition, resources=self.defs.resources, raise_on_error=False)  # fmt: skip
+            result = dg.materialize([*self.defs.assets, *self.defs.asset_checks], selection=keys,
+                                    instance=self.instance, partition_key=partition,
+                                    resources=self.defs.resources, raise_on_error=False)  # fmt: skip
             self.runs.append((",".join(k.to_user_string() for k in keys), partition, result.success))
             launched += 1
         return launched

@@ -15,6 +15,7 @@ their reason; they never rank.
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
@@ -37,11 +38,14 @@ def _recipe(pixelsmile: PixelSmileResource) -> dict:
         raise dg.Failure(str(err)) from None
 
 
-def _nothing_to_train(manifest: dict | None) -> str | None:
+def _nothing_to_train(manifest: dict | None, recipe: dict) -> str | None:
     if not manifest or not manifest.get("complete"):
         return "the release is not built (no complete manifest)"
-    if not manifest["counts"]["triplets"]:
-        return "the release has no training triplets (too few identities with two expressions of a pair)"
+    triplets = manifest["counts"]["triplets"]["train"]
+    batch = int(recipe.get("batch_size", model.TINY_RECIPE["batch_size"]))
+    if triplets < batch:
+        return (f"the release has {triplets} training triplets, fewer than one batch of {batch} "
+                "(too few identities with two expressions of a confusable pair)")  # fmt: skip
     return None
 
 
@@ -61,10 +65,10 @@ def pixelsmile_lora(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     layout, version = ffe.layout, context.partition_key
-    if why := _nothing_to_train(read_manifest(layout, version)):
+    recipe = _recipe(pixelsmile)
+    if why := _nothing_to_train(read_manifest(layout, version), recipe):
         context.log.info(f"pixelsmile_lora {version}: {why}: nothing trained")
         return dg.MaterializeResult(metadata={"skipped": why})
-    recipe = _recipe(pixelsmile)
     name = model.model_name(recipe)
     try:
         config = model.training_config(layout, version, recipe)
@@ -76,10 +80,10 @@ def pixelsmile_lora(
     context.log.info(f"training {name} on {version}: {' '.join(command)}")
     try:
         invocation = pipes_subprocess_client.run(command=command, context=context)
-    except dg.DagsterPipesExecutionError as err:
+    except DagsterPipesExecutionError as err:
         outcome = read_outcome(out)
         reason = (outcome or {}).get("error") or f"{err} (see the run's stderr)"
-        record_run(layout, f"{version}-train-{context.run_id[:8]}", release=version, model=name,
+        record_run(layout, f"{version}-train-{context.run.run_id[:8]}", release=version, model=name,
                    reason=f"training: {reason}")  # fmt: skip
         raise dg.Failure(f"training {name} on release {version} failed: {reason}") from None
     reported = invocation.get_materialize_result().metadata or {}
@@ -101,13 +105,12 @@ def ffe_bench(
     from pixelsmile.bench.run import BenchError, bench_and_record, git_commit
 
     layout, version = ffe.layout, context.partition_key
-    manifest = read_manifest(layout, version)
-    if why := _nothing_to_train(manifest) or (
+    manifest, recipe = read_manifest(layout, version), _recipe(pixelsmile)
+    if why := _nothing_to_train(manifest, recipe) or (
         None if manifest["counts"]["splits"]["bench"]["faces"] else "the release has no bench split"
     ):
         context.log.info(f"ffe_bench {version}: {why}: nothing benched")
         return dg.MaterializeResult(metadata={"skipped": why})
-    recipe = _recipe(pixelsmile)
     config = model.training_config(layout, version, recipe)
     trained = model.trained_model(config, recipe)
     if trained is None:
