@@ -45,6 +45,12 @@ demo: install
 	$(BIN)/ffe release show latest
 	# Rebuild the release from its plan in a scratch folder: every file and shard, the same sha256.
 	$(BIN)/ffe release verify latest --rebuild
+	# The whole loop on the synthetic world (labelled drawn faces, so no face model decides them):
+	# ingest, curation, a release, the tiny model trained through Dagster Pipes, benched, ranked.
+	test -d ffe_world/input || $(BIN)/python -c \
+		"from pixelsmile.synthetic import write_world_input; write_world_input('ffe_world/input', people=24)"
+	FFE_JUDGE=synthetic $(BIN)/ffe build --input ffe_world/input --workdir ffe_world --pre-cropped
+	$(BIN)/ffe bench show --workdir ffe_world
 
 test: install label-studio chromium
 	$(BIN)/ruff check .
@@ -63,4 +69,4 @@ bench: install
 	$(BIN)/python benches/bench.py
 
 clean-demo:
-	rm -rf ffe_data
+	rm -rf ffe_data ffe_world
