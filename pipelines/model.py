@@ -4,8 +4,9 @@ process is launched, the model it gives as an editor, and the key of a bench run
 Folders, per release (`runs/<version>/`):
     train-<recipe>/            the training run of one recipe (config.yaml, checkpoint-<step>/,
                                final/, outcome.json); the same recipe resumes there
-    <bench run id>/bench/      a bench run (run_bench's files); the id is a hash of the weights,
-                               judge, bench config and code, so an unchanged rerun finds its result
+    <bench run id>/bench/      a bench run (run_bench's files); the id is a hash of the weights
+                               (or the baseline's name), judge, bench config and code, so an
+                               unchanged rerun finds its result
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ def trained_model(config: TrainConfig, recipe: dict) -> TrainedModel | None:
     return TrainedModel(model_name(recipe), out, weights, h.hexdigest())
 
 
-def bench_run_id(version: str, model: TrainedModel, judge: str, bench_digest: str, commit: str | None) -> str:
-    """Same weights, judge, tasks and code: the same run (a rerun finds it, a killed one resumes)."""
-    key = json.dumps([model.digest, judge, bench_digest, commit])
-    return f"{version}-bench-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+def bench_run_id(version: str, subject: str, judge: str, bench_digest: str, commit: str | None) -> str:
+    """Same subject (a model's weight digest, or a baseline's name), judge, tasks and code: the same
+    run (a rerun finds it, a killed one resumes). Baselines are named so: `<version>-no-edit-<hash>`."""
+    key = hashlib.sha256(json.dumps([subject, judge, bench_digest, commit]).encode()).hexdigest()[:10]
+    return f"{version}-{subject if subject in BASELINES else 'bench'}-{key}"
+
+
+BASELINES = ("no-edit",)  # benched beside each release's model, so each release's rows have a floor

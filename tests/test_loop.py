@@ -32,7 +32,7 @@ class Daemon:
         self.runs: list[tuple[str, str | None, bool]] = []  # (job or assets, partition, success)
 
     def _execute(self, job_name: str, partition: str | None) -> None:
-        result = self.defs.get_job_def(job_name).execute_in_process(
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, partition_key=partition, raise_on_error=False
         )
         self.runs.append((job_name, partition, result.success))
@@ -99,6 +99,8 @@ def test_a_new_batch_alone_leads_to_a_release_a_model_and_a_leaderboard_row(tmp_
         assert len(rows) == 1 and rows[0]["model"].startswith("pixelsmile-pixel@")
         assert rows[0]["judge"] == "synthetic-exact@1" and 0.0 <= rows[0]["mscr"] <= 1.0
         assert 0.5 < rows[0]["id_sim"] <= 1.0  # the tiny model keeps who they are
+        (floor,) = [r for r in board if r["kind"] == "baseline"]  # benched beside it: no-edit
+        assert floor["model"] == "no-edit" and floor["id_sim"] == pytest.approx(1.0) and abs(floor["cls12"]) < 0.2
         assert any(r["kind"] == "reported" for r in board)  # the paper's rows beside ours
         assert not failed_runs(layout)
 

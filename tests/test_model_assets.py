@@ -112,9 +112,8 @@ def test_recipes_launchers_and_run_ids(tmp_path, world):
     assert cmd[-5:] == ["-m", "pixelsmile.cli", "train", "--config", str(tmp_path / "c.yaml")]
     with pytest.raises(FFEError, match="one process"):
         model.launch_command(tmp_path / "c.yaml", "python", 2)
-    trained = model.TrainedModel("m", tmp_path, tmp_path, "d" * 64)
-    ids = {model.bench_run_id(version, trained, "j@1", "cfg", "abc") for _ in range(2)}
-    assert len(ids) == 1 and "." not in ids.pop()
-    assert model.bench_run_id(version, trained, "j@2", "cfg", "abc") != model.bench_run_id(
-        version, trained, "j@1", "cfg", "abc"
-    )
+    ids = {model.bench_run_id(version, "d" * 64, "j@1", "cfg", "abc") for _ in range(2)}
+    (run_id,) = ids
+    assert run_id.startswith(f"{version}-bench-") and "." not in run_id
+    assert model.bench_run_id(version, "d" * 64, "j@2", "cfg", "abc") != run_id
+    assert model.bench_run_id(version, "no-edit", "j@1", "cfg", "abc").startswith(f"{version}-no-edit-")

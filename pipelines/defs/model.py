@@ -102,7 +102,7 @@ def ffe_bench(
     context: dg.AssetExecutionContext, ffe: FFEStorage, pixelsmile: PixelSmileResource
 ) -> dg.MaterializeResult:
     from pixelsmile.bench.judges import judge_named
-    from pixelsmile.bench.run import BenchError, bench_and_record, git_commit
+    from pixelsmile.bench.run import git_commit, no_edit
 
     layout, version = ffe.layout, context.partition_key
     manifest, recipe = read_manifest(layout, version), _recipe(pixelsmile)
@@ -120,20 +120,13 @@ def ffe_bench(
         judge = judge_named(pixelsmile.judge, pixelsmile.vlm_path)
     except ValueError as err:
         raise dg.Failure(str(err)) from None
-    settings = pixelsmile.bench_settings()
+    settings, commit = pixelsmile.bench_settings(), git_commit()
     judge_id = f"{judge.name}@{judge.version}"
-    run_id = model.bench_run_id(version, trained, judge_id, settings.digest(), git_commit())
-    if tables.has_partition(layout, "bench_runs", run_id):
-        (row,) = tables.read_partition(layout, "bench_runs", run_id).to_pylist()
-        if row["status"] != "ok":
-            raise dg.Failure(f"bench run {run_id} failed before with the same model, judge, tasks and code: "
-                             f"{row['reason']}")  # fmt: skip
-        context.log.info(f"ffe_bench {version}: nothing changed since bench run {run_id}: its result stands")
-    else:
-        try:
-            row = bench_and_record(layout, version, run_id, trained.name, trained.editor(config), judge, settings)
-        except BenchError as err:
-            raise dg.Failure(f"bench of {trained.name} on {version} failed (recorded): {err}") from None
+    run_id = model.bench_run_id(version, trained.digest, judge_id, settings.digest(), commit)
+    row = _bench_once(context, version, run_id, trained.name, lambda: trained.editor(config), judge, settings)
+    # The no-edit baseline on the same tasks and judge: where "changed nothing" lands on this release.
+    baseline_id = model.bench_run_id(version, "no-edit", judge_id, settings.digest(), commit)
+    baseline = _bench_once(context, version, baseline_id, "no-edit", lambda: no_edit, judge, settings, "baseline")
     folder = layout.runs / version / run_id / "bench"
     return dg.MaterializeResult(
         metadata={
@@ -141,9 +134,29 @@ def ffe_bench(
             "model": trained.name,
             "judge": judge_id,
             **{k: row[k] for k in ("mscr", "acc12", "cls12", "id_sim", "hes", "tasks")},
+            "no_edit_hes": baseline["hes"],
             "report": dg.MetadataValue.path(str(folder / "report.html")),
         }
     )
+
+
+def _bench_once(context, version, run_id, name, editor, judge, settings, kind="measured") -> dict:
+    """The row of bench run `run_id`: recorded before (the same inputs), or run and recorded now.
+    `editor` is called only when the run is new (loading a model costs)."""
+    from pixelsmile.bench.run import BenchError, bench_and_record
+
+    layout = context.resources.ffe.layout
+    if tables.has_partition(layout, "bench_runs", run_id):
+        (row,) = tables.read_partition(layout, "bench_runs", run_id).to_pylist()
+        if row["status"] != "ok":
+            raise dg.Failure(f"bench run {run_id} ({name}) failed before with the same model, judge, tasks and "
+                             f"code: {row['reason']}")  # fmt: skip
+        context.log.info(f"ffe_bench {version}: nothing changed since bench run {run_id} ({name}): it stands")
+        return row
+    try:
+        return bench_and_record(layout, version, run_id, name, editor(), judge, settings, kind=kind)
+    except BenchError as err:
+        raise dg.Failure(f"bench of {name} on {version} failed (recorded as run {run_id}): {err}") from None
 
 
 @dg.asset_check(
