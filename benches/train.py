@@ -50,51 +50,13 @@ def plain_step(trainer: Trainer, batch: dict) -> None:
 
 def real_size_flops(side: int = 512, text_tokens: int = 220) -> dict:
     """FLOPs of one training sample at the real size, counted on the meta device (no weights, no
-    GPU): the full Qwen-Image transformer (60 layers, 20B parameters) with the LoRA, fwd+bwd on
-    [target, source] tokens; the full VAE decoder fwd+bwd at `side`; CLIP ViT-L/14 fwd+bwd at 224,
-    counted twice per prediction (L_SC's CLIP, and for L_ID's face embedder: an upper bound, ArcFace's
-    iresnet100 costs less). Gradient checkpointing (one more transformer forward) is left out of both,
-    which makes the ratio larger than in a real run."""
-    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    GPU): the parts of `benches/real_size.py`. Gradient checkpointing (one more transformer
+    forward) is left out of both, which makes the ratio larger than in a real run."""
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from pixelsmile.lora import add_lora
+    from benches.real_size import parts
 
-    with torch.device("meta"):
-        transformer, vae = QwenImageTransformer2DModel(), AutoencoderKLQwenImage()
-        clip = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_hidden_layers=24,
-                num_attention_heads=16,
-                patch_size=14,
-                image_size=224,
-                projection_dim=768,
-            )
-        )
-    for m in (transformer, vae, clip):
-        m.requires_grad_(False)
-    add_lora(transformer, rank=64, alpha=128)
-    tokens = (side // 16) ** 2  # 8x VAE downsampling, then 2x2 packing
-
-    def transformer_step():
-        x = torch.randn(1, 2 * tokens, 64, device="meta")
-        text = torch.randn(1, text_tokens, 3584, device="meta")
-        shapes = [[(1, side // 16, side // 16)] * 2]
-        out = transformer(hidden_states=x, timestep=torch.ones(1, device="meta"), encoder_hidden_states=text,
-                          encoder_hidden_states_mask=torch.ones(1, text_tokens, dtype=torch.long, device="meta"),
-                          img_shapes=shapes, return_dict=False)[0]  # fmt: skip
-        out[:, :tokens].float().pow(2).mean().backward()
-
-    def decode_step():
-        lat = torch.randn(1, 16, 1, side // 8, side // 8, device="meta", requires_grad=True)
-        vae.decode(lat).sample.float().mean().backward()
-
-    def clip_step():
-        x = torch.randn(1, 3, 224, 224, device="meta", requires_grad=True)
-        clip(pixel_values=x).image_embeds.mean().backward()
+    transformer_step, decode_step, clip_step = parts("meta", torch.float32, side, text_tokens)
 
     def tflops(fn) -> float:
         with FlopCounterMode(display=False) as counter:
