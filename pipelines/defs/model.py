@@ -2,7 +2,7 @@
 
 `verified_release` launches `model_job` (train, then bench) for each release whose shards passed
 their blocking check, once (run key = version). `pixelsmile_lora` trains in its own process through
-Dagster Pipes (`accelerate launch`; on a cluster, PipesK8sClient: docs/architecture.md), in the
+Dagster Pipes (`accelerate launch`; on a cluster, PipesK8sClient: docs/scale.md), in the
 `gpu` pool; `ffe_bench` benches the result into the leaderboard; `bench_regression` flags a release
 whose model got worse than the previous release's beyond the noise. `nightly_bench` reruns the
 bench of the latest model (a new run only when the judge, tasks or code changed).
