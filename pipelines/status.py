@@ -16,6 +16,11 @@ def status(layout: Layout) -> dict:
         failures = con.execute(
             "SELECT stage, reason, count(*) AS n FROM failures GROUP BY ALL ORDER BY stage, n DESC, reason"
         ).fetchall()
+        # Each release's latest measured run, finished or failed (`ffe bench show` ranks them).
+        runs = con.execute(
+            "SELECT release, model, status, reason, hes FROM bench_runs WHERE kind = 'measured' "
+            'QUALIFY row_number() OVER (PARTITION BY release ORDER BY "at" DESC) = 1'
+        ).fetchall()
     batches = manifests(layout)
     pending = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
     releases = list_releases(layout)
@@ -31,6 +36,10 @@ def status(layout: Layout) -> dict:
         },
         "releases": [r["version"] for r in releases],  # oldest first
         "release_states": {r["version"]: f"{r['state']}, {r['faces']} faces" for r in releases},
+        "models": {
+            release: (f"{model}: HES {hes:.3f}" if status == "ok" else f"{model}: failed ({reason})")
+            for release, model, status, reason, hes in runs
+        },  # fmt: skip
     }
 
 
@@ -47,5 +56,7 @@ def render_status(info: dict) -> str:
     lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
     lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
     lines += ["", "releases" if info["releases"] else "releases: none yet"]
-    lines += [f"  {v}  {state}" for v, state in info["release_states"].items()]
+    models = info.get("models", {})
+    for version, state in info["release_states"].items():
+        lines.append(f"  {version}  {state}" + (f"; {models[version]}" if version in models else ""))
     return "\n".join(lines)

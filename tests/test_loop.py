@@ -14,6 +14,7 @@ import pytest
 from pipelines.definitions import build_definitions
 from pipelines.defs.model import ffe_bench, nightly_bench, pixelsmile_lora, verified_release
 from pipelines.resources import PixelSmileResource
+from pipelines.status import status
 from pixelsmile.synthetic import write_world_input
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
@@ -103,6 +104,7 @@ def test_a_new_batch_alone_leads_to_a_release_a_model_and_a_leaderboard_row(tmp_
         assert floor["model"] == "no-edit" and floor["id_sim"] == pytest.approx(1.0) and abs(floor["cls12"]) < 0.2
         assert any(r["kind"] == "reported" for r in board)  # the paper's rows beside ours
         assert not failed_runs(layout)
+        assert status(layout)["models"][version] == f"{rows[0]['model']}: HES {rows[0]['hes']:.3f}"
 
         # Nothing new: every sensor skips, no automation fires, nothing is trained twice.
         assert daemon.tick() == 0
