@@ -59,6 +59,7 @@ def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> 
 
 
 DOMAINS = ("real", "anime")
+PROVENANCES = ("real", "generated")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Manifest:
     domain: str = "real"  # real | anime: FFE is half of each
     pre_cropped: bool = False  # every image is one face: taken whole where no face is found
     label_files: tuple[InputFile, ...] = ()  # labels.csv files registered with these images (curation/labels.py)
+    provenance: str = "real"  # real | generated (expression variants: curation/generation.py)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -82,6 +84,7 @@ class Manifest:
             domain=raw.get("domain", "real"),
             pre_cropped=bool(raw.get("pre_cropped", False)),
             label_files=tuple(InputFile(**f) for f in raw.get("label_files", ())),
+            provenance=raw.get("provenance", "real"),
         )
 
     def dumps(self) -> str:
@@ -127,6 +130,7 @@ def register_new_batch(
     min_age_s: float = 0.0,
     domain: str = "real",
     pre_cropped: bool = False,
+    provenance: str = "real",
 ) -> Manifest | None:
     """Put every file of `input_dir` that no batch holds yet into a new batch; None if none. New
     label files (`labels.csv`) go with the new images; alone, they wait for some."""
@@ -134,6 +138,8 @@ def register_new_batch(
 
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
+    if provenance not in PROVENANCES:
+        raise ValueError(f"provenance must be one of {', '.join(PROVENANCES)}, not {provenance!r}")
     root = Path(input_dir).expanduser().resolve()
     with _registry_lock(layout):
         known = {f.key for m in manifests(layout) for f in (*m.files, *m.label_files)}
@@ -149,6 +155,7 @@ def register_new_batch(
             domain=domain,
             pre_cropped=pre_cropped,
             label_files=tuple(f for f in found if is_label_file(f.path)),
+            provenance=provenance,
         )
         atomic_write_text(layout.batch_manifest(manifest.batch), manifest.dumps())
         return manifest

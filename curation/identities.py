@@ -8,6 +8,11 @@ that is the same shot as an earlier member (perceptual hash of the aligned crops
 rotated copies) is marked `duplicate_of` that member, does not move the centre, and stays out of
 releases. Rows of an assigned batch are never rewritten.
 
+A face of a generated batch (an expression variant, curation/generation.py) joins its source's
+identity when its vector is within `max_variant_drift` of its source face's; further, it is
+rejected (`failures`, stage `identities`, reason `identity_drift`, with the distance): an edit that
+changed who the person is must not teach the model to.
+
 A face whose image came with an identity label (curation/labels.py) joins the identity that label
 names (`idn_l<hash of the label>`, the same across batches) instead of the nearest one; and two
 faces whose imported scores differ are different pictures, however alike their crops.
@@ -22,6 +27,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from curation.batches import manifests
+from curation.generation import variant_sources
 from curation.labels import labels_by_face
 from curation.quality import hamming
 from storage import tables
@@ -39,6 +45,7 @@ class IdentitySettings:
     same_person_distance: float = 0.0  # 0: the embedding model's default (DEFAULT_SAME_PERSON)
     duplicate_distance: float = 0.0  # 0: the model's default (DEFAULT_DUPLICATE)
     duplicate_hash_bits: int = 12  # of 64
+    max_variant_drift: float = 0.0  # a variant's distance to its source face; 0: same_person_distance
 
     def thresholds(self, model: str) -> tuple[float, float]:
         family = "arcface" if model.startswith("arcface") else model
@@ -94,6 +101,16 @@ def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identit
     return ids, model
 
 
+def _vectors(layout: Layout, batches) -> dict[str, np.ndarray]:
+    out = {}
+    for batch in batches:
+        if tables.has_partition(layout, "face_embeddings", batch):
+            emb = tables.read_partition(layout, "face_embeddings", batch)
+            for f, v in zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True):
+                out[f] = np.asarray(v, dtype=np.float64)
+    return out
+
+
 def _phashes(layout: Layout, batches: list[str]) -> dict[str, int]:
     return {face_id: h for face_id, (h, _) in _face_facts(layout, batches).items()}
 
@@ -119,8 +136,9 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
     """Assign every waiting batch; returns counts for the run's metadata."""
     assigned, waiting = pending_batches(layout)
     ids, model = _load_state(layout, assigned)
+    identity_of = {r["face_id"]: r["identity_id"] for r in tables.read_table(layout, "identities").to_pylist()}
     labels = labels_by_face(layout, assigned)  # scores of earlier originals, for the duplicate test
-    new_faces = new_ids = dups = 0
+    new_faces = new_ids = dups = drifted = 0
     for batch in waiting:
         emb = tables.read_partition(layout, "face_embeddings", batch)
         batch_models = set(emb.column("model").to_pylist())
@@ -135,7 +153,9 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         facts = _face_facts(layout, [batch])
         hashes = {f: h for f, (h, _) in facts.items()}
         labels.update(labels_by_face(layout, [batch]))
-        rows = []
+        variant_of = variant_sources(layout, batch)
+        source_vectors = _vectors(layout, {v["source_batch"] for v in variant_of.values()})
+        rows, rejected = [], []
         # Biggest faces first: of several copies of a shot, the sharpest source stays the original.
         order = sorted(
             zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True),
@@ -145,7 +165,21 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
             vec = np.asarray(vector, dtype=np.float64)
             label = labels.get(face_id, {})
             best, dist = None, float("inf")
-            if label.get("identity"):
+            if variant := variant_of.get(face_id):
+                source_vec = source_vectors.get(variant["source_face_id"])
+                drift = float("inf") if source_vec is None else float(np.linalg.norm(source_vec - vec))
+                limit = settings.max_variant_drift or same
+                source_identity = identity_of.get(variant["source_face_id"], variant["source_identity_id"])
+                if drift > limit or source_identity not in ids:
+                    rejected.append(dict(item=face_id, stage="identities", reason="identity_drift", partition=batch,
+                                         detail=f"variant {variant['variant_key']} of face {variant['source_face_id']} "
+                                                f"({variant['category']} {variant['intensity']:.2f}, "
+                                                f"{variant['generator']}): distance {drift:.3f} to its source "
+                                                f"> {limit:.3f}", at=datetime.now(UTC)))  # fmt: skip
+                    continue
+                best = ids[source_identity]
+                dist, same_person = float(np.linalg.norm(best.centre - vec)), True
+            elif label.get("identity"):
                 best = ids.get(labelled_identity_id(label["identity"]))
                 dist = 0.0 if best is None else float(np.linalg.norm(best.centre - vec))
                 same_person = best is not None
@@ -183,13 +217,19 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
                     assigned_at=datetime.now(UTC),
                 )
             )
+        drifted += len(rejected)
         tables.write_partition(layout, "identities", batch, rows)
+        if rejected or variant_of:
+            tables.write_partition(layout, "failures", tables.failures_partition("identities", batch), rejected)
+        for r in rows:
+            identity_of[r["face_id"]] = r["identity_id"]
         new_faces += len(rows)
     return {
         "batches_assigned": len(waiting),
         "faces_assigned": new_faces,
         "new_identities": new_ids,
         "duplicates": dups,
+        "variants_rejected": drifted,
         "identities": len(ids),
         "model": model or "",
     }

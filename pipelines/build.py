@@ -26,6 +26,8 @@ from storage.layout import Layout
 from storage.releases.build import read_manifest
 from storage.releases.plan import planned_versions
 
+MAX_ROUNDS = 3  # batch rounds of one build: the inputs, then the variants they generated
+
 # Dagster's console logger defaults to DEBUG: every event as a line. Progress bars and INFO suffice.
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -137,6 +139,7 @@ def build(
     # Three phases, in the order data flows: per ingest batch, across all batches, per release.
     batch, batch_up = phase(keys, ingest_batches), phase(upstream, ingest_batches)
     whole, whole_up = phase(keys, None), phase(upstream, None)
+    whole_all = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None]
     per_release, per_release_up = phase(keys, releases), phase(upstream, releases)
     config = normalise_run_config(run_config)
     known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
@@ -153,8 +156,6 @@ def build(
             if manifest:
                 report.new_batch, report.new_files = manifest.batch, len(manifest.files)
                 echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
-        batches = [m.batch for m in manifests(layout)]
-        _add_partitions(instance, ingest_batches, batches)
         assets = [*defs.assets, *defs.asset_checks]
 
         def run(partition: str | None, selected: list[dg.AssetKey]) -> None:
@@ -191,15 +192,27 @@ def build(
                 todo = sorted({k for k in selected + up if p not in done[k] or gone(p)}, key=str)
                 if todo:
                     run(p, todo)
-                else:
+                elif p not in report.skipped:
                     report.skipped.append(p)
 
-        later = whole + per_release
-        if batch or (later and batch_up):
-            per_partition(batches, batch, batch_up)
-        never_built = [k for k in whole_up if instance.get_latest_materialization_event(k) is None]
-        if whole or never_built:
-            run(None, sorted(set(whole) | set(never_built), key=str))
+        # Batch assets that need the assets across batches (generation needs identities) run after
+        # them; a run that registers new batches (generated variants) is followed by another round
+        # for those, so one `ffe build` takes them to their release.
+        after_whole = dg.AssetSelection.assets(*whole_all).downstream().resolve(graph)
+        early, late = [k for k in batch if k not in after_whole], [k for k in batch if k in after_whole]
+        early_up = [k for k in batch_up if k not in after_whole]
+        for _ in range(MAX_ROUNDS):
+            batches = [m.batch for m in manifests(layout)]
+            _add_partitions(instance, ingest_batches, batches)
+            if early or ((whole + per_release + late) and early_up):
+                per_partition(batches, early, early_up)
+            never_built = [k for k in whole_up if instance.get_latest_materialization_event(k) is None]
+            if whole or never_built:
+                run(None, sorted(set(whole) | set(never_built), key=str))
+            if late:
+                per_partition(batches, late, [])
+            if len(manifests(layout)) == len(batches):
+                break
         if per_release:
             versions = planned_versions(layout)
             _add_partitions(instance, releases, versions)

@@ -7,12 +7,14 @@ import os
 
 import dagster as dg
 
-from pipelines.defs import annotation, curation, ingest, model, release
+from pipelines.defs import annotation, curation, generation, ingest, model, release
 from pipelines.resources import (
     FFEStorage,
+    GeneratorResource,
     PixelSmileResource,
     default_input_dir,
     default_workdir,
+    generator_from_env,
     label_studio_from_env,
     pixelsmile_from_env,
 )
@@ -23,6 +25,7 @@ ASSETS = [
     curation.face_embeddings,
     curation.identities,
     annotation.prelabels,
+    generation.expression_variants,
     annotation.annotation_tasks,
     annotation.annotations,
     annotation.affect_scores,
@@ -34,11 +37,14 @@ ASSETS = [
 ]
 CHECKS = [release.shards_verified, model.bench_regression]
 
-# Ingest and curate one batch: every asset partitioned by batch. The assets across all batches
-# (identities) follow by declarative automation (the daemon) or `ffe build`.
+# Ingest and curate one batch: every asset partitioned by batch but generation (which needs the
+# batch's identities, and a generator). The assets across all batches (identities) follow by
+# declarative automation (the daemon) or `ffe build`.
 batch_job = dg.define_asset_job(
     ingest.BATCH_JOB,
-    selection=dg.AssetSelection.assets(*[a for a in ASSETS if a.partitions_def == ingest.ingest_batches]),
+    selection=dg.AssetSelection.assets(
+        *[a for a in ASSETS if a.partitions_def == ingest.ingest_batches and a is not generation.expression_variants]
+    ),
     description="Ingest and curate one batch of input files.",
 )
 
@@ -48,6 +54,7 @@ def build_definitions(
     input_dir: str | None = None,
     pixelsmile: PixelSmileResource | None = None,
     *,
+    generator: GeneratorResource | None = None,
     domain: str | None = None,
     pre_cropped: bool | None = None,
 ) -> dg.Definitions:
@@ -68,6 +75,7 @@ def build_definitions(
             ),
             "label_studio": label_studio_from_env(),
             "pixelsmile": pixelsmile or pixelsmile_from_env(),
+            "generator": generator or generator_from_env(),
             # Training runs in its own process; on Kubernetes: dagster_k8s.PipesK8sClient (docs).
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },

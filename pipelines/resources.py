@@ -94,6 +94,40 @@ class PixelSmileResource(dg.ConfigurableResource):
             raise dg.Failure(f"bench config {self.bench_config}: {err}") from None
 
 
+class GeneratorResource(dg.ConfigurableResource):
+    """The editing model that makes expression variants (pixelsmile/generate.py), from a local folder.
+    Env: $FFE_GENERATOR_KIND (pixelsmile, qwen-image-edit, flux-kontext, instruct-pix2pix, generic,
+    pixel), $FFE_GENERATOR_PATH, $FFE_GENERATOR_LORA, $FFE_GENERATOR_STEPS, $FFE_GENERATOR_SIZE."""
+
+    kind: str = "pixelsmile"
+    model_path: str = ""  # "": no generator (generation is skipped)
+    lora: str = ""
+    steps: int = 30
+    size: int = 512
+    subject: str = "human"  # human | anime
+    template: str = ""  # a prompt template overriding the kind's ({subject} {adverb} {category} {attributes})
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.model_path)
+
+    def spec(self):
+        import torch
+
+        from pixelsmile.generate import GeneratorSpec
+
+        return GeneratorSpec(kind=self.kind, model_path=self.model_path, lora=self.lora, steps=self.steps,
+                             size=self.size, subject=self.subject, template=self.template,
+                             device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+
+
+def generator_from_env() -> GeneratorResource:
+    env = os.environ.get
+    return GeneratorResource(kind=env("FFE_GENERATOR_KIND", "pixelsmile"), model_path=env("FFE_GENERATOR_PATH", ""),
+                             lora=env("FFE_GENERATOR_LORA", ""), steps=int(env("FFE_GENERATOR_STEPS", "30")),
+                             size=int(env("FFE_GENERATOR_SIZE", "512")))  # fmt: skip
+
+
 def pixelsmile_from_env() -> PixelSmileResource:
     env = os.environ.get
     return PixelSmileResource(recipe=env("FFE_TRAIN_RECIPE", ""), launcher=env("FFE_TRAIN_LAUNCHER", "accelerate"),

@@ -7,7 +7,7 @@ One interface for every generator:
 
 with `name` (the kind and the model folder) and `version` (a digest of the model's configuration
 and the LoRA's bytes) recorded with each variant, so that a variant is known by (source, generator,
-prompt, seed) and never made twice.
+prompt, seed) and never made twice (curation/generation.py keeps that record).
 
 Kinds:
 - `pixelsmile`: a Qwen-Image-Edit folder, with or without a trained PixelSmile LoRA; the intensity
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -260,9 +259,3 @@ def _pixel_generator(folder: Path, name: str, version: str, spec: GeneratorSpec)
     backbone = PixelBackbone(config["pixel_channels"], config["pixel_blocks"], seed=config["seed"])
     backbone.load_weights(weights)
     return PixelGenerator(backbone.eval(), name, version, min(spec.steps, 50), config["resolution"])
-
-
-def variant_key(source_face_id: str, generator: Generator, prompt: str, seed: int) -> str:
-    """A variant's identity: the same source, generator (and version), prompt and seed make it once."""
-    key = json.dumps([source_face_id, generator.name, generator.version, prompt, seed])
-    return hashlib.sha256(key.encode()).hexdigest()[:20]

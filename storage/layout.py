@@ -8,6 +8,7 @@ batches/<batch>.json          ingest batch manifests (the files each batch holds
 staging/<asset>/<partition>/  per-chunk progress of a partition still being built
 releases/<version>/           dataset releases
 runs/<version>/<run_id>/      training and bench runs
+generated/<source batch>/     expression variants of that batch's faces (an input folder of their own)
 dagster/                      the Dagster instance (runs, event logs, schedules)
 """
 
@@ -57,6 +58,10 @@ class Layout:
     @property
     def runs(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def generated(self) -> Path:
+        return self.root / "generated"
 
     @property
     def dagster_home(self) -> Path:

@@ -162,6 +162,25 @@ IMPORTED_LABELS = pa.schema(
     ]
 )
 
+# Expression variants generated from curated faces (curation/generation.py), per source batch: what
+# made each one, so that it is never made twice and its identity can be checked against its source.
+VARIANTS = pa.schema(
+    [
+        pa.field("variant_key", pa.string(), nullable=False),  # hash of source, generator, prompt, seed
+        pa.field("source_face_id", pa.string(), nullable=False),
+        pa.field("source_identity_id", pa.string(), nullable=False),
+        pa.field("source_batch", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # kind:model[+lora]
+        pa.field("generator_version", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("intensity", _F32, nullable=False),  # requested, not measured: pre-labels measure
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the work folder
+        pa.field("generated_at", _TIMESTAMP, nullable=False),
+    ]
+)
+
 # One row per annotator per face (the latest version of their annotation).
 ANNOTATIONS = pa.schema(
     [
@@ -281,6 +300,7 @@ TABLES: dict[str, pa.Schema] = {
     "face_embeddings": FACE_EMBEDDINGS,
     "identities": IDENTITIES,
     "imported_labels": IMPORTED_LABELS,
+    "variants": VARIANTS,
     "prelabels": PRELABELS,
     "annotations": ANNOTATIONS,
     "annotation_history": ANNOTATION_HISTORY,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curation.generation import variant_key
 from pixelsmile.generate import (
     ATTRIBUTES,
     TEMPLATES,
@@ -17,7 +18,6 @@ from pixelsmile.generate import (
     load_generator,
     model_version,
     render_template,
-    variant_key,
 )
 from pixelsmile.qwen import build_tiny
 from storage.schemas import CATEGORIES

@@ -128,6 +128,8 @@ class IdentitiesConfig(dg.Config):
     same_person_distance: float = Field(0.0, ge=0.0, description="0: the embedding model's default")
     duplicate_distance: float = Field(0.0, ge=0.0, description="0: the embedding model's default")
     duplicate_hash_bits: int = Field(IdentitySettings.duplicate_hash_bits, ge=0, le=64)
+    max_variant_drift: float = Field(0.0, ge=0.0, description="a generated variant's distance to its source "
+                                     "face beyond which it is rejected; 0: same_person_distance")  # fmt: skip
 
 
 ONE_IDENTITY_PER_FACE = "one_identity_per_face"
@@ -146,7 +148,8 @@ ONE_IDENTITY_PER_FACE = "one_identity_per_face"
     ],
 )  # fmt: skip
 def identities(context: dg.AssetExecutionContext, config: IdentitiesConfig, ffe: FFEStorage) -> dg.MaterializeResult:
-    settings = IdentitySettings(config.same_person_distance, config.duplicate_distance, config.duplicate_hash_bits)
+    settings = IdentitySettings(config.same_person_distance, config.duplicate_distance, config.duplicate_hash_bits,
+                                config.max_variant_drift)  # fmt: skip
     info = assign_identities(ffe.layout, settings)
     context.log.info(f"identities: {info}")
     rows = tables.read_table(ffe.layout, "identities").select(["face_id", "identity_id", "duplicate_of"]).to_pylist()
