@@ -7,7 +7,6 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from annotation.agreement import icc, krippendorff_alpha_interval
@@ -40,30 +39,45 @@ def scorer_version(model) -> str:
     return MODEL_VERSION if model is None else f"{MODEL_VERSION}+{CLASSIFIER_VERSION}"
 
 
-def prelabel_batch(layout: Layout, batch: str) -> dict:
-    """Write `prelabels/<batch>` for every face of the batch that has blendshapes; where the
-    expression classifier is installed, its probabilities are blended into the six basic categories."""
+def prelabel_batch(layout: Layout, batch: str, scorer=None) -> dict:
+    """Write `prelabels/<batch>`. A face whose image came labelled gets its imported scores; the
+    others are scored by `scorer` when one is given (an object with `version` and
+    `scores(crop: PIL image) -> dict | None`: the synthetic world's exact judge, a vision-language
+    model), else by the face scorer: blendshapes, with the expression classifier's probabilities
+    blended into the six basic categories where it is installed (faces without blendshapes, taken
+    whole, get none: people must label them)."""
     faces = tables.read_partition(layout, "faces", batch).select(["face_id", "blendshapes", "crop_path"])
-    model = classifier()
-    version = scorer_version(model)
+    model = classifier() if scorer is None else None
+    version = scorer_version(model) if scorer is None else scorer.version
     imported = {f: label["scores"] for f, label in labels_by_face(layout, [batch]).items() if label["scores"]}
     rows, skipped = [], 0
     for face in faces.to_pylist():
         if face["face_id"] in imported:  # the collection's own label (curation/labels.py)
             rows.append(dict(face_id=face["face_id"], batch=batch, model_version=IMPORTED, **imported[face["face_id"]]))
             continue
-        scores = scores_from_blendshapes(face["blendshapes"])
+        if scorer is not None:
+            scores = scorer.scores(_crop_image(layout, face))
+        else:
+            scores = scores_from_blendshapes(face["blendshapes"])
+            if scores is not None and model is not None:
+                scores = with_classifier(scores, model, np.asarray(_crop_image(layout, face)))
         if scores is None:
-            skipped += 1  # a face taken whole: nothing to read, people must label it
+            skipped += 1  # nothing to read: people must label it
             continue
-        if model is not None:
-            crop = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
-            if crop is None:
-                raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
-            scores = with_classifier(scores, model, crop[:, :, ::-1])
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
-    return {"faces": len(rows), "without_blendshapes": skipped, "model_version": version, "imported": len(imported)}
+    return {"faces": len(rows), "unscored": skipped, "model_version": version, "imported": len(imported)}
+
+
+def _crop_image(layout: Layout, face: dict):
+    from PIL import Image
+
+    path = layout.root / face["crop_path"]
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as err:
+        raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']} ({err})") from None
 
 
 @dataclass

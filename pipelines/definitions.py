@@ -12,11 +12,13 @@ from pipelines.resources import (
     FFEStorage,
     GeneratorResource,
     PixelSmileResource,
+    PrelabelScorerResource,
     default_input_dir,
     default_workdir,
     generator_from_env,
     label_studio_from_env,
     pixelsmile_from_env,
+    prelabel_scorer_from_env,
 )
 
 ASSETS = [
@@ -55,6 +57,7 @@ def build_definitions(
     pixelsmile: PixelSmileResource | None = None,
     *,
     generator: GeneratorResource | None = None,
+    prelabel_scorer: PrelabelScorerResource | None = None,
     domain: str | None = None,
     pre_cropped: bool | None = None,
 ) -> dg.Definitions:
@@ -76,6 +79,7 @@ def build_definitions(
             "label_studio": label_studio_from_env(),
             "pixelsmile": pixelsmile or pixelsmile_from_env(),
             "generator": generator or generator_from_env(),
+            "prelabel_scorer": prelabel_scorer or prelabel_scorer_from_env(),
             # Training runs in its own process; on Kubernetes: dagster_k8s.PipesK8sClient (docs).
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },

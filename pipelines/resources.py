@@ -121,6 +121,31 @@ class GeneratorResource(dg.ConfigurableResource):
                              device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
 
 
+class PrelabelScorerResource(dg.ConfigurableResource):
+    """What scores faces for their pre-labels: `face` (blendshapes + the expression classifier, the
+    default), `vlm` (a local vision-language model folder, the paper's way) or `synthetic` (the
+    synthetic world's exact judge). Env: $FFE_PRELABEL_SCORER, $FFE_PRELABEL_VLM_PATH."""
+
+    scorer: str = "face"
+    vlm_path: str = ""
+
+    def build(self):
+        """None for the face scorer (annotation.scores' own); else a judge adapted as a scorer."""
+        if self.scorer == "face":
+            return None
+        from pixelsmile.bench.judges import JudgeScorer, judge_named
+
+        try:
+            return JudgeScorer(judge_named(self.scorer, self.vlm_path))
+        except ValueError as err:
+            raise dg.Failure(f"pre-label scorer: {err}") from None
+
+
+def prelabel_scorer_from_env() -> PrelabelScorerResource:
+    env = os.environ.get
+    return PrelabelScorerResource(scorer=env("FFE_PRELABEL_SCORER", "face"), vlm_path=env("FFE_PRELABEL_VLM_PATH", ""))
+
+
 def generator_from_env() -> GeneratorResource:
     env = os.environ.get
     return GeneratorResource(kind=env("FFE_GENERATOR_KIND", "pixelsmile"), model_path=env("FFE_GENERATOR_PATH", ""),

@@ -16,7 +16,7 @@ from annotation.scores import build_affect_scores, prelabel_batch
 from annotation.sync import push, sync
 from pipelines.defs.curation import faces, identities
 from pipelines.defs.ingest import ingest_batches
-from pipelines.resources import FFEStorage, LabelStudioResource
+from pipelines.resources import FFEStorage, LabelStudioResource, PrelabelScorerResource
 
 NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-label"
 
@@ -26,10 +26,13 @@ NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-l
     deps=[faces],
     group_name="annotation",
     kinds={"parquet", "python"},
-    description="12 category scores per face from its blendshapes (FACS-based mapping, docs/annotation.md).",
+    description="12 category scores per face: its imported label, else the configured scorer's (default: "
+    "blendshapes through a FACS-based mapping + the expression classifier; or a VLM: docs/annotation.md).",
 )
-def prelabels(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.MaterializeResult:
-    info = prelabel_batch(ffe.layout, context.partition_key)
+def prelabels(
+    context: dg.AssetExecutionContext, ffe: FFEStorage, prelabel_scorer: PrelabelScorerResource
+) -> dg.MaterializeResult:
+    info = prelabel_batch(ffe.layout, context.partition_key, prelabel_scorer.build())
     return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["faces"]})
 
 

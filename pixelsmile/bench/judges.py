@@ -116,3 +116,18 @@ def judge_named(name: str, vlm_path: str = "") -> Judge:
     if name == "synthetic":
         return SyntheticJudge()
     raise ValueError(f"unknown judge {name!r}; judges: {', '.join(JUDGES)}")
+
+
+class JudgeScorer:
+    """A judge as the annotation stage's pre-label scorer (the paper scored FFE with a VLM): its
+    12 readings as a {category: score} dict, its name and version recorded with each pre-label."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+        self.version = f"{judge.name}@{judge.version}"
+
+    def scores(self, image: Image.Image) -> dict[str, float] | None:
+        from storage.schemas import CATEGORIES
+
+        reading = self.judge.read(image)
+        return None if reading.scores is None else dict(zip(CATEGORIES, map(float, reading.scores), strict=True))
