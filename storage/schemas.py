@@ -237,8 +237,9 @@ RELEASE_FACES = pa.schema(
         pa.field("split", pa.string(), nullable=False),  # train | val | bench
         pa.field("domain", pa.string(), nullable=False),
         pa.field("batch", pa.string(), nullable=False),
+        pa.field("provenance", pa.string()),  # real | generated (its batch's; null in releases before it)
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string()),  # the ingested file (provenance)
+        pa.field("source_uri", pa.string()),  # the ingested file
         pa.field("crop_path", pa.string(), nullable=False),  # in the work folder
         pa.field("image", pa.string(), nullable=False),  # in the release: images/<face_id>.png
         *[pa.field(c, _F64, nullable=False) for c in CATEGORIES],

@@ -90,6 +90,16 @@ def test_variants_flow_back_as_a_generated_batch_into_identities_prelabels_and_t
     eligible = {r["face_id"] for r in assigned if r["batch"] == generated.batch and r["duplicate_of"] is None}
     plan = plan_release(layout, ReleaseConfig())
     assert eligible and set(plan.faces.column("face_id").to_pylist()) & {f["face_id"] for f in faces} == eligible
+    provenance = dict(zip(plan.faces.column("face_id").to_pylist(), plan.faces.column("provenance").to_pylist(),
+                          strict=True))  # fmt: skip
+    assert {provenance[f] for f in eligible} == {"generated"} and "real" in provenance.values()
+    # Releases filter and balance by provenance.
+    only_real = plan_release(layout, ReleaseConfig(provenances=("real",)))
+    assert set(only_real.faces.column("provenance").to_pylist()) == {"real"}
+    balanced = plan_release(layout, ReleaseConfig(max_generated_per_real=0.5)).faces.to_pylist()
+    for person in {r["identity_id"] for r in balanced}:
+        mine = [r["provenance"] for r in balanced if r["identity_id"] == person]
+        assert mine.count("generated") <= int(0.5 * mine.count("real"))
 
     # Nothing new to make: the rerun generates nothing and registers no batch.
     again = _build(layout, folder)

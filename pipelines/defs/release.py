@@ -45,6 +45,10 @@ class ReleaseSettings(dg.Config):
     triplet_seed: int = Field(_DEFAULTS.triplet_seed, description="fixes the triplets of triplets.jsonl")
     shard_target_mb: float = Field(_DEFAULTS.shard_target_bytes / 1e6, description="WebDataset shard size, MB")
     missing_crop: str = Field(_DEFAULTS.missing_crop, description="skip: leave such faces out (recorded); fail")
+    provenances: list[str] = Field(list(_DEFAULTS.provenances), description="real and/or generated faces")
+    max_generated_per_real: float = Field(
+        _DEFAULTS.max_generated_per_real, description="generated faces per real face of an identity; 0: no cap"
+    )
 
     def release_config(self) -> ReleaseConfig:
         values = self.model_dump()

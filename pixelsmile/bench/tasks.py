@@ -59,12 +59,17 @@ class BenchConfig:
 
 
 def sources(release: Path) -> list[dict]:
-    """The most neutral face of every bench-split person (lowest top intensity; ties: face id)."""
+    """The most neutral face of every bench-split person (lowest top intensity; ties: face id), a
+    real photo where the person has one (a generated variant only where they have none)."""
     columns = ["face_id", "identity_id", "split", "image", "domain", "intensity"]
-    rows = pq.read_table(Path(release) / "splits.parquet", columns=columns).to_pylist()
+    table = pq.read_table(Path(release) / "splits.parquet")
+    provenance = table.column("provenance").to_pylist() if "provenance" in table.column_names else None
+    rows = [{**r, "provenance": provenance[n] if provenance else None}
+            for n, r in enumerate(table.select(columns).to_pylist())]  # fmt: skip
     best: dict[str, dict] = {}
-    for r in sorted((r for r in rows if r["split"] == "bench"), key=lambda r: (r["intensity"], r["face_id"])):
-        best.setdefault(r["identity_id"], r)
+    bench = [r for r in rows if r["split"] == "bench"]
+    for r in sorted(bench, key=lambda r: (r["provenance"] == "generated", r["intensity"], r["face_id"])):
+        best.setdefault(r["identity_id"], {k: r[k] for k in columns})
     return [best[i] for i in sorted(best)]
 
 

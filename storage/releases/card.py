@@ -132,8 +132,8 @@ the same inputs always give this version and these bytes.
 
 ## Files
 
-- `splits.parquet`: one row per face: ids, split, domain, provenance (`source_uri`), the 12 scores,
-  dominant category, intensity bin, label source, crop sha256.
+- `splits.parquet`: one row per face: ids, split, domain, provenance (real or generated) and
+  `source_uri`, the 12 scores, dominant category, intensity bin, label source, crop sha256.
 - `images/<face_id>.png`: the aligned crops.
 - `triplets.jsonl`, `triplets_val.jsonl`: training triplets in the PixelSmile reference's format
   (JSON Schema: `triplets.schema.json`).

@@ -30,6 +30,10 @@ class ReleaseConfig:
     triplet_seed: int = 0
     shard_target_bytes: int = 1_000_000_000
     missing_crop: str = "skip"  # a face whose crop file is gone: leave it out (recorded) or stop
+    # Provenance: which batches' faces enter (real photos, generated expression variants), and at most
+    # this many generated faces per real face of an identity (0: no cap), chosen by a hash of face_id.
+    provenances: tuple[str, ...] = ("real", "generated")
+    max_generated_per_real: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,6 +56,10 @@ class ReleaseConfig:
             problems.append("extra_pairs must be >= 0 and max_triplets_per_pair >= 1")
         if self.shard_target_bytes < 1:
             problems.append("shard_target_bytes must be positive")
+        if unknown := sorted(set(self.provenances) - {"real", "generated"}):
+            problems.append(f"unknown provenance(s) {unknown}: real, generated")
+        if self.max_generated_per_real < 0:
+            problems.append("max_generated_per_real must be >= 0")
         if self.missing_crop not in MISSING_CROP_POLICIES:
             problems.append(f"missing_crop must be one of {MISSING_CROP_POLICIES}")
         if problems:
@@ -60,6 +68,7 @@ class ReleaseConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["domains"] = list(self.domains)
+        d["provenances"] = list(self.provenances)
         d["pairs"] = [list(p) for p in self.pairs]
         return d
 
@@ -71,6 +80,8 @@ class ReleaseConfig:
         d = dict(d)
         if "domains" in d:
             d["domains"] = tuple(d["domains"])
+        if "provenances" in d:
+            d["provenances"] = tuple(d["provenances"])
         if "pairs" in d:
             d["pairs"] = tuple(tuple(p) for p in d["pairs"])
         return cls(**d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,7 +28,7 @@ from storage.layout import Layout
 from storage.releases.config import SPLITS, ReleaseConfig
 from storage.schemas import CATEGORIES, RELEASE_FACES
 
-RELEASE_FORMAT = 1  # bump when the bytes a config produces change: old versions stay distinct
+RELEASE_FORMAT = 2  # bump when the bytes a config produces change: old versions stay distinct
 VERSION_PREFIX = "r"
 
 
@@ -101,6 +102,33 @@ def _snapshot(layout: Layout, rows: pa.Table) -> dict:
     }
 
 
+def _provenance_by_batch(layout: Layout) -> dict[str, str]:
+    """batch -> real | generated, from the batch manifests (curation/batches.py writes them)."""
+    found = {}
+    for path in layout.batches.glob("batch-*.json") if layout.batches.is_dir() else ():
+        found[path.stem] = json.loads(path.read_text()).get("provenance", "real")
+    return found
+
+
+def _kept_by_provenance(rows: pa.Table, config: ReleaseConfig) -> list[bool]:
+    """The configured provenances; and per identity at most max_generated_per_real generated faces
+    per real one, the same ones whatever else changes (lowest hash of face_id first)."""
+    faces, ids, prov = (rows.column(c).to_pylist() for c in ("face_id", "identity_id", "provenance"))
+    keep = [p in config.provenances for p in prov]
+    if not config.max_generated_per_real:
+        return keep
+    real = Counter(i for i, p, k in zip(ids, prov, keep, strict=True) if k and p == "real")
+    generated = sorted((hashlib.sha256(f.encode()).hexdigest(), n) for n, (f, p, k) in
+                       enumerate(zip(faces, prov, keep, strict=True)) if k and p == "generated")  # fmt: skip
+    taken: Counter = Counter()
+    for _, n in generated:
+        if taken[ids[n]] < int(config.max_generated_per_real * real[ids[n]]):
+            taken[ids[n]] += 1
+        else:
+            keep[n] = False
+    return keep
+
+
 def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
     """The release the current tables give under `config` (nothing is written)."""
     rows = _inputs(layout)
@@ -111,6 +139,10 @@ def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
             f"(e.g. {', '.join(twice[:3])}): a table holds a face twice; rebuild that stage"
         )
     rows = rows.filter(pc.is_in(rows.column("domain"), pa.array(list(config.domains))))
+    provenance_of = _provenance_by_batch(layout)
+    rows = rows.append_column("provenance", pa.array([provenance_of.get(b, "real") for b in
+                                                      rows.column("batch").to_pylist()], pa.string()))  # fmt: skip
+    rows = rows.filter(pa.array(_kept_by_provenance(rows, config), pa.bool_()))
     exists = np.array([(layout.root / p).is_file() for p in rows.column("crop_path").to_pylist()], dtype=bool)
     missing = [
         {"face_id": f, "crop_path": p}
@@ -140,6 +172,7 @@ def plan_release(layout: Layout, config: ReleaseConfig) -> Plan:
             "split": pa.array([split_by_id[i] for i in ids], pa.string()),
             "domain": rows.column("domain"),
             "batch": rows.column("batch"),
+            "provenance": rows.column("provenance"),
             "image_id": rows.column("image_id"),
             "source_uri": rows.column("source_uri"),
             "crop_path": rows.column("crop_path"),
