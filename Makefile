@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python benches/shards.py
 	$(BIN)/python benches/train.py
 	$(BIN)/python benches/bench.py
+	$(BIN)/python benches/generation.py
 
 clean-demo:
 	rm -rf ffe_data ffe_world

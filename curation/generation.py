@@ -127,13 +127,15 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
             todo.append((key, src, category, intensity, seed, prompt))
     report.left_for_later = max(0, len(todo) - settings.max_variants)
     todo = todo[: settings.max_variants]
-    rows = []
+    rows, crop = [], (None, None)  # requests come source by source: each crop is read once
     for done, (key, src, category, intensity, seed, prompt) in enumerate(todo, start=1):
         path = folder / f"{key}.png"
         if path.is_file():
             report.resumed += 1  # written by a run that was stopped before recording it
         else:
-            image = _generate(layout, generator, src, category, intensity, seed)
+            if crop[0] != src["face_id"]:
+                crop = (src["face_id"], _read_crop(layout, src))
+            image = generator(crop[1], category, intensity, seed)
             buf = io.BytesIO()
             image.convert("RGB").save(buf, "PNG")
             try:
@@ -158,14 +160,13 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
     return report
 
 
-def _generate(layout: Layout, generator, src: dict, category: str, intensity: float, seed: int) -> Image.Image:
+def _read_crop(layout: Layout, src: dict) -> Image.Image:
     crop = layout.root / src["crop_path"]
     try:
         with Image.open(crop) as im:
-            source = im.convert("RGB")
+            return im.convert("RGB")
     except OSError as err:
         raise StorageError(f"crop of {src['face_id']} cannot be read ({crop}): {err}") from None
-    return generator(source, category, intensity, seed)
 
 
 def variant_sources(layout: Layout, batch: str) -> dict[str, dict]:

@@ -33,6 +33,7 @@ def status(layout: Layout) -> dict:
             "files": sum(len(m.files) for m in batches),
             "ingested": len(batches) - len(pending),
             "pending": pending,
+            "generated": [m.batch for m in batches if m.provenance == "generated"],
         },
         "releases": [r["version"] for r in releases],  # oldest first
         "release_states": {r["version"]: f"{r['state']}, {r['faces']} faces" for r in releases},
@@ -48,6 +49,7 @@ def render_status(info: dict) -> str:
     lines = [
         f"work folder  {info['workdir']}",
         f"batches      {b['registered']} registered ({b['files']} files), {b['ingested']} ingested"
+        + (f", {len(b['generated'])} of generated variants" if b.get("generated") else "")
         + (f", pending: {', '.join(b['pending'])}" if b["pending"] else ""),
         "",
         "table                rows",

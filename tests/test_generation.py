@@ -10,6 +10,7 @@ from curation.batches import manifests
 from curation.generation import GenerationSettings, generate_variants
 from pipelines.build import build
 from pipelines.model import TINY_RECIPE, training_config, write_training_config
+from pipelines.status import render_status, status
 from pixelsmile.generate import GeneratorSpec, load_generator
 from pixelsmile.synthetic import world_release, write_world_input
 from pixelsmile.train import Trainer
@@ -58,6 +59,8 @@ def test_variants_flow_back_as_a_generated_batch_into_identities_prelabels_and_t
 
     real, generated = manifests(layout)
     assert (real.provenance, generated.provenance) == ("real", "generated")
+    assert status(layout)["batches"]["generated"] == [generated.batch]
+    assert "2 ingested, 1 of generated variants" in render_status(status(layout))
     variants = tables.read_table(layout, "variants").to_pylist()
     sources = {v["source_face_id"] for v in variants}
     assert len(variants) == 4 * len(sources) == len(generated.files)
