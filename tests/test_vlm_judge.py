@@ -46,9 +46,36 @@ def test_the_judge_runs_a_local_model_and_says_why_a_junk_answer_gives_no_scores
     reading = judge.read(face)
     assert reading.scores is None and reading.reason.startswith("no scores in the VLM's answer")
     assert reading.identity is not None and judge.similarity(reading.identity, reading.identity) == 1.0
-    assert judge.version == "tiny-qwen2.5-vl+synthetic-exact"
+    assert judge.version == "tiny-qwen2.5-vl+synthetic-exact"  # the model, and who reads identity
 
 
 def test_a_wrong_folder_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not a model folder"):
         VLMJudge(tmp_path)
+
+
+def test_the_vlm_pre_labels_faces_under_its_own_version(tiny_vlm, tmp_path):
+    """The annotation stage's scorer can be the VLM (the paper scored FFE with one): each face is
+    read by it, its version is what the pre-labels record; a junk answer leaves the face unscored
+    (for people to label), never a made-up score."""
+    import pyarrow.parquet as pq
+
+    from annotation.scores import prelabel_batch
+    from curation.batches import manifests
+    from pipelines.build import build
+    from pipelines.resources import PrelabelScorerResource
+    from pixelsmile.synthetic import write_world_input
+    from storage.layout import Layout
+
+    folder = write_world_input(tmp_path / "input", people=1, faces_per_person=2)
+    (folder / "labels.csv").unlink()  # unlabelled: the scorer decides
+    layout = Layout.at(tmp_path / "w")
+    assert build(layout, tmp_path / "input", "+key:faces", echo=lambda _: None, pre_cropped=True).ok
+    (batch,) = [m.batch for m in manifests(layout)]
+    scorer = PrelabelScorerResource(scorer="vlm", vlm_path=str(tiny_vlm)).build()
+    scorer.judge.max_new_tokens = 12
+    info = prelabel_batch(layout, batch, scorer)
+    assert info["model_version"] == "vlm@tiny-qwen2.5-vl"
+    assert info["faces"] + info["unscored"] == 2
+    rows = pq.read_table(layout.table_file("prelabels", batch)).to_pylist()
+    assert all(r["model_version"] == "vlm@tiny-qwen2.5-vl" for r in rows)

@@ -91,7 +91,7 @@ class VLMJudge:
         self.model, self.processor = load_vlm(folder)
         self.identity = identity
         self.max_new_tokens = max_new_tokens
-        self.version = f"{Path(folder).name}+{identity.name if identity else 'no-identity'}"
+        self.version = Path(folder).name + (f"+{identity.name}" if identity else "")
 
     def answer(self, image: Image.Image) -> str:
         import torch
