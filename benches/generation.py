@@ -53,6 +53,7 @@ def bare_calls(kind: str, generator, layout: Layout, sources: list[dict], settin
                         with torch.no_grad(), image_areas(SIZE * SIZE, CONDITION_AREA):
                             generator.pipe(image=crop, prompt=generator.prompt(category, intensity),
                                            num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="pil",
+                                           true_cfg_scale=1.0,
                                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
     return time.perf_counter() - start
 

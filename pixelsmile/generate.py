@@ -153,7 +153,7 @@ class PromptedGenerator:
     def __call__(self, source: Image.Image, category: str, intensity: float, seed: int) -> Image.Image:
         kwargs = {"image": source.convert("RGB"), "prompt": self.prompt(category, intensity),
                   "num_inference_steps": self.steps, "generator": _seeded(seed), "height": self.size,
-                  "width": self.size, "output_type": "pil"}  # fmt: skip
+                  "width": self.size, "output_type": "pil", "true_cfg_scale": 1.0}  # fmt: skip
         accepted = inspect.signature(self.pipe.__call__).parameters
         # Left alone, Qwen-Image-Edit encodes its input at a megapixel whatever the output size.
         areas = image_areas(self.size * self.size, CONDITION_AREA) if self.qwen else contextlib.nullcontext()
