@@ -235,10 +235,11 @@ def load_generator(spec: GeneratorSpec) -> Generator:
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+            pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
         except (OSError, ValueError, ImportError) as err:
             raise GenerationError(f"{folder} cannot be loaded as a diffusers pipeline: {err}") from None
         pipe = pipe.to(spec.device)
+        pipe.set_progress_bar_config(disable=True)
         if lora is not None:
             pipe.load_lora_weights(str(lora))
     template = spec.template or TEMPLATES[spec.kind]
@@ -259,3 +260,45 @@ def _pixel_generator(folder: Path, name: str, version: str, spec: GeneratorSpec)
     backbone = PixelBackbone(config["pixel_channels"], config["pixel_blocks"], seed=config["seed"])
     backbone.load_weights(weights)
     return PixelGenerator(backbone.eval(), name, version, min(spec.steps, 50), config["resolution"])
+
+
+def build_tiny_instruct_pix2pix(folder: str | Path, seed: int = 0) -> Path:
+    """A random-weight InstructPix2Pix folder of the real classes (a 2-level UNet, a 1-level VAE, a
+    1-layer CLIP text encoder, an offline byte-level CLIP tokenizer): the generic diffusers path's
+    test model."""
+    import json
+    import tempfile
+
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(seed)
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
+    end = vocab["<|endoftext|>"]
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, vocab_size=len(vocab), max_position_embeddings=77,
+                                        bos_token_id=vocab["<|startoftext|>"], eos_token_id=end,
+                                        pad_token_id=end))  # fmt: skip
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=8,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=2, norm_num_groups=4)  # fmt: skip
+    vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), norm_num_groups=4)  # fmt: skip
+    pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                                  scheduler=EulerAncestralDiscreteScheduler(), safety_checker=None,
+                                                  feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder

@@ -15,6 +15,7 @@ from pixelsmile.generate import (
     GenerationError,
     GeneratorSpec,
     adverb,
+    build_tiny_instruct_pix2pix,
     load_generator,
     model_version,
     render_template,
@@ -58,6 +59,18 @@ def test_a_generator_is_reproducible_by_seed_and_records_its_prompt(tiny, face, 
         assert "slightly fear" in text and ATTRIBUTES["fear"] in text
     key = variant_key("face_0", gen, text, 1)
     assert key == variant_key("face_0", gen, text, 1) != variant_key("face_0", gen, text, 2)
+
+
+def test_any_diffusers_editing_pipeline_from_a_folder_edits_with_the_kinds_template(tmp_path, face):
+    """The generic path: InstructPix2Pix loaded by diffusers from a local folder, given its own
+    kind's prompt; a folder of another kind is one clear error."""
+    folder = build_tiny_instruct_pix2pix(tmp_path / "tiny-instruct-pix2pix")
+    gen = load_generator(GeneratorSpec(kind="instruct-pix2pix", model_path=str(folder), steps=2, size=64))
+    assert gen.prompt("happy", 0.5) == f"make the person look slightly happy, {ATTRIBUTES['happy']}"
+    a, b = gen(face, "happy", 0.5, seed=3), gen(face, "happy", 0.5, seed=3)
+    assert a.size == (64, 64) and np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(GenerationError, match="cannot be loaded as a diffusers pipeline"):
+        load_generator(GeneratorSpec(kind="flux-kontext", model_path=str(tmp_path)))
 
 
 def test_missing_folders_and_unknown_kinds_are_clear_errors(tmp_path, tiny):
