@@ -17,7 +17,7 @@ from pixelsmile.train import Trainer
 from storage import tables
 from storage.layout import Layout
 from storage.releases.config import ReleaseConfig
-from storage.releases.plan import plan_release
+from storage.releases.plan import plan_release, planned_versions
 
 GENERATION = {"categories": ["happy", "surprised"], "intensities": [0.5, 1.0], "max_variants": 1000}
 
@@ -93,6 +93,7 @@ def test_variants_flow_back_as_a_generated_batch_into_identities_prelabels_and_t
     eligible = {r["face_id"] for r in assigned if r["batch"] == generated.batch and r["duplicate_of"] is None}
     plan = plan_release(layout, ReleaseConfig())
     assert eligible and set(plan.faces.column("face_id").to_pylist()) & {f["face_id"] for f in faces} == eligible
+    assert plan.version in planned_versions(layout)  # the build's release_plan planned this release
     provenance = dict(zip(plan.faces.column("face_id").to_pylist(), plan.faces.column("provenance").to_pylist(),
                           strict=True))  # fmt: skip
     assert {provenance[f] for f in eligible} == {"generated"} and "real" in provenance.values()
