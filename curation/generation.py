@@ -11,7 +11,9 @@ variants). For one ingest batch:
    variant key (source, generator and its version, prompt, seed): one already made is skipped, so a
    rerun makes nothing new; `max_variants` caps what one run makes.
 3. Each variant is written to `generated/<batch>/<key>.png` (atomically: the file is the progress,
-   so a killed run resumes without remaking it), its record to `variants/<batch>`.
+   so a killed run resumes without remaking it), its record to `variants/<batch>`. A request that
+   fails (its source's crop is gone, the model raised) goes to `failures` with its reason and the
+   run goes on; five failures in a row stop it (a broken model fails every request alike).
 4. The folder is registered as a new ingest batch with provenance `generated`: ingest, curation,
    pre-labels and annotation treat it as any batch; `identities` checks each variant against its
    source's identity and rejects one that drifted (curation/identities.py).
@@ -64,6 +66,7 @@ class GenerationReport:
     existing: int = 0  # made by an earlier run
     resumed: int = 0  # files a killed run wrote, recorded now
     generated: int = 0
+    failed: int = 0  # requests that failed (in `failures`, stage expression_variants): retried next run
     left_for_later: int = 0  # over the budget
     new_batch: str | None = None
     skipped: str | None = None  # why nothing was planned
@@ -127,15 +130,29 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
             todo.append((key, src, category, intensity, seed, prompt))
     report.left_for_later = max(0, len(todo) - settings.max_variants)
     todo = todo[: settings.max_variants]
-    rows, crop = [], (None, None)  # requests come source by source: each crop is read once
+    rows, failures, crop, failing = [], [], (None, None), 0  # requests come source by source: one read each
     for done, (key, src, category, intensity, seed, prompt) in enumerate(todo, start=1):
         path = folder / f"{key}.png"
         if path.is_file():
             report.resumed += 1  # written by a run that was stopped before recording it
         else:
-            if crop[0] != src["face_id"]:
-                crop = (src["face_id"], _read_crop(layout, src))
-            image = generator(crop[1], category, intensity, seed)
+            item = f"{src['face_id']} {category} {intensity:.2f} seed {seed} ({key})"
+            try:
+                if crop[0] != src["face_id"]:
+                    crop = (src["face_id"], _read_crop(layout, src))
+                image = generator(crop[1], category, intensity, seed)
+            except StorageError as err:  # this source's crop is gone: its requests fail, the rest go on
+                failures.append(_failure(item, "unreadable_crop", str(err), batch))
+                continue
+            except Exception as err:  # the model failed on this request
+                failures.append(_failure(item, "generation_error", f"{type(err).__name__}: {err}", batch))
+                failing += 1
+                if failing >= MAX_FAILING:  # every request fails alike: the model, not the input
+                    _record(layout, batch, previous + rows, failures)
+                    raise RuntimeError(f"generation stopped after {failing} failed requests in a row; last: "
+                                       f"{item}: {type(err).__name__}: {err}") from err  # fmt: skip
+                continue
+            failing = 0
             buf = io.BytesIO()
             image.convert("RGB").save(buf, "PNG")
             try:
@@ -151,13 +168,28 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
                          path=layout.relative(path), generated_at=datetime.now(UTC)))  # fmt: skip
         if progress is not None:
             progress(done, len(todo))
-    if rows:
-        tables.write_partition(layout, "variants", batch, previous + rows)
+    report.failed = len(failures)
+    _record(layout, batch, previous + rows, failures)
     if folder.is_dir():
         # Files of earlier runs are known to their batches already: only the new ones register.
         new = register_new_batch(layout, folder, domain=manifest.domain, pre_cropped=True, provenance="generated")
         report.new_batch = new.batch if new else None
     return report
+
+
+MAX_FAILING = 5  # failed requests in a row that stop a run (a broken model), recorded first
+STAGE = "expression_variants"
+
+
+def _failure(item: str, reason: str, detail: str, batch: str) -> dict:
+    return dict(item=item, stage=STAGE, reason=reason, detail=detail, partition=batch, at=datetime.now(UTC))
+
+
+def _record(layout: Layout, batch: str, rows: list[dict], failures: list[dict]) -> None:
+    """The batch's variants (all runs') and this run's failed requests (retried by the next run)."""
+    if rows:
+        tables.write_partition(layout, "variants", batch, rows)
+    tables.write_partition(layout, "failures", tables.failures_partition(STAGE, batch), failures)
 
 
 def _read_crop(layout: Layout, src: dict) -> Image.Image:

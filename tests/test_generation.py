@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from curation.batches import manifests
-from curation.generation import GenerationSettings, generate_variants
+from curation.generation import GenerationSettings, generate_variants, usable_sources
 from pipelines.build import build
 from pipelines.model import TINY_RECIPE, training_config, write_training_config
 from pipelines.status import render_status, status
@@ -145,3 +145,22 @@ def test_the_budget_caps_a_run_and_a_killed_run_resumes_from_its_files(tmp_path,
     assert second.existing == 3 and second.generated == second.requested - 3
     third = generate_variants(layout, batch, generator, GenerationSettings(("sad",), (0.5, 1.0), max_variants=100))
     assert (third.generated, third.new_batch) == (0, None)
+
+
+def test_a_source_whose_crop_is_gone_fails_its_requests_with_the_reason_and_the_rest_are_made(
+    tmp_path, world_env, pixel_model
+):
+    layout, folder = Layout.at(tmp_path / "w"), tmp_path / "input"
+    write_world_input(folder, people=2, faces_per_person=2)
+    assert build(layout, folder, "+key:identities", echo=lambda _: None, pre_cropped=True).ok
+    (batch,) = [m.batch for m in manifests(layout)]
+    sources = usable_sources(layout, batch)
+    (layout.root / sources[0]["crop_path"]).unlink()
+    generator = load_generator(GeneratorSpec(kind="pixel", model_path=pixel_model, steps=2))
+    report = generate_variants(layout, batch, generator, GenerationSettings(("fear",), (0.5, 1.0)))
+    assert (report.failed, report.generated) == (2, 2 * (len(sources) - 1))
+    failures = tables.read_partition(layout, "failures", f"expression_variants__{batch}").to_pylist()
+    assert {f["reason"] for f in failures} == {"unreadable_crop"}
+    assert all(f["item"].startswith(sources[0]["face_id"]) and "cannot be read" in f["detail"] for f in failures)
+    made = {v["source_face_id"] for v in tables.read_partition(layout, "variants", batch).to_pylist()}
+    assert sources[0]["face_id"] not in made and len(made) == len(sources) - 1
