@@ -16,7 +16,7 @@ from annotation.consensus import consensus
 from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
 from curation.labels import IMPORTED, labels_by_face
 from storage import tables
-from storage.errors import StorageError
+from storage.blobs import read_crop
 from storage.layout import Layout
 from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
@@ -56,28 +56,17 @@ def prelabel_batch(layout: Layout, batch: str, scorer=None) -> dict:
             rows.append(dict(face_id=face["face_id"], batch=batch, model_version=IMPORTED, **imported[face["face_id"]]))
             continue
         if scorer is not None:
-            scores = scorer.scores(_crop_image(layout, face))
+            scores = scorer.scores(read_crop(layout, face))
         else:
             scores = scores_from_blendshapes(face["blendshapes"])
             if scores is not None and model is not None:
-                scores = with_classifier(scores, model, np.asarray(_crop_image(layout, face)))
+                scores = with_classifier(scores, model, np.asarray(read_crop(layout, face)))
         if scores is None:
             skipped += 1  # nothing to read: people must label it
             continue
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
     return {"faces": len(rows), "unscored": skipped, "model_version": version, "imported": len(imported)}
-
-
-def _crop_image(layout: Layout, face: dict):
-    from PIL import Image
-
-    path = layout.root / face["crop_path"]
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']} ({err})") from None
 
 
 @dataclass

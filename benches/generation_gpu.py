@@ -116,8 +116,9 @@ def main() -> None:
     source = render(random_identity(np.random.default_rng(0)), np.zeros(12), size)
     generators = {
         "pixelsmile": PixelSmileGenerator(pipe, "pixelsmile:random", "0", steps, size),
-        "qwen-image-edit": PromptedGenerator(pipe, "qwen-image-edit:random", "0", TEMPLATES["qwen-image-edit"], steps,
-                                             size, qwen=True),  # fmt: skip
+        "qwen-image-edit": PromptedGenerator(
+            pipe, "qwen-image-edit:random", "0", TEMPLATES["qwen-image-edit"], steps, size, qwen=True
+        ),  # fmt: skip
     }
 
     def bare(kind):

@@ -31,11 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from PIL import Image
-
 from curation.batches import load_manifest, manifests, register_new_batch
 from storage import tables
 from storage.atomic import atomic_write_bytes
+from storage.blobs import read_crop
 from storage.errors import StorageError
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
@@ -139,7 +138,7 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
             item = f"{src['face_id']} {category} {intensity:.2f} seed {seed} ({key})"
             try:
                 if crop[0] != src["face_id"]:
-                    crop = (src["face_id"], _read_crop(layout, src))
+                    crop = (src["face_id"], read_crop(layout, src))
                 image = generator(crop[1], category, intensity, seed)
             except StorageError as err:  # this source's crop is gone: its requests fail, the rest go on
                 failures.append(_failure(item, "unreadable_crop", str(err), batch))
@@ -190,15 +189,6 @@ def _record(layout: Layout, batch: str, rows: list[dict], failures: list[dict]) 
     if rows:
         tables.write_partition(layout, "variants", batch, rows)
     tables.write_partition(layout, "failures", tables.failures_partition(STAGE, batch), failures)
-
-
-def _read_crop(layout: Layout, src: dict) -> Image.Image:
-    crop = layout.root / src["crop_path"]
-    try:
-        with Image.open(crop) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise StorageError(f"crop of {src['face_id']} cannot be read ({crop}): {err}") from None
 
 
 def variant_sources(layout: Layout, batch: str) -> dict[str, dict]:

@@ -37,3 +37,18 @@ def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bo
     if not _complete_copy_exists(path, len(data)):
         atomic_write_bytes(path, data, fsync=fsync, temp_dir=layout.images_temp)
     return path
+
+
+def read_crop(layout: Layout, face: dict):
+    """A face's aligned crop (`face_id`, `crop_path` as the faces table holds them) as an RGB image;
+    a StorageError naming the face when the file is gone or damaged."""
+    from PIL import Image
+
+    from storage.errors import StorageError
+
+    path = layout.root / face["crop_path"]
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as err:
+        raise StorageError(f"crop of {face['face_id']} is missing or unreadable ({path}): {err}") from None

@@ -161,6 +161,6 @@ def test_a_source_whose_crop_is_gone_fails_its_requests_with_the_reason_and_the_
     assert (report.failed, report.generated) == (2, 2 * (len(sources) - 1))
     failures = tables.read_partition(layout, "failures", f"expression_variants__{batch}").to_pylist()
     assert {f["reason"] for f in failures} == {"unreadable_crop"}
-    assert all(f["item"].startswith(sources[0]["face_id"]) and "cannot be read" in f["detail"] for f in failures)
+    assert all(f["item"].startswith(sources[0]["face_id"]) and "missing or unreadable" in f["detail"] for f in failures)
     made = {v["source_face_id"] for v in tables.read_partition(layout, "variants", batch).to_pylist()}
     assert sources[0]["face_id"] not in made and len(made) == len(sources) - 1
