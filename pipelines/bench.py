@@ -18,7 +18,7 @@ COLUMNS = (("mSCR", "mscr"), ("Acc-6", "acc6"), ("Acc-12", "acc12"), ("CLS-6", "
 
 
 def _cell(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else f"{round(value, 4) + 0.0:.4f}"  # never "-0.0000"
 
 
 def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
