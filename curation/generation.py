@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from curation.batches import load_manifest, manifests, register_new_batch
+from curation.batches import load_manifest, register_new_batch
 from storage import tables
 from storage.atomic import atomic_write_bytes
 from storage.blobs import read_crop
@@ -79,11 +79,6 @@ def variant_key(source_face_id: str, generator, prompt: str, seed: int) -> str:
     """A variant's identity: the same source, generator (and version), prompt and seed make it once."""
     key = json.dumps([source_face_id, generator.name, generator.version, prompt, seed])
     return hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def provenance_of(layout: Layout) -> dict[str, str]:
-    """batch -> real | generated."""
-    return {m.batch: m.provenance for m in manifests(layout)}
 
 
 def usable_sources(layout: Layout, batch: str) -> list[dict]:

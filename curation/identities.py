@@ -101,16 +101,6 @@ def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identit
     return ids, model
 
 
-def _vectors(layout: Layout, batches) -> dict[str, np.ndarray]:
-    out = {}
-    for batch in batches:
-        if tables.has_partition(layout, "face_embeddings", batch):
-            emb = tables.read_partition(layout, "face_embeddings", batch)
-            for f, v in zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True):
-                out[f] = np.asarray(v, dtype=np.float64)
-    return out
-
-
 def _phashes(layout: Layout, batches: list[str]) -> dict[str, int]:
     return {face_id: h for face_id, (h, _) in _face_facts(layout, batches).items()}
 
@@ -136,7 +126,6 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
     """Assign every waiting batch; returns counts for the run's metadata."""
     assigned, waiting = pending_batches(layout)
     ids, model = _load_state(layout, assigned)
-    identity_of = {r["face_id"]: r["identity_id"] for r in tables.read_table(layout, "identities").to_pylist()}
     labels = labels_by_face(layout, assigned)  # scores of earlier originals, for the duplicate test
     new_faces = new_ids = dups = drifted = 0
     for batch in waiting:
@@ -154,7 +143,8 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         hashes = {f: h for f, (h, _) in facts.items()}
         labels.update(labels_by_face(layout, [batch]))
         variant_of = variant_sources(layout, batch)
-        source_vectors = _vectors(layout, {v["source_batch"] for v in variant_of.values()})
+        # A variant's source is a usable face, so an original of its identity: (identity, vector).
+        source_of = {f: (i, v) for i in ids.values() for f, v, _ in i.originals} if variant_of else {}
         rows, rejected = [], []
         # Biggest faces first: of several copies of a shot, the sharpest source stays the original.
         order = sorted(
@@ -166,19 +156,17 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
             label = labels.get(face_id, {})
             best, dist = None, float("inf")
             if variant := variant_of.get(face_id):
-                source_vec = source_vectors.get(variant["source_face_id"])
-                drift = float("inf") if source_vec is None else float(np.linalg.norm(source_vec - vec))
+                source, source_vec = source_of.get(variant["source_face_id"], (None, None))
+                drift = float("inf") if source is None else float(np.linalg.norm(source_vec - vec))
                 limit = settings.max_variant_drift or same
-                source_identity = identity_of.get(variant["source_face_id"], variant["source_identity_id"])
-                if drift > limit or source_identity not in ids:
+                if drift > limit:
                     rejected.append(dict(item=face_id, stage="identities", reason="identity_drift", partition=batch,
                                          detail=f"variant {variant['variant_key']} of face {variant['source_face_id']} "
                                                 f"({variant['category']} {variant['intensity']:.2f}, "
                                                 f"{variant['generator']}): distance {drift:.3f} to its source "
                                                 f"> {limit:.3f}", at=datetime.now(UTC)))  # fmt: skip
                     continue
-                best = ids[source_identity]
-                dist, same_person = float(np.linalg.norm(best.centre - vec)), True
+                best, dist, same_person = source, float(np.linalg.norm(source.centre - vec)), True
             elif label.get("identity"):
                 best = ids.get(labelled_identity_id(label["identity"]))
                 dist = 0.0 if best is None else float(np.linalg.norm(best.centre - vec))
@@ -221,8 +209,6 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         tables.write_partition(layout, "identities", batch, rows)
         if rejected or variant_of:
             tables.write_partition(layout, "failures", tables.failures_partition("identities", batch), rejected)
-        for r in rows:
-            identity_of[r["face_id"]] = r["identity_id"]
         new_faces += len(rows)
     return {
         "batches_assigned": len(waiting),

@@ -26,7 +26,7 @@ from storage.releases.plan import release_dir
 
 # The embedded default's recipe: the pixel-space model, small enough to train in a minute on a CPU
 # (docs/model.md). A real recipe (the Qwen backbone, a LoRA, encoders for L_SC and L_ID) is a YAML
-# of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_CONFIG).
+# of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_RECIPE).
 TINY_RECIPE = {
     "backbone": "pixel",
     "resolution": 32,

@@ -135,12 +135,8 @@ class PrelabelScorerResource(dg.ConfigurableResource):
             return None
         from pixelsmile.bench.judges import JudgeScorer, judge_named
 
-        try:
-            if self.scorer == "vlm" and self.vlm_path:  # scores only: no identity judge to load
-                from pixelsmile.bench.vlm import VLMJudge
-
-                return JudgeScorer(VLMJudge(self.vlm_path))
-            return JudgeScorer(judge_named(self.scorer, self.vlm_path))
+        try:  # scores only: no identity judge to load
+            return JudgeScorer(judge_named(self.scorer, self.vlm_path, identity=False))
         except ValueError as err:
             raise dg.Failure(f"pre-label scorer: {err}") from None
 

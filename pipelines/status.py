@@ -49,7 +49,7 @@ def render_status(info: dict) -> str:
     lines = [
         f"work folder  {info['workdir']}",
         f"batches      {b['registered']} registered ({b['files']} files), {b['ingested']} ingested"
-        + (f", {len(b['generated'])} of generated variants" if b.get("generated") else "")
+        + (f", {len(b['generated'])} of generated variants" if b["generated"] else "")
         + (f", pending: {', '.join(b['pending'])}" if b["pending"] else ""),
         "",
         "table                rows",
@@ -58,7 +58,7 @@ def render_status(info: dict) -> str:
     lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
     lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
     lines += ["", "releases" if info["releases"] else "releases: none yet"]
-    models = info.get("models", {})
     for version, state in info["release_states"].items():
-        lines.append(f"  {version}  {state}" + (f"; {models[version]}" if version in models else ""))
+        model = info["models"].get(version)
+        lines.append(f"  {version}  {state}" + (f"; {model}" if model else ""))
     return "\n".join(lines)

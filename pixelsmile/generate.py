@@ -35,7 +35,7 @@ from PIL import Image
 
 from pixelsmile.conditioning import SUBJECTS
 from pixelsmile.conditioning import prompt as pixelsmile_prompt
-from pixelsmile.infer import EditSettings
+from pixelsmile.infer import EditSettings, edit
 from pixelsmile.qwen import image_areas
 from storage.schemas import CATEGORIES
 
@@ -128,8 +128,6 @@ class PixelSmileGenerator:
         return f"{pixelsmile_prompt(category, self.subject)} @ {intensity:.2f}"
 
     def __call__(self, source: Image.Image, category: str, intensity: float, seed: int) -> Image.Image:
-        from pixelsmile.infer import edit
-
         settings = EditSettings(steps=self.steps, seed=seed, size=self.size, subject=self.subject)
         return edit(self.pipe, source, {category: float(intensity)}, settings)
 

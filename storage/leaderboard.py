@@ -47,6 +47,12 @@ def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: s
     return row
 
 
+def _dicts(cur) -> list[dict]:
+    """A DuckDB cursor's rows as dicts by column name."""
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
 def _finite(value) -> bool:
     return value is not None and math.isfinite(float(value))
 
@@ -56,9 +62,7 @@ def leaderboard(layout: Layout, release: str | None = None) -> list[dict]:
     where = "WHERE kind = 'reported' OR release = ?" if release else ""
     order = "ORDER BY CASE kind WHEN 'measured' THEN 0 WHEN 'baseline' THEN 1 ELSE 2 END, hes DESC NULLS LAST, mscr"
     with connect(layout, persist=False) as con:
-        cur = con.execute(f"SELECT * FROM leaderboard {where} {order}", [release] if release else [])
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        rows = _dicts(con.execute(f"SELECT * FROM leaderboard {where} {order}", [release] if release else []))
     paper = [r["model"] for r in REPORTED]
     ranked = [r for r in rows if r["kind"] != "reported"]
     return ranked + sorted((r for r in rows if r["kind"] == "reported"), key=lambda r: paper.index(r["model"]))
@@ -67,10 +71,8 @@ def leaderboard(layout: Layout, release: str | None = None) -> list[dict]:
 def failed_runs(layout: Layout, release: str | None = None) -> list[dict]:
     where = "AND release = ?" if release else ""
     with connect(layout, persist=False) as con:
-        cur = con.execute(f"SELECT run_id, release, model, reason, \"at\" FROM bench_runs WHERE status = 'failed' "
-                          f"{where} ORDER BY \"at\"", [release] if release else [])  # fmt: skip
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return _dicts(con.execute(f"SELECT run_id, release, model, reason, \"at\" FROM bench_runs WHERE status = "
+                                  f"'failed' {where} ORDER BY \"at\"", [release] if release else []))  # fmt: skip
 
 
 LOWER_IS_BETTER = ("mSCR", "|I-a|")
@@ -80,12 +82,10 @@ COMPARED = ("mSCR", "Acc-12", "CLS-12", "ID Sim", "HES")
 def latest_ok_run(layout: Layout, release: str, model: str, judge: str | None = None) -> dict | None:
     """The newest finished run of `model` on `release` (judged by `judge`, when given)."""
     with connect(layout, persist=False) as con:
-        cur = con.execute("SELECT * FROM bench_runs WHERE status = 'ok' AND release = ? AND model = ? "
-                          "AND (? IS NULL OR judge = ?) ORDER BY \"at\" DESC LIMIT 1",
-                          [release, model, judge, judge])  # fmt: skip
-        names = [d[0] for d in cur.description]
-        row = cur.fetchone()
-    return dict(zip(names, row, strict=True)) if row else None
+        rows = _dicts(con.execute("SELECT * FROM bench_runs WHERE status = 'ok' AND release = ? AND model = ? "
+                                  "AND (? IS NULL OR judge = ?) ORDER BY \"at\" DESC LIMIT 1",
+                                  [release, model, judge, judge]))  # fmt: skip
+    return rows[0] if rows else None
 
 
 def regression(layout: Layout, release: str, model: str, releases: list[str]) -> dict:

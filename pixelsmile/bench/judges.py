@@ -6,7 +6,7 @@
 why), `identity` an identity embedding compared by `judge.similarity` (the judge's own measure).
 Judges: the synthetic world's exact judge; the face judge built on the dataset's own scorer
 (MediaPipe blendshapes + the expression classifier, a face recogniser for identity); a
-vision-language judge from a local model folder (next).
+vision-language judge from a local model folder (pixelsmile/bench/vlm.py).
 """
 
 from __future__ import annotations
@@ -103,14 +103,15 @@ class FaceJudge:
 JUDGES = ("face", "synthetic", "vlm")
 
 
-def judge_named(name: str, vlm_path: str = "") -> Judge:
-    """The judge a command or a run config names: face (default), synthetic, or vlm (a local folder)."""
+def judge_named(name: str, vlm_path: str = "", *, identity: bool = True) -> Judge:
+    """The judge a command or a run config names: face (default), synthetic, or vlm (a local folder;
+    its identity readings come from the face judge, loaded only with `identity`)."""
     if name == "vlm":
         from pixelsmile.bench.vlm import VLMJudge
 
         if not vlm_path:
             raise ValueError("the vlm judge needs a local vision-language model folder (--vlm-path / vlm_path)")
-        return VLMJudge(vlm_path, identity=FaceJudge())
+        return VLMJudge(vlm_path, identity=FaceJudge() if identity else None)
     if name == "face":
         return FaceJudge()
     if name == "synthetic":

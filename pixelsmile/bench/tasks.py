@@ -63,9 +63,9 @@ def sources(release: Path) -> list[dict]:
     real photo where the person has one (a generated variant only where they have none)."""
     columns = ["face_id", "identity_id", "split", "image", "domain", "intensity"]
     table = pq.read_table(Path(release) / "splits.parquet")
-    provenance = table.column("provenance").to_pylist() if "provenance" in table.column_names else None
-    rows = [{**r, "provenance": provenance[n] if provenance else None}
-            for n, r in enumerate(table.select(columns).to_pylist())]  # fmt: skip
+    if "provenance" not in table.column_names:  # a release made before format 2
+        table = table.append_column("provenance", pa.nulls(table.num_rows, pa.string()))
+    rows = table.select([*columns, "provenance"]).to_pylist()
     best: dict[str, dict] = {}
     bench = [r for r in rows if r["split"] == "bench"]
     for r in sorted(bench, key=lambda r: (r["provenance"] == "generated", r["intensity"], r["face_id"])):
