@@ -9,34 +9,70 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.errors import FFEError
+from pixelsmile.bench.report import number
+from pixelsmile.metrics import better
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
 from storage.reported import SOURCE
 
 COLUMNS = (("mSCR", "mscr"), ("Acc-6", "acc6"), ("Acc-12", "acc12"), ("CLS-6", "cls6"), ("CLS-12", "cls12"),
            ("ID Sim", "id_sim"), ("HES", "hes"))  # fmt: skip
+W = 11  # a metric column: "0.0750" above, its interval "0.050-0.100" below
 
 
 def _cell(value) -> str:
-    return "-" if value is None else f"{round(value, 4) + 0.0:.4f}"  # never "-0.0000"
+    return number(value)  # never "-0.0000"
+
+
+def _signed(value: float) -> str:
+    return f"{round(value, 4) + 0.0:+.4f}"
+
+
+def _arrow(name: str) -> str:
+    return "↓" if better(name) == "lower" else "↑"
 
 
 def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
-    head = f"{'kind':<9} {'model':<30} {'release':<14} " + " ".join(f"{name:>7}" for name, _ in COLUMNS)
+    """Measured runs and baselines (each with its run id and 95% intervals below), then the paper's
+    reported rows; ↓ lower is better, ↑ higher is better."""
+    head = f"{'kind':<9} {'model':<28} {'release':<14} {'judge':<20} " + " ".join(
+        f"{name + _arrow(name):>{W}}" for name, _ in COLUMNS
+    )
     lines = [head]
     shown_kind = None
     for r in rows:
         if r["kind"] == "reported" and shown_kind != "reported":
             lines.append(f"-- reported by the paper (another judge and tasks: compare rows of one kind only; {SOURCE})")
         shown_kind = r["kind"]
-        lines.append(f"{r['kind']:<9} {r['model'][:30]:<30} {r['release'] or '':<14} "
-                     + " ".join(f"{_cell(r[col]):>7}" for _, col in COLUMNS))  # fmt: skip
+        judge = "" if r["kind"] == "reported" else (r["judge"] or "")
+        lines.append(f"{r['kind']:<9} {r['model'][:28]:<28} {r['release'] or '':<14} {judge[:20]:<20} "
+                     + " ".join(f"{_cell(r[col]):>{W}}" for _, col in COLUMNS))  # fmt: skip
+        if r["kind"] != "reported":
+            ci = _intervals(r)
+            cells = " ".join(f"{_span(ci.get(name)):>{W}}" for name, _ in COLUMNS)
+            lines.append(f"{'':<9} {'run ' + (r['run_id'] or ''):<63} " + cells)
     if not any(r["kind"] != "reported" for r in rows):
         lines.insert(1, "(no measured run yet)")
+    lines.append("↓ lower is better, ↑ higher is better; under each run: its id and the 95% bootstrap interval")
     if failed:
         lines += ["", f"{len(failed)} failed run(s), never ranked:"]
         lines += [f"  {f['run_id']} ({f['model']}, release {f['release']}): {f['reason']}" for f in failed]
     return "\n".join(lines)
+
+
+def _intervals(row: dict) -> dict:
+    ci = row.get("ci95")
+    return json.loads(ci) if isinstance(ci, str) else (ci or {})
+
+
+def _span(interval) -> str:
+    return "" if not interval else f"{number(interval[0], 3)}-{number(interval[1], 3)}"
+
+
+def leaderboard_json(rows: list[dict], failed: list[dict]) -> dict:
+    """`ffe bench show --json`: intervals as JSON (not a string inside it), which way is better."""
+    out = [{**r, "ci95": _intervals(r) or None} for r in rows]
+    return {"leaderboard": out, "failed": failed, "better": {name: better(name) for name, _ in COLUMNS}}
 
 
 def _judge(args: argparse.Namespace):
@@ -98,8 +134,9 @@ def render_compare(a: str, b: str, result: dict) -> str:
     for name, (low, high) in result["a_minus_b_ci95"].items():
         va, vb = result["a"][name], result["b"][name]
         seen = "" if low <= 0 <= high else "  <- beyond noise"
-        lines.append(f"{name:<12} {va:>8.4f} {vb:>8.4f} {va - vb:>+8.4f}  [{low:+.4f}, {high:+.4f}]{seen}")
-    lines.append("(lower is better for mSCR and |I-a|; higher for the rest)")
+        lines.append(f"{name + _arrow(name):<12} {number(va):>8} {number(vb):>8} {_signed(va - vb):>8}  "
+                     f"[{_signed(low)}, {_signed(high)}]{seen}")  # fmt: skip
+    lines.append("↓ lower is better, ↑ higher is better")
     return "\n".join(lines)
 
 
@@ -119,7 +156,7 @@ def bench_command(args: argparse.Namespace, layout: Layout) -> int:
     if args.action == "show":
         rows, failed = leaderboard(layout, args.release), failed_runs(layout, args.release)
         if args.json:
-            print(json.dumps({"leaderboard": rows, "failed": failed}, indent=2, default=str))
+            print(json.dumps(leaderboard_json(rows, failed), indent=2, default=str))
         else:
             print(render_leaderboard(rows, failed))
         return 0

@@ -15,6 +15,7 @@ import dagster as dg
 
 from curation.batches import manifests, register_new_batch
 from curation.sample import write_sample
+from pipelines import settings as ffe_settings
 from pipelines.definitions import build_definitions
 from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.release import releases
@@ -58,16 +59,16 @@ def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**_QUIET_LOGS, **config}
 
 
-def resolve_input(layout: Layout, input_dir: str | Path | None, echo: Callable[[str], None]) -> Path:
-    if input_dir is not None:
-        path = Path(input_dir).expanduser().resolve()
+def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None]) -> Path:
+    """The input folder of the settings; the default one is filled with the sample when missing."""
+    path = settings.input_path
+    if settings.settings.input.folder:
         if not path.is_dir():
-            raise FFEError(f"input folder {path} does not exist")
+            raise FFEError(f"input folder {path} does not exist ({settings.sources['input.folder']})")
         return path
-    path = layout.default_input
     if not path.is_dir():
         written = write_sample(path)
-        echo(f"no --input given: wrote the sample input ({len(written)} files) to {path}")
+        echo(f"no input folder given: wrote the sample input ({len(written)} files) to {path}")
     return path
 
 
@@ -113,14 +114,20 @@ def build(
     run_config: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = print,
     *,
-    domain: str = "real",
-    pre_cropped: bool = False,
+    domain: str | None = None,
+    pre_cropped: bool | None = None,
     register_input: bool = True,
+    settings: ffe_settings.Effective | None = None,
 ) -> BuildReport:
-    """`domain` and `pre_cropped` describe the new batch, if the input folder has new files;
-    `register_input=False` builds from what is registered already (`ffe release build`)."""
-    input_path = resolve_input(layout, input_dir, echo) if register_input else layout.default_input
-    defs = build_definitions(str(layout.root), str(input_path))
+    """Build with the work folder's `settings` (default: its settings file and $FFE_* variables,
+    with `input_dir`, `domain` and `pre_cropped` over them: what the new batch is, if the input folder
+    has new files); `register_input=False` builds from what is registered already (`ffe release build`)."""
+    if settings is None:
+        flags = {"input.folder": str(input_dir) if input_dir is not None else None, "input.domain": domain,
+                 "input.pre_cropped": pre_cropped}  # fmt: skip
+        settings = ffe_settings.load(layout.root, flags=flags)
+    input_path = resolve_input(settings, echo) if register_input else settings.input_path
+    defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
     try:
         with warnings.catch_warnings():  # the selection parser's beta notice is not user news
@@ -150,7 +157,8 @@ def build(
     with open_instance(layout) as instance:
         if register_input:
             try:
-                manifest = register_new_batch(layout, input_path, domain=domain, pre_cropped=pre_cropped)
+                manifest = register_new_batch(layout, input_path, domain=settings.settings.input.domain,
+                                              pre_cropped=settings.settings.input.pre_cropped)  # fmt: skip
             except ValueError as err:
                 raise FFEError(str(err)) from None
             if manifest:

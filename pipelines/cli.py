@@ -26,6 +26,27 @@ def _workdir_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _settings_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--settings",
+        type=Path,
+        default=os.environ.get("FFE_SETTINGS") or None,
+        help="a settings file to use instead of <workdir>/settings.yaml (default: $FFE_SETTINGS)",
+    )
+
+
+def _input_args(p: argparse.ArgumentParser, input_help: str) -> None:
+    """Flags that describe the input folder; not given: the work folder's settings decide."""
+    p.add_argument("--input", type=Path, default=None, help=input_help)
+    p.add_argument("--domain", choices=["real", "anime"], default=None, help="what new files are (input.domain)")
+    p.add_argument(
+        "--pre-cropped",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each new image is one face: taken whole where none is found (setting input.pre_cropped)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffe", description="Build the Flex Facial Expression dataset.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -36,19 +57,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="ingest new input files and materialise the asset graph")
     _workdir_arg(p)
-    p.add_argument(
-        "--input",
-        type=Path,
-        default=None,
-        help="input folder (default: <workdir>/input, filled with the sample if it does not exist)",
-    )
+    _settings_arg(p)
+    _input_args(p, "input folder (setting input.folder; default <workdir>/input, filled with the sample if missing)")
     p.add_argument("--select", default="*", help="Dagster asset selection, e.g. '+raw_images' (default: all)")
     p.add_argument(
         "--config", type=Path, default=None, help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form"
-    )
-    p.add_argument("--domain", choices=["real", "anime"], default="real", help="what new files are (default real)")
-    p.add_argument(
-        "--pre-cropped", action="store_true", help="each new image is one face: taken whole where none is found"
     )
 
     p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
@@ -64,8 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["setup", "push", "sync", "report", "gold"])
     p.add_argument("file", nargs="?", type=Path, help="gold: a CSV of face_id and the 12 category scores")
     _workdir_arg(p)
+    _settings_arg(p)
     p.add_argument("--json", action="store_true", help="report: print JSON")
-    p.add_argument("--gold-rate", type=float, default=0.0, help="push: hidden gold tasks per regular task")
+    p.add_argument(
+        "--gold-rate", type=float, default=None, help="push: hidden gold tasks per task (label_studio.gold_rate)"
+    )
+
+    p = sub.add_parser("settings", help="how the work folder is built: show, set or unset a setting")
+    p.add_argument("action", choices=["show", "set", "unset"])
+    p.add_argument("key", nargs="?", help="set/unset: a dotted key such as bench.judge")
+    p.add_argument("value", nargs="?", help="set: the value (YAML: true, 3, text)")
+    _workdir_arg(p)
+    _settings_arg(p)
+    p.add_argument("--json", action="store_true", help="show: print JSON")
 
     p = sub.add_parser("release", help="dataset releases: build, list, show, diff, verify")
     rs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -116,12 +140,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     _workdir_arg(p)
-    p.add_argument("--input", type=Path, default=None, help="input folder the sensor watches")
+    _settings_arg(p)
+    _input_args(p, "input folder the sensor watches (setting input.folder; default <workdir>/input)")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--domain", choices=["real", "anime"], default="real", help="what new files are (default real)")
-    p.add_argument(
-        "--pre-cropped", action="store_true", help="each new image is one face: taken whole where none is found"
-    )
     return parser
 
 
@@ -151,13 +172,25 @@ def _load_config(path: Path | None) -> dict | None:
     return loaded
 
 
+def _effective_settings(args: argparse.Namespace, *, save: bool = False):
+    """The work folder's settings with this command's flags; `save`: remembered in the folder."""
+    from pipelines import settings
+
+    flags = {"input.folder": getattr(args, "input", None), "input.domain": getattr(args, "domain", None),
+             "input.pre_cropped": getattr(args, "pre_cropped", None)}  # fmt: skip
+    effective = settings.load(args.workdir, file=args.settings, flags=flags)
+    if save and (changed := settings.save(effective)):
+        shown = ", ".join(f"{k} = {effective.flat[k]!r}" for k in changed)
+        print(f"settings: {shown} remembered in {effective.workdir / settings.SETTINGS_FILE}")
+    return effective
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from pipelines.build import build
 
     layout = Layout.at(args.workdir)
-    report = build(
-        layout, args.input, args.select, _load_config(args.config), domain=args.domain, pre_cropped=args.pre_cropped
-    )
+    effective = _effective_settings(args, save=True)
+    report = build(layout, selection=args.select, run_config=_load_config(args.config), settings=effective)
     print(
         f"done: {len(report.runs)} run(s), {len(report.skipped)} partition(s) (batches, releases) already built, "
         f"{len(report.failed)} failed; work folder {layout.root}"
@@ -183,26 +216,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from pipelines.query import run
     from storage import catalog
 
     with catalog.connect(_existing_layout(args.workdir), persist=False) as con:
-        rel = con.sql(args.sql)
-        if rel is None:  # a statement without a result (SET, CREATE TEMP ...)
-            return 0
-        columns, rows = rel.columns, rel.fetchall()
-    if args.json:
-        print(json.dumps([dict(zip(columns, r, strict=False)) for r in rows], default=str, indent=1))
-    else:
-        print(format_rows(columns, rows))
+        text = run(con, args.sql, args.json)
+    if text is not None:
+        print(text)
     return 0
-
-
-def format_rows(columns: list[str], rows: list[tuple]) -> str:
-    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -210,17 +231,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from pipelines.instance import open_instance
 
     layout = Layout.at(args.workdir)
+    # The daemon's definitions read the work folder's settings: this command's flags are saved there.
+    _effective_settings(args, save=True)
     with open_instance(layout):  # writes dagster.yaml into the work folder and sets the gpu pool
         pass
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
     if dagster is None:
         raise FFEError("the `dagster` command is not installed in this environment")
     env = {**os.environ, "FFE_WORKDIR": str(layout.root), "DAGSTER_HOME": str(layout.dagster_home)}
-    if args.input is not None:
-        env["FFE_INPUT"] = str(args.input.resolve())
-    env["FFE_INPUT_DOMAIN"] = args.domain
-    if args.pre_cropped:
-        env["FFE_INPUT_PRE_CROPPED"] = "1"
+    env.pop("FFE_SETTINGS", None)  # saved into the work folder's file above
     argv = [dagster, "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (work folder {layout.root}); Ctrl-C stops it")
     sys.stdout.flush()
@@ -248,7 +267,11 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             raise FFEError("ffe annotate gold needs the CSV file of gold scores")
         print(f"{sync.import_gold(layout, args.file)} gold face(s) loaded from {args.file}")
         return 0
-    settings = sync.settings_from_env(layout, gold_rate=args.gold_rate)
+    ls = _effective_settings(args).settings.label_studio
+    settings = sync.settings_from_env(
+        layout, url=ls.url, token=ls.token, document_root=ls.document_root or None, project_title=ls.project_title,
+        overlap=ls.overlap, gold_rate=ls.gold_rate if args.gold_rate is None else args.gold_rate,
+    )  # fmt: skip
     if args.action == "setup":
         print(f"project {sync.setup(layout, settings)} ready on {settings.url}")
     elif args.action == "push":
@@ -281,6 +304,28 @@ def render_report(info: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from pipelines import settings
+    from pipelines.errors import FFEError
+
+    if args.action in ("set", "unset"):
+        if not args.key or (args.action == "set") != (args.value is not None):
+            raise FFEError(f"usage: ffe settings {args.action} KEY{' VALUE' if args.action == 'set' else ''}")
+        effective = settings.set_value(args.workdir, args.key, args.value if args.action == "set" else None)
+        print(f"{args.key} = {effective.flat[args.key]!r} in {effective.workdir / settings.SETTINGS_FILE}")
+        return 0
+    rows = settings.show(_effective_settings(args))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        value = json.dumps(r["value"]) if isinstance(r["value"], bool) else repr(r["value"])
+        env = f"  (${r['env']})" if r["env"] else ""
+        print(f"{r['key']:<{width}}  {value:<24} {r['source']}{env}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from pipelines.releases import release_command
 
@@ -301,6 +346,7 @@ COMMANDS = {
     "build": cmd_build,
     "status": cmd_status,
     "query": cmd_query,
+    "settings": cmd_settings,
     "ui": cmd_ui,
 }
 

@@ -7,18 +7,15 @@ import os
 
 import dagster as dg
 
+from pipelines import settings as ffe_settings
 from pipelines.defs import annotation, curation, generation, ingest, model, release
+from pipelines.defs.automation import automation_sensor
 from pipelines.resources import (
-    FFEStorage,
     GeneratorResource,
     PixelSmileResource,
     PrelabelScorerResource,
-    default_input_dir,
     default_workdir,
-    generator_from_env,
-    label_studio_from_env,
-    pixelsmile_from_env,
-    prelabel_scorer_from_env,
+    resources_from_settings,
 )
 
 ASSETS = [
@@ -60,29 +57,28 @@ def build_definitions(
     prelabel_scorer: PrelabelScorerResource | None = None,
     domain: str | None = None,
     pre_cropped: bool | None = None,
+    settings: ffe_settings.Effective | None = None,
 ) -> dg.Definitions:
-    """The graph over one work folder; defaults from $FFE_WORKDIR, $FFE_INPUT, $FFE_INPUT_DOMAIN,
-    $FFE_INPUT_PRE_CROPPED and the $FFE_TRAIN_* / $FFE_JUDGE variables (pipelines/resources.py)."""
+    """The graph over one work folder, its resources from the folder's settings (`settings`, else
+    <workdir>/settings.yaml or $FFE_SETTINGS, with $FFE_* overrides: pipelines/settings.py). The
+    other arguments override single resources or values (tests, `ffe build`'s flags)."""
+    if settings is None:
+        flags = {"input.folder": input_dir or None, "input.domain": domain, "input.pre_cropped": pre_cropped}
+        settings = ffe_settings.load(workdir or default_workdir(), file=os.environ.get("FFE_SETTINGS") or None,
+                                     flags=flags)  # fmt: skip
+    resources = resources_from_settings(settings)
+    resources.update({k: v for k, v in {"pixelsmile": pixelsmile, "generator": generator,
+                                         "prelabel_scorer": prelabel_scorer}.items() if v is not None})  # fmt: skip
+    # Training runs in its own process; on Kubernetes: dagster_k8s.PipesK8sClient (docs).
+    resources["pipes_subprocess_client"] = dg.PipesSubprocessClient()
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
         jobs=[batch_job, annotation.annotation_sync_job, release.release_job, model.model_job, model.bench_job],
-        sensors=[ingest.new_input_files, annotation.annotation_sync, release.new_release, model.verified_release],
+        sensors=[ingest.new_input_files, automation_sensor, annotation.annotation_sync, release.new_release,
+                 model.verified_release],  # fmt: skip
         schedules=[model.nightly_bench],
-        resources={
-            "ffe": FFEStorage(
-                workdir=workdir or default_workdir(),
-                input_dir=default_input_dir() if input_dir is None else input_dir,
-                domain=domain or os.environ.get("FFE_INPUT_DOMAIN", "real"),
-                pre_cropped=os.environ.get("FFE_INPUT_PRE_CROPPED", "") == "1" if pre_cropped is None else pre_cropped,
-            ),
-            "label_studio": label_studio_from_env(),
-            "pixelsmile": pixelsmile or pixelsmile_from_env(),
-            "generator": generator or generator_from_env(),
-            "prelabel_scorer": prelabel_scorer or prelabel_scorer_from_env(),
-            # Training runs in its own process; on Kubernetes: dagster_k8s.PipesK8sClient (docs).
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        },
+        resources=resources,
     )
 
 

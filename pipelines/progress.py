@@ -1,13 +1,16 @@
-"""Progress for long steps: a tqdm bar on stderr and a Dagster log line every few seconds."""
+"""Progress for long steps: a bar on stderr (plain lines off a terminal) and a Dagster log line every few
+seconds."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from tqdm import tqdm
+
+from storage.progress import progress_bar
 
 
 @contextmanager
@@ -15,14 +18,15 @@ def progress_reporter(
     context: dg.AssetExecutionContext, desc: str, unit: str = "file", every_s: float = 5.0
 ) -> Iterator[Callable[[int, int], None]]:
     """Yields `report(done, total)` for a domain function's `progress` argument."""
-    bar: tqdm | None = None
+    bar = None
     start = last_log = time.monotonic()
     first = 0
 
     def report(done: int, total: int) -> None:
         nonlocal bar, first, last_log
         if bar is None:
-            bar = tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True)
+            # Off a terminal the Dagster log lines below are the progress: no second copy on stderr.
+            bar = progress_bar(total=total, initial=done, desc=desc, unit=unit, disable=not sys.stderr.isatty())
             first = done  # resumed work is not part of this run's rate
         else:
             bar.update(done - bar.n)

@@ -10,15 +10,11 @@ import dagster as dg
 from storage.layout import Layout
 
 DEFAULT_WORKDIR = "ffe_data"
+ENV_TOKEN = "FFE_LABEL_STUDIO_TOKEN"
 
 
 def default_workdir() -> str:
     return os.environ.get("FFE_WORKDIR", DEFAULT_WORKDIR)
-
-
-def default_input_dir() -> str:
-    """Empty means <workdir>/input."""
-    return os.environ.get("FFE_INPUT", "")
 
 
 class FFEStorage(dg.ConfigurableResource):
@@ -50,6 +46,7 @@ class LabelStudioResource(dg.ConfigurableResource):
 
     url: str = ""
     token: str = ""
+    document_root: str = ""  # the server's local-files root; "" = $FFE_LABEL_STUDIO_DOCUMENT_ROOT or the work folder
     project_title: str = "FFE intensity"
     overlap: int = 2
     gold_rate: float = 0.0  # hidden gold tasks per regular task (gold faces: `ffe annotate gold`)
@@ -63,14 +60,13 @@ class LabelStudioResource(dg.ConfigurableResource):
 
         return settings_from_env(
             layout, url=self.url, token=self.token, project_title=self.project_title, overlap=self.overlap,
-            gold_rate=self.gold_rate,
+            gold_rate=self.gold_rate, document_root=self.document_root or None,
         )  # fmt: skip
 
 
 class PixelSmileResource(dg.ConfigurableResource):
     """How each release's model is trained and benched. Defaults: the tiny pixel model (trains in a
-    minute on a CPU) judged by the face judge; env: $FFE_TRAIN_RECIPE, $FFE_TRAIN_LAUNCHER,
-    $FFE_TRAIN_PROCESSES, $FFE_JUDGE, $FFE_VLM_PATH, $FFE_BENCH_CONFIG."""
+    minute on a CPU) judged by the face judge; settings `train.*` and `bench.*`."""
 
     recipe: str = ""  # a YAML of TrainConfig fields (docs/model.md); "" = pipelines.model.TINY_RECIPE
     launcher: str = "accelerate"  # accelerate | python
@@ -96,8 +92,8 @@ class PixelSmileResource(dg.ConfigurableResource):
 
 class GeneratorResource(dg.ConfigurableResource):
     """The editing model that makes expression variants (pixelsmile/generate.py), from a local folder.
-    Env: $FFE_GENERATOR_KIND (pixelsmile, qwen-image-edit, flux-kontext, instruct-pix2pix, generic,
-    pixel), $FFE_GENERATOR_PATH, $FFE_GENERATOR_LORA, $FFE_GENERATOR_STEPS, $FFE_GENERATOR_SIZE."""
+    Settings `generator.*` (kind: pixelsmile, qwen-image-edit, flux-kontext, instruct-pix2pix, generic,
+    pixel)."""
 
     kind: str = "pixelsmile"
     model_path: str = ""  # "": no generator (generation is skipped)
@@ -124,7 +120,7 @@ class GeneratorResource(dg.ConfigurableResource):
 class PrelabelScorerResource(dg.ConfigurableResource):
     """What scores faces for their pre-labels: `face` (blendshapes + the expression classifier, the
     default), `vlm` (a local vision-language model folder, the paper's way) or `synthetic` (the
-    synthetic world's exact judge). Env: $FFE_PRELABEL_SCORER, $FFE_PRELABEL_VLM_PATH."""
+    synthetic world's exact judge). Settings `prelabels.*`."""
 
     scorer: str = "face"
     vlm_path: str = ""
@@ -141,25 +137,23 @@ class PrelabelScorerResource(dg.ConfigurableResource):
             raise dg.Failure(f"pre-label scorer: {err}") from None
 
 
-def prelabel_scorer_from_env() -> PrelabelScorerResource:
-    env = os.environ.get
-    return PrelabelScorerResource(scorer=env("FFE_PRELABEL_SCORER", "face"), vlm_path=env("FFE_PRELABEL_VLM_PATH", ""))
-
-
-def generator_from_env() -> GeneratorResource:
-    env = os.environ.get
-    return GeneratorResource(kind=env("FFE_GENERATOR_KIND", "pixelsmile"), model_path=env("FFE_GENERATOR_PATH", ""),
-                             lora=env("FFE_GENERATOR_LORA", ""), steps=int(env("FFE_GENERATOR_STEPS", "30")),
-                             size=int(env("FFE_GENERATOR_SIZE", "512")))  # fmt: skip
-
-
-def pixelsmile_from_env() -> PixelSmileResource:
-    env = os.environ.get
-    return PixelSmileResource(recipe=env("FFE_TRAIN_RECIPE", ""), launcher=env("FFE_TRAIN_LAUNCHER", "accelerate"),
-                              processes=int(env("FFE_TRAIN_PROCESSES", "1")), judge=env("FFE_JUDGE", "face"),
-                              vlm_path=env("FFE_VLM_PATH", ""), bench_config=env("FFE_BENCH_CONFIG", ""))  # fmt: skip
-
-
-def label_studio_from_env() -> LabelStudioResource:
-    token = dg.EnvVar("FFE_LABEL_STUDIO_TOKEN") if os.environ.get("FFE_LABEL_STUDIO_TOKEN") else ""
-    return LabelStudioResource(url=os.environ.get("FFE_LABEL_STUDIO_URL", ""), token=token)
+def resources_from_settings(effective) -> dict[str, dg.ConfigurableResource]:
+    """The resources of a work folder built the way its settings say (pipelines/settings.py)."""
+    s = effective.settings
+    # The token stays an EnvVar: Dagster neither shows it in the UI nor logs it.
+    token = dg.EnvVar(ENV_TOKEN) if s.label_studio.token and os.environ.get(ENV_TOKEN) else s.label_studio.token
+    return {
+        "ffe": FFEStorage(workdir=str(effective.workdir), input_dir=str(effective.input_path),
+                          input_settle_seconds=s.input.settle_seconds, domain=s.input.domain,
+                          pre_cropped=s.input.pre_cropped),
+        "label_studio": LabelStudioResource(url=s.label_studio.url, token=token,
+                                            document_root=s.label_studio.document_root,
+                                            project_title=s.label_studio.project_title,
+                                            overlap=s.label_studio.overlap, gold_rate=s.label_studio.gold_rate),
+        "pixelsmile": PixelSmileResource(recipe=s.train.recipe, launcher=s.train.launcher,
+                                         processes=s.train.processes, judge=s.bench.judge,
+                                         vlm_path=s.bench.vlm_path, bench_config=s.bench.config),
+        "generator": GeneratorResource(kind=s.generator.kind, model_path=s.generator.path, lora=s.generator.lora,
+                                       steps=s.generator.steps, size=s.generator.size),
+        "prelabel_scorer": PrelabelScorerResource(scorer=s.prelabels.scorer, vlm_path=s.prelabels.vlm_path),
+    }  # fmt: skip

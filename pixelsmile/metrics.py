@@ -138,6 +138,41 @@ def summary(edits: Sequence[Edit], pairs: Sequence[tuple[str, str]] = CONFUSABLE
 
 HEADLINE = ("mSCR", "Acc-12", "CLS-12", "ID Sim", "HES")
 
+# Which way is better, and what each metric measures in one line (report.html, `ffe bench show`).
+LOWER_IS_BETTER = frozenset({"mSCR", "|I-a|"})
+DEFINITIONS: dict[str, str] = {
+    "mSCR": "mean over confusable pairs of how often an edit toward one reads as the other (0.5: the pair collapsed)",
+    "Acc-6": "share of edits (alpha > 0) whose dominant judged expression is the target, Ekman's six",
+    "Acc-12": "share of edits (alpha > 0) whose dominant judged expression is the target, all twelve",
+    "CLS-6": "correlation of requested alpha with judged target intensity, pooled over Ekman's six",
+    "CLS-12": "correlation of requested alpha with judged target intensity, pooled over all twelve",
+    "ID Sim": "mean identity similarity of each edit to its source",
+    "S_E": "mean judged intensity of the target over edits at alpha > 0",
+    "HES": "harmonic mean of S_E and ID Sim: expression gained without losing the person",
+    "CLS-12/task": "CLS within each task (one source, one category), averaged",
+    "|I-a|": "mean |judged target intensity - alpha| for alpha in [0, 1]",
+    "Acc-12@1": "Acc-12 at alpha = 1 only",
+}
+# What guessing gives: a uniformly random dominant expression.
+CHANCE = {"Acc-6": 1 / len(CATEGORIES_6), "Acc-12": 1 / len(CATEGORIES), "Acc-12@1": 1 / len(CATEGORIES)}
+
+
+def better(name: str) -> str:
+    """"lower" or "higher": which way a metric improves."""
+    return "lower" if name in LOWER_IS_BETTER else "higher"
+
+
+def per_category(edits: Sequence[Edit], categories: Sequence[str] = CATEGORIES) -> dict[str, dict[str, float]]:
+    """Per target category: Acc (alpha > 0), CLS (pooled over its edits) and the mean judged intensity
+    of the target at alpha > 0 (its S_E); NaN where a category has no edits."""
+    out = {}
+    for c in categories:
+        mine = [e for e in edits if e.target == c]
+        positive = [e.intensity for e in mine if e.alpha > 0]
+        out[c] = {"Acc": accuracy(mine, (c,)), "CLS": cls(mine, (c,)),
+                  "S_E": float(np.mean(positive)) if positive else float("nan"), "edits": len(mine)}  # fmt: skip
+    return out
+
 
 class _Weighted:
     """Every metric of `summary` over the same edits with a weight per source: a bootstrap draw is a

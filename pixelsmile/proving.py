@@ -180,8 +180,9 @@ def plot(out: Path, results: dict, strips: dict, settings: ProvingSettings) -> l
     written = [cls_png.name, plots.confusion(out / "confusion.png", matrices).name]
     shown = ("happy", "fear", "surprised", "angry", "disgust")
     for name, images in strips.items():
-        rows = [tiles for (_, cat), tiles in images.items() if cat in shown]
-        written.append(plots.sweep_sheet(out / f"sweeps_{name}.png", rows).name)
+        kept = [(cat, tiles) for (_, cat), tiles in images.items() if cat in shown]
+        written.append(plots.sweep_sheet(out / f"sweeps_{name}.png", [t for _, t in kept],
+                                         row_labels=[c for c, _ in kept]).name)  # fmt: skip
     return written
 
 

@@ -370,12 +370,13 @@ class Trainer:
 
     def train(self, progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> dict:
         """Train to max_steps; `on_log(step, losses)` hears every `log_every` steps (main process)."""
-        from tqdm import tqdm
+        from storage.progress import progress_bar
 
         resumed = self.resume(self.config.resume)
         history = []
         main = self.accelerator.is_main_process
-        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", disable=not (progress and main))
+        bar = progress_bar(total=self.config.max_steps, initial=self.step, desc="train", unit="step",
+                           disable=not (progress and main))  # fmt: skip
         with open(self.log_path if main else os.devnull, "a") as log:
             for batch in self.batches() if self.step < self.config.max_steps else ():  # a finished run reads nothing
                 if self.step >= self.config.max_steps:

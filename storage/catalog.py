@@ -35,6 +35,12 @@ def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
         return _empty_select(con, table)
     glob = _sql_str(str(folder / "*.parquet"))
     select = f"SELECT * EXCLUDE (filename) FROM read_parquet({glob}, union_by_name=true, filename=true)"
+    # Partitions written before a column was added lack it: the view has it, null there.
+    typed = con.from_arrow(schema_of(table).empty_table())
+    present = set(con.sql(f"SELECT * FROM ({select}) LIMIT 0").columns)
+    if missing := [(n, t) for n, t in zip(typed.columns, typed.types, strict=True) if n not in present]:
+        nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in missing)
+        select = f"SELECT *, {nulls} FROM ({select})"
     if table in UNIQUE_KEYS:
         key, order = UNIQUE_KEYS[table]
         select += f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
@@ -85,13 +91,14 @@ def leaderboard_sql() -> str:
     """Finished bench runs (failed ones never rank) beside the paper's reported rows."""
     metrics = list(BENCH_METRICS.values())
     shared = ", ".join(f"{m}::DOUBLE AS {m}" for m in metrics)
-    measured = (f"SELECT kind, model, release, run_id, judge, tasks, {shared}, ci95, config_hash, git_commit, \"at\" "
-                "FROM bench_runs WHERE status = 'ok'")  # fmt: skip
+    measured = (f"SELECT kind, model, release, run_id, judge, tasks, edits, {shared}, ci95, config_hash, "
+                "git_commit, \"at\" FROM bench_runs WHERE status = 'ok'")  # fmt: skip
     values = ", ".join(
         "(" + ", ".join([_sql_str(r["model"]), *(_sql_value(r.get(m)) for m in metrics)]) + ")" for r in REPORTED
     )
     reported = (f"SELECT 'reported' AS kind, model, NULL::VARCHAR AS release, NULL::VARCHAR AS run_id, "
-                f"{_sql_str(SOURCE)} AS judge, NULL::INTEGER AS tasks, {shared}, NULL::VARCHAR AS ci95, "
+                f"{_sql_str(SOURCE)} AS judge, NULL::INTEGER AS tasks, NULL::INTEGER AS edits, {shared}, "
+                "NULL::VARCHAR AS ci95, "
                 "NULL::VARCHAR AS config_hash, NULL::VARCHAR AS git_commit, NULL::TIMESTAMPTZ AS \"at\" "
                 f"FROM (VALUES {values}) AS t(model, {', '.join(metrics)})")  # fmt: skip
     return f"{measured} UNION ALL {reported}"

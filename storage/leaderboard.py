@@ -26,8 +26,8 @@ class RunExists(ValueError):
 
 def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: str = "measured",
                metrics: dict[str, float] | None = None, ci95: dict | None = None, judge: str | None = None,
-               tasks: int | None = None, config_hash: str | None = None, git_commit: str | None = None,
-               reason: str | None = None) -> dict:  # fmt: skip
+               tasks: int | None = None, edits: int | None = None, config_hash: str | None = None,
+               git_commit: str | None = None, reason: str | None = None) -> dict:  # fmt: skip
     """Write the run's row; `reason` (or metrics that are not numbers) makes it a failed run."""
     if has_partition(layout, "bench_runs", run_id):
         raise RunExists(f"bench run {run_id} is already recorded")
@@ -38,7 +38,8 @@ def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: s
             reason = f"{', '.join(bad)} not a number (too few edits?)"
     ok = reason is None
     row = {"run_id": run_id, "release": release, "model": model, "kind": kind, "status": "ok" if ok else "failed",
-           "reason": reason, "judge": judge, "tasks": tasks, "config_hash": config_hash, "git_commit": git_commit,
+           "reason": reason, "judge": judge, "tasks": tasks, "edits": edits, "config_hash": config_hash,
+           "git_commit": git_commit,
            "ci95": json.dumps(ci95) if ci95 and ok else None, "at": datetime.now(UTC)}  # fmt: skip
     for name, column in BENCH_METRICS.items():
         value = (metrics or {}).get(name)
@@ -85,6 +86,16 @@ def latest_ok_run(layout: Layout, release: str, model: str, judge: str | None = 
         rows = _dicts(con.execute("SELECT * FROM bench_runs WHERE status = 'ok' AND release = ? AND model = ? "
                                   "AND (? IS NULL OR judge = ?) ORDER BY \"at\" DESC LIMIT 1",
                                   [release, model, judge, judge]))  # fmt: skip
+    return rows[0] if rows else None
+
+
+def baseline_run(layout: Layout, release: str, judge: str, config_hash: str) -> dict | None:
+    """The newest finished no-edit run on `release` with this judge and bench config: the floor a
+    model's report is drawn against."""
+    with connect(layout, persist=False) as con:
+        rows = _dicts(con.execute("SELECT * FROM bench_runs WHERE status = 'ok' AND kind = 'baseline' AND "
+                                  "model = 'no-edit' AND release = ? AND judge = ? AND config_hash = ? "
+                                  "ORDER BY \"at\" DESC LIMIT 1", [release, judge, config_hash]))  # fmt: skip
     return rows[0] if rows else None
 
 

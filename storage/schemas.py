@@ -285,7 +285,8 @@ BENCH_RUNS = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # ok | failed
         pa.field("reason", pa.string()),  # why a run failed
         pa.field("judge", pa.string()),  # name@version of the expression judge
-        pa.field("tasks", pa.int32()),  # edits judged
+        pa.field("tasks", pa.int32()),  # bench tasks (source x category); rows before 2026-12 held edits here
+        pa.field("edits", pa.int32()),  # edits judged (tasks x alphas)
         *[pa.field(column, _F64) for column in BENCH_METRICS.values()],
         pa.field("ci95", pa.string()),  # JSON: {metric: [low, high]} from the bootstrap over sources
         pa.field("config_hash", pa.string()),

@@ -188,3 +188,34 @@ def test_the_report_opens_in_headless_chromium(release, tmp_path):
     dark = (pixels.max(axis=1) < 80).mean()  # text
     coloured = (pixels.max(axis=1).astype(int) - pixels.min(axis=1) > 60).mean()  # the plots' lines and cells
     assert dark > 0.002 and coloured > 0.001
+
+
+def test_a_judge_that_cannot_read_the_edits_stops_the_run_early(release, tmp_path):
+    """More unreadable edits than the allowed share of all *planned* edits stops the run at once,
+    not after every edit was made (a bench once ran 8 minutes to fail at the end)."""
+    from pixelsmile.bench.judges import Reading
+
+    class Blind(SyntheticJudge):  # reads the sources, not this editor's flat grey edits
+        def read(self, image):
+            if np.ptp(np.asarray(image)) > 0:
+                return super().read(image)
+            return Reading(None, None, "no face found")
+
+    from pixelsmile.bench.tasks import bench_tasks
+
+    tasks = bench_tasks(release, SMALL).to_pylist()
+    judge, edited = Blind(), []
+
+    def editor(source, category, alphas):
+        edited.append(category)
+        return [Image.new("RGB", source.size, "grey") for _ in alphas]
+
+    # 3 edits a task: 6 unreadable of 72 planned passes 5% after the second task.
+    planned = 3 * len(tasks)
+    with pytest.raises(BenchError, match=rf"^6 of {planned} planned edits could not be read.*stopped after 2 of"):
+        run_bench(release, tmp_path / "blind", editor, judge, SMALL, progress=False)
+    assert len(edited) == 2 and not (tmp_path / "blind" / "metrics.json").exists()
+    # A resumed run stops before editing anything: what it has already read is over the share.
+    with pytest.raises(BenchError, match="stopped after 2 of"):
+        run_bench(release, tmp_path / "blind", editor, judge, SMALL, progress=False)
+    assert len(edited) == 2

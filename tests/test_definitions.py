@@ -121,3 +121,20 @@ def test_dagster_asset_list_names_the_assets():
     out = _dagster("asset", "list", "-m", "pipelines.definitions")
     assert out.returncode == 0, out.stderr
     assert "raw_images" in out.stdout.split()
+
+
+def test_every_sensor_and_schedule_of_the_loop_runs_by_default():
+    """Found: Dagster made its automation sensor STOPPED, so under `ffe ui` the loop stopped after
+    ingest. Every sensor and schedule must run from the daemon's start, and every asset with an
+    automation condition must be evaluated by one of them."""
+    repo = build_definitions("unused").get_repository_def()
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert "default_automation_condition_sensor" not in sensors
+    assert {n: s.default_status for n, s in sensors.items()} == dict.fromkeys(sensors, dg.DefaultSensorStatus.RUNNING)
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in repo.schedule_defs)
+    assert {"new_input_files", "ffe_automation", "new_release", "verified_release"} <= set(sensors)
+    graph = repo.asset_graph
+    automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
+    assert {k.to_user_string() for k in automated} >= {"identities", "affect_scores", "release_plan"}
+    covered = sensors["ffe_automation"].asset_selection.resolve(graph)
+    assert automated <= covered

@@ -18,6 +18,7 @@ from pipelines.status import status
 from pixelsmile.synthetic import write_world_input
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
+from storage.releases.plan import planned_versions, release_dir
 
 
 class Daemon:
@@ -148,3 +149,43 @@ def test_the_model_sensor_launches_a_release_only_once_its_shards_pass(tmp_path)
         assert not shards_pass() and requested() == []  # verified, and failed
         shard.write_bytes(good)
         assert shards_pass() and requested() == [(version, f"model-{version}")]
+
+
+@pytest.mark.slow
+def test_automation_catches_up_on_a_batch_curated_before_its_first_evaluation(tmp_path):
+    """Found: switched on after a batch was curated, the automation sensor's ticks produced no run
+    until a further batch arrived (eager() sees no update on its first evaluation)."""
+    from pipelines.build import build
+    from pipelines.instance import open_instance
+
+    layout, input_dir = Layout.at(tmp_path / "work"), tmp_path / "input"
+    write_world_input(input_dir, people=3, faces_per_person=3)
+    assert build(layout, input_dir, "identities", pre_cropped=True, echo=lambda s: None).ok
+    write_world_input(input_dir, people=2, faces_per_person=3, first_person=3)
+    for selection in ("face_embeddings", "prelabels"):  # the batch assets only: no identities
+        assert build(layout, input_dir, selection, pre_cropped=True, echo=lambda s: None).ok
+    defs = build_definitions(str(layout.root), str(input_dir), pre_cropped=True)
+    graph, identities = defs.resolve_asset_graph(), dg.AssetKey("identities")
+    with open_instance(layout) as instance:
+        before = instance.get_latest_materialization_event(identities).timestamp
+        evaluation, rounds = dg.evaluate_automation_conditions(defs=defs, instance=instance), 0
+        assert evaluation.get_requested_partitions(identities) == {None}
+        while evaluation.total_requested and rounds < 5:  # the daemon's ticks, each request run at once
+            wanted = [k for k in graph.get_all_asset_keys() if evaluation.get_requested_partitions(k)]
+            assert dg.materialize([*defs.assets, *defs.asset_checks], selection=wanted, instance=instance,
+                                  resources=defs.resources).success  # fmt: skip
+            evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=evaluation.cursor)
+            rounds += 1
+        assert evaluation.total_requested == 0  # caught up, and quiet after
+        assert instance.get_latest_materialization_event(identities).timestamp > before
+    from storage.releases.plan import release_eligible
+
+    eligible = release_eligible(layout)  # both batches' faces that passed quality, in an identity
+    assert len(eligible) > 9 and set(release_plan_faces(layout)) == set(eligible)
+
+
+def release_plan_faces(layout: Layout) -> list[str]:
+    import pyarrow.parquet as pq
+
+    (version,) = planned_versions(layout)
+    return pq.read_table(release_dir(layout, version) / "plan.parquet").column("face_id").to_pylist()

@@ -41,3 +41,62 @@ def test_ffe_ui_serves_the_graph_on_the_work_folders_instance(tmp_path, sample_d
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     assert (work / "dagster" / "dagster.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(tmp_path):
+    """The product's own loop, not an imitation of it: the real webserver and daemon (`ffe ui`),
+    files dropped into the input folder, and nothing else until their release, trained model and
+    leaderboard row exist. The settings the folder remembers (judge, pre-cropped) are the ones used."""
+    import time
+
+    from pipelines.cli import main
+    from pixelsmile.synthetic import write_world_input
+    from storage.layout import Layout
+    from storage.leaderboard import failed_runs, leaderboard
+    from storage.releases.plan import planned_versions
+
+    work, port = tmp_path / "work", free_port()
+    layout = Layout.at(work)
+    assert main(["settings", "set", "bench.judge", "synthetic", "--workdir", str(work)]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FFE_") or k == "FFE_LABEL_STUDIO_BIN"}
+    proc = subprocess.Popen(
+        [FFE, "ui", "--workdir", str(work), "--pre-cropped", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        wait_until_up(proc, port)
+        write_world_input(work / "input", people=12, faces_per_person=7)
+        deadline, rows = time.monotonic() + 900, []
+        while time.monotonic() < deadline and not rows:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert not failed_runs(layout), failed_runs(layout)
+            time.sleep(10)
+            rows = [r for r in leaderboard(layout) if r["kind"] == "measured"] if layout.tables.exists() else []
+        assert rows, f"no leaderboard row after 15 minutes; runs: {_runs(port)}"
+        (version,) = planned_versions(layout)
+        (row,) = rows
+        assert row["release"] == version and row["judge"] == "synthetic-exact@1"
+        assert row["model"].startswith("pixelsmile-pixel@") and (layout.runs / version).is_dir()
+        assert any(r["kind"] == "baseline" for r in leaderboard(layout, version))
+        failed = [r for r in _runs(port) if r["status"] == "FAILURE"]
+        assert not failed, failed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _runs(port: int) -> list[dict]:
+    """Every run the daemon launched: job, partition and status (through the webserver's GraphQL)."""
+    data = graphql(port, "{ runsOrError { ... on Runs { results { jobName status tags { key value } } } } }")
+    return [{"job": r["jobName"], "status": r["status"],
+             "partition": next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None)}
+            for r in data["data"]["runsOrError"]["results"]]  # fmt: skip

@@ -14,8 +14,10 @@ from pydantic import Field
 
 from annotation.scores import build_affect_scores, prelabel_batch
 from annotation.sync import push, sync
+from pipelines.defs.automation import after_upstream
 from pipelines.defs.curation import faces, identities
 from pipelines.defs.ingest import ingest_batches
+from pipelines.defs.metadata import tidy
 from pipelines.resources import FFEStorage, LabelStudioResource, PrelabelScorerResource
 
 NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-label"
@@ -33,14 +35,14 @@ def prelabels(
     context: dg.AssetExecutionContext, ffe: FFEStorage, prelabel_scorer: PrelabelScorerResource
 ) -> dg.MaterializeResult:
     info = prelabel_batch(ffe.layout, context.partition_key, prelabel_scorer.build())
-    return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["faces"]})
+    return dg.MaterializeResult(metadata=tidy({**info, "dagster/row_count": info["faces"]}))
 
 
 @dg.asset(
     deps=[prelabels, identities],
     group_name="annotation",
     kinds={"labelstudio", "python"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=after_upstream(),
     description="Release-eligible faces pushed to Label Studio as tasks, pre-labels as predictions "
     "(idempotent by face_id).",
 )
@@ -51,7 +53,7 @@ def annotation_tasks(
         return dg.MaterializeResult(metadata={"skipped": NO_SERVER})
     info = push(ffe.layout, label_studio.settings(ffe.layout))
     context.log.info(f"annotation_tasks: {info}")
-    return dg.MaterializeResult(metadata=info)
+    return dg.MaterializeResult(metadata=tidy(info))
 
 
 @dg.asset(
@@ -59,7 +61,7 @@ def annotation_tasks(
     group_name="annotation",
     kinds={"labelstudio", "parquet"},
     # Eager too: without a server it completes at once, and affect_scores (eager) waits for it.
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=after_upstream(),
     description="Annotations pulled from Label Studio: one row per annotator per face (the latest edit); "
     "malformed ones quarantined in `failures`.",
 )
@@ -70,7 +72,7 @@ def annotations(
         return dg.MaterializeResult(metadata={"skipped": NO_SERVER})
     info = sync(ffe.layout, label_studio.settings(ffe.layout))
     context.log.info(f"annotations: {info}")
-    return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["annotations"]})
+    return dg.MaterializeResult(metadata=tidy({**info, "dagster/row_count": info["annotations"]}))
 
 
 annotation_sync_job = dg.define_asset_job(
@@ -101,7 +103,7 @@ AGREEMENT = "agreement"
     deps=[prelabels, identities, annotations],
     group_name="annotation",
     kinds={"parquet", "python"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=after_upstream(),
     description="The label of every face: consensus of its human annotations, else its model pre-label.",
     check_specs=[
         dg.AssetCheckSpec(COVERAGE, asset="affect_scores", blocking=True,
@@ -118,7 +120,7 @@ def affect_scores(
     low = {c: round(a, 3) for c, a in measured.items() if a < config.min_alpha}
     context.log.info(f"affect_scores: {report.human} human, {report.model} model; coverage {report.coverage:.3f}")
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "faces": report.faces,
             "human": report.human,
             "model": report.model,
@@ -126,26 +128,26 @@ def affect_scores(
             "alpha": {c: round(a, 4) for c, a in measured.items()},
             "icc2_two_busiest": {c: round(v, 4) for c, v in report.icc2.items() if not math.isnan(v)},
             "dagster/row_count": report.faces,
-        },
+        }),
         check_results=[
             dg.AssetCheckResult(
                 check_name=COVERAGE,
                 passed=report.coverage >= config.min_coverage,
-                metadata={
+                metadata=tidy({
                     "eligible": report.eligible,
                     "covered": report.covered,
                     "coverage": report.coverage,
                     "min_coverage": config.min_coverage,
-                },
+                }),
             ),  # fmt: skip
             dg.AssetCheckResult(
                 check_name=AGREEMENT,
                 passed=not low,
-                metadata={
+                metadata=tidy({
                     "below_min_alpha": low,
                     "measured_categories": len(measured),
                     "note": "" if measured else "no face has two human ratings yet: nothing to measure",
-                },
+                }),
             ),
         ],
     )

@@ -17,7 +17,9 @@ from curation.embeddings import EmbeddingSettings, embed_batch
 from curation.faces import FaceSettings
 from curation.identities import IdentitySettings, assign_identities
 from curation.quality import QualityThresholds
+from pipelines.defs.automation import after_upstream
 from pipelines.defs.ingest import ingest_batches, raw_images
+from pipelines.defs.metadata import tidy
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage import tables
@@ -89,7 +91,7 @@ def faces(context: dg.AssetExecutionContext, config: FacesConfig, ffe: FFEStorag
     both = sorted(with_faces & set(failed))
     no_crop = [r["crop_path"] for r in face_rows if not (layout.root / r["crop_path"]).is_file()]
     return dg.MaterializeResult(
-        metadata={**summary.as_metadata(), "dagster/row_count": summary.faces},
+        metadata=tidy({**summary.as_metadata(), "dagster/row_count": summary.faces}),
         check_results=[
             dg.AssetCheckResult(
                 check_name=EVERY_IMAGE_ACCOUNTED,
@@ -121,7 +123,7 @@ def face_embeddings(
     settings = EmbeddingSettings(config.model, config.arcface_model, config.workers, config.chunk_size)
     with progress_reporter(context, f"embeddings {context.partition_key}", unit="face") as report:
         info = embed_batch(ffe.layout, context.partition_key, settings, progress=report)
-    return dg.MaterializeResult(metadata={**info, "dagster/row_count": info["faces"]})
+    return dg.MaterializeResult(metadata=tidy({**info, "dagster/row_count": info["faces"]}))
 
 
 class IdentitiesConfig(dg.Config):
@@ -139,7 +141,7 @@ ONE_IDENTITY_PER_FACE = "one_identity_per_face"
     deps=[face_embeddings],
     group_name="curation",
     kinds={"parquet", "python"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=after_upstream(),
     description="Identity clusters across all batches, assigned incrementally (ids never change); "
     "near-duplicate shots marked `duplicate_of`.",
     check_specs=[
@@ -157,7 +159,7 @@ def identities(context: dg.AssetExecutionContext, config: IdentitiesConfig, ffe:
     identity_of = {r["face_id"]: r["identity_id"] for r in rows}
     stray = [r["face_id"] for r in rows if r["duplicate_of"] and identity_of.get(r["duplicate_of"]) != r["identity_id"]]
     return dg.MaterializeResult(
-        metadata={**info, "dagster/row_count": len(rows)},
+        metadata=tidy({**info, "dagster/row_count": len(rows)}),
         check_results=[
             dg.AssetCheckResult(
                 check_name=ONE_IDENTITY_PER_FACE,

@@ -13,6 +13,7 @@ from pydantic import Field
 from curation.generation import GenerationSettings, generate_variants
 from pipelines.defs.curation import identities
 from pipelines.defs.ingest import ingest_batches
+from pipelines.defs.metadata import tidy
 from pipelines.instance import GPU_POOL
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage, GeneratorResource
@@ -43,7 +44,7 @@ class GenerationConfig(dg.Config):
     group_name="generation",
     kinds={"pytorch", "parquet"},
     pool=GPU_POOL,
-    description="Expression variants of the batch's usable faces (generated/<batch>/, table `variants`), "
+    description="Expression variants of the batch's usable faces (`generated/<batch>/`, table `variants`), "
     "registered as a new ingest batch with provenance `generated`.",
 )
 def expression_variants(
@@ -65,5 +66,5 @@ def expression_variants(
         # A partition now, so the UI shows it; the input sensor (or `ffe build`) ingests it.
         context.instance.add_dynamic_partitions(ingest_batches.name, [result.new_batch])
     context.log.info(f"variants of {batch}: {result.as_metadata()}")
-    return dg.MaterializeResult(metadata={**result.as_metadata(), "generator": model.name,
-                                          "generator_version": model.version})  # fmt: skip
+    return dg.MaterializeResult(metadata=tidy({**result.as_metadata(), "generator": model.name,
+                                          "generator_version": model.version}))  # fmt: skip

@@ -15,6 +15,7 @@ from pydantic import Field
 from curation.batches import load_manifest, manifests, register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
 from curation.labels import import_labels
+from pipelines.defs.metadata import tidy
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage import tables
@@ -77,7 +78,7 @@ def raw_images(context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFE
         f"{dict(summary.failures)}" + (f", {summary.resumed} resumed" if summary.resumed else "")
     )
     return dg.MaterializeResult(
-        metadata={**summary.as_metadata(), **labels, "dagster/row_count": summary.images},
+        metadata=tidy({**summary.as_metadata(), **labels, "dagster/row_count": summary.images}),
         check_results=[_check_every_file_accounted(ffe, batch)],
     )
 

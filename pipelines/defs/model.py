@@ -20,6 +20,7 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pipelines import model
+from pipelines.defs.metadata import tidy
 from pipelines.defs.release import ffe_shards, releases, shards_verified
 from pipelines.errors import FFEError
 from pipelines.instance import GPU_POOL
@@ -55,7 +56,7 @@ def _nothing_to_train(manifest: dict | None, recipe: dict) -> str | None:
     group_name="model",
     kinds={"pytorch", "accelerate"},
     pool=GPU_POOL,
-    description="PixelSmile trained on the release (runs/<version>/train-<recipe>/final/), in its own "
+    description="PixelSmile trained on the release (`runs/<version>/train-<recipe>/final/`), in its own "
     "process through Dagster Pipes; resumes from its latest checkpoint.",
 )
 def pixelsmile_lora(
@@ -87,7 +88,7 @@ def pixelsmile_lora(
                    reason=f"training: {reason}")  # fmt: skip
         raise dg.Failure(f"training {name} on release {version} failed: {reason}") from None
     reported = invocation.get_materialize_result().metadata or {}
-    return dg.MaterializeResult(metadata={**reported, "model": name, "folder": dg.MetadataValue.path(str(out))})
+    return dg.MaterializeResult(metadata=tidy({**reported, "model": name, "folder": dg.MetadataValue.path(str(out))}))
 
 
 @dg.asset(
@@ -95,7 +96,7 @@ def pixelsmile_lora(
     deps=[pixelsmile_lora],
     group_name="model",
     kinds={"python", "duckdb"},
-    description="FFE-Bench of the release's trained model on its bench split: runs/<version>/<run>/bench/ "
+    description="FFE-Bench of the release's trained model on its bench split: `runs/<version>/<run>/bench/` "
     "(metrics, plots, report.html) and a `bench_runs` row, which the leaderboard ranks.",
 )
 def ffe_bench(
@@ -123,21 +124,46 @@ def ffe_bench(
     settings, commit = pixelsmile.bench_settings(), git_commit()
     judge_id = f"{judge.name}@{judge.version}"
     run_id = model.bench_run_id(version, trained.digest, judge_id, settings.digest(), commit)
-    row = _bench_once(context, version, run_id, trained.name, lambda: trained.editor(config), judge, settings)
-    # The no-edit baseline on the same tasks and judge: where "changed nothing" lands on this release.
+    # The no-edit baseline on the same tasks and judge first: where "changed nothing" lands on this
+    # release, drawn beside the model in its report.
     baseline_id = model.bench_run_id(version, "no-edit", judge_id, settings.digest(), commit)
     baseline = _bench_once(context, version, baseline_id, "no-edit", lambda: no_edit, judge, settings, "baseline")
+    row = _bench_once(context, version, run_id, trained.name, lambda: trained.editor(config), judge, settings)
     folder = layout.runs / version / run_id / "bench"
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "run_id": run_id,
             "model": trained.name,
             "judge": judge_id,
-            **{k: row[k] for k in ("mscr", "acc12", "cls12", "id_sim", "hes", "tasks")},
+            **{k: row[k] for k in ("mscr", "acc12", "cls12", "id_sim", "hes")},
+            "tasks": row["tasks"],
+            "edits": row["edits"],
             "no_edit_hes": baseline["hes"],
-            "report": dg.MetadataValue.path(str(folder / "report.html")),
-        }
-    )
+            "metrics": dg.MetadataValue.md(_metrics_table(row, baseline)),
+            # A link (file://) in the UI: open it in a browser on this machine.
+            "report": dg.MetadataValue.url((folder / "report.html").resolve().as_uri()),
+        })
+    )  # fmt: skip
+
+
+def _metrics_table(row: dict, baseline: dict) -> str:
+    """The run's headline metrics beside the no-edit baseline's, as a Markdown table."""
+    import json
+
+    from pixelsmile.bench.report import number
+    from pixelsmile.metrics import DEFINITIONS, better
+    from storage.schemas import BENCH_METRICS
+
+    ci = json.loads(row.get("ci95") or "{}")
+    lines = ["| metric | better | this model | 95% interval | no-edit | what it measures |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in ("mSCR", "Acc-6", "Acc-12", "CLS-6", "CLS-12", "ID Sim", "HES"):
+        col = BENCH_METRICS[name]
+        low, high = ci.get(name, (None, None))
+        interval = f"{number(low, 3)} – {number(high, 3)}" if low is not None else ""
+        lines.append(f"| {name} | {better(name)} | {number(row[col])} | {interval} | {number(baseline[col])} | "
+                     f"{DEFINITIONS[name]} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _bench_once(context, version, run_id, name, editor, judge, settings, kind="measured") -> dict:
@@ -175,12 +201,12 @@ def bench_regression(context: dg.AssetCheckExecutionContext, ffe: FFEStorage, pi
     return dg.AssetCheckResult(
         passed=not found["worse"],
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={
+        metadata=tidy({
             "previous_release": found["previous"] or "none",
             "worse": [c["metric"] for c in found["worse"]],
             "better": [c["metric"] for c in found["better"]],
             "details": found,
-        },  # fmt: skip
+        }),  # fmt: skip
     )
 
 

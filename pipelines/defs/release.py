@@ -13,7 +13,9 @@ import dagster as dg
 from pydantic import Field
 
 from pipelines.defs.annotation import affect_scores
+from pipelines.defs.automation import after_upstream
 from pipelines.defs.curation import identities
+from pipelines.defs.metadata import tidy
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage.releases.build import build_release, read_manifest
@@ -63,7 +65,7 @@ class ReleaseSettings(dg.Config):
     deps=[affect_scores, identities],
     group_name="release",
     kinds={"parquet", "python"},
-    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+    automation_condition=after_upstream() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     description="The release version the current labels give (a hash of faces, scores and config); "
     "writes its plan when the version is new.",
 )
@@ -76,14 +78,14 @@ def release_plan(context: dg.AssetExecutionContext, config: ReleaseSettings, ffe
     new = write_plan(ffe.layout, plan, {"affect_scores_run_id": labels.run_id if labels else None})
     context.log.info(f"release {plan.version}: {'new plan' if new else 'unchanged, planned before'} {plan.counts()}")
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "version": plan.version,
             "new": new,
             **plan.counts(),
             "missing_crops": len(plan.missing_crops),
             "dagster/row_count": plan.faces.num_rows,
         }
-    )
+    ))
 
 
 @dg.asset(
@@ -91,7 +93,7 @@ def release_plan(context: dg.AssetExecutionContext, config: ReleaseSettings, ffe
     deps=[release_plan],
     group_name="release",
     kinds={"parquet", "json"},
-    description="releases/<version>/: images, splits.parquet, triplets.jsonl (PixelSmile format), dataset card.",
+    description="`releases/<version>/`: images, splits.parquet, triplets.jsonl (PixelSmile format), dataset card.",
 )
 def ffe_release(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.MaterializeResult:
     version = context.partition_key
@@ -145,7 +147,7 @@ def shards_verified(context: dg.AssetCheckExecutionContext, ffe: FFEStorage) -> 
     problems = verify_release(ffe.layout, context.partition_key)
     for p in problems[:20]:
         context.log.error(p)
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": len(problems), "first": problems[:20]})
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": len(problems), "examples": problems[:20]})
 
 
 release_job = dg.define_asset_job(

@@ -78,14 +78,31 @@ def identity_vs_expression(path: Path, points: dict[str, tuple[Sequence[float], 
     return path
 
 
-def sweep_sheet(path: Path, rows: Sequence[Sequence[Image.Image]], scale: int = 3) -> Path:
-    """Rows of edits (one task's alphas left to right), tiled into one image."""
-    size = rows[0][0].size
-    sheet = Image.new("RGB", (size[0] * max(len(r) for r in rows), size[1] * len(rows)), "white")
+def sweep_sheet(path: Path, rows: Sequence[Sequence[Image.Image]], *, tile: int = 96,
+                row_labels: Sequence[str] | None = None, column_labels: Sequence[str] | None = None,
+                captions: Sequence[Sequence[str]] | None = None) -> Path:  # fmt: skip
+    """Rows of edits (one task's alphas left to right) tiled into one image, each tile `tile` px
+    square; optional labels left of each row and above each column, and a caption under each tile."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(14, tile // 8)))
+    label_w = 120 if row_labels else 0
+    head_h = 20 if column_labels else 0
+    cap_h = 18 if captions else 0
+    cols = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (label_w + cols * tile, head_h + len(rows) * (tile + cap_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(column_labels or ()):
+        draw.text((label_w + c * tile + 4, 3), text, fill="black", font=font)
     for r, tiles in enumerate(rows):
-        for c, tile in enumerate(tiles):
-            sheet.paste(tile.resize(size), (c * size[0], r * size[1]))
-    if scale > 1:
-        sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.Resampling.NEAREST)
+        y = head_h + r * (tile + cap_h)
+        if row_labels:
+            draw.multiline_text((4, y + tile // 2 - 14), row_labels[r], fill="black", font=font, spacing=2)
+        for c, image in enumerate(tiles):
+            # Upscaled small renders stay crisp (nearest); large photos shrink smoothly.
+            method = Image.Resampling.NEAREST if image.width < tile else Image.Resampling.LANCZOS
+            sheet.paste(image.convert("RGB").resize((tile, tile), method), (label_w + c * tile, y))
+            if captions:
+                draw.text((label_w + c * tile + 4, y + tile + 2), captions[r][c], fill="#333", font=font)
     sheet.save(path)
     return path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from PIL import Image
 from pixelsmile import metrics
 from pixelsmile.bench import plots
 from pixelsmile.bench.judges import Judge
+from pixelsmile.bench.report import write_report
 from pixelsmile.bench.tasks import BenchConfig, bench_tasks
 from storage.atomic import atomic_open, atomic_write_text
 
@@ -55,6 +57,7 @@ class BenchResult:
     edits: int
     unreadable: int
     folder: Path
+    tasks: int = 0
 
 
 def _task_file(out: Path, task_id: str) -> Path:
@@ -75,8 +78,8 @@ def run_task(task: dict, release: Path, editor: Editor, judge: Judge, strip: Pat
         raise BenchError(
             f"task {task['task_id']}: the editor gave {len(images)} images for {len(task['alphas'])} alphas"
         )
-    if strip is not None:
-        plots.sweep_sheet(strip, [[source, *images]], scale=1)
+    if strip is not None:  # the tiles of sweeps.png, full size
+        plots.sweep_sheet(strip, [[source, *images]], tile=source.width)
     rows = []
     for alpha, image in zip(task["alphas"], images, strict=True):
         r = judge.read(image)
@@ -90,9 +93,12 @@ def run_task(task: dict, release: Path, editor: Editor, judge: Judge, strip: Pat
 
 
 def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: BenchConfig = BenchConfig(), *,
-              max_unreadable: float = 0.05, progress: bool = True) -> BenchResult:  # fmt: skip
-    """Run (or resume) the bench of `editor` on `release` into `out`."""
-    from tqdm import tqdm
+              max_unreadable: float = 0.05, progress: bool = True, about: dict | None = None,
+              baseline: Path | None = None) -> BenchResult:  # fmt: skip
+    """Run (or resume) the bench of `editor` on `release` into `out`. `about` names what is benched
+    for the report (model, release, run_id); `baseline` is the bench folder of the same release's
+    no-edit run with this judge and config, drawn beside this one in the report."""
+    from storage.progress import progress_bar
 
     release, out = Path(release), Path(out)
     tasks = bench_tasks(release, config).to_pylist()
@@ -100,76 +106,115 @@ def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: Be
     todo = [t for t in tasks if not _task_file(out, t["task_id"]).is_file()]
     shown = sorted({t["identity_id"] for t in tasks})[:SWEEP_SOURCES]
     (out / "sweeps").mkdir(exist_ok=True)
-    for task in tqdm(todo, desc="bench", unit="task", disable=not progress, initial=len(tasks) - len(todo),
-                     total=len(tasks)):  # fmt: skip
+    # A judge that cannot read this editor's output fails the run as soon as the unreadable edits
+    # pass the allowed share of all planned edits, not after every edit is made.
+    planned = sum(len(t["alphas"]) for t in tasks)
+    waiting = {t["task_id"] for t in todo}
+    done = [t for t in tasks if t["task_id"] not in waiting]
+    unreadable = [r for t in done for r in json.loads(_task_file(out, t["task_id"]).read_text()) if r["scores"] is None]
+    _stop_if_unreadable(unreadable, planned, max_unreadable, len(done), len(tasks))
+    for task in progress_bar(todo, desc="bench", unit="task", disable=not progress, initial=len(done),
+                             total=len(tasks)):  # fmt: skip
         strip = out / "sweeps" / f"{task['task_id']}.png" if task["identity_id"] in shown else None
         rows = run_task(task, release, editor, judge, strip)
         atomic_write_text(_task_file(out, task["task_id"]), json.dumps(rows), fsync=False)
+        done.append(task)
+        unreadable += [r for r in rows if r["scores"] is None]
+        _stop_if_unreadable(unreadable, planned, max_unreadable, len(done), len(tasks))
     rows = [r for t in tasks for r in json.loads(_task_file(out, t["task_id"]).read_text())]
     with atomic_open(out / "edits.parquet") as f:
         pq.write_table(pa.Table.from_pylist(rows, schema=EDITS), f, compression="zstd")
-    unreadable = [r for r in rows if r["scores"] is None]
-    if len(unreadable) > max_unreadable * len(rows):
-        reasons = sorted({r["reason"] for r in unreadable})
-        raise BenchError(f"{len(unreadable)} of {len(rows)} edits could not be read by the judge "
-                         f"({'; '.join(reasons)[:200]}): more than {max_unreadable:.0%}")  # fmt: skip
     edits = [metrics.Edit(r["category"], r["alpha"], np.asarray(r["scores"]), r["id_sim"], r["identity_id"])
              for r in rows if r["scores"] is not None]  # fmt: skip
     summary = metrics.summary(edits)
     ci = metrics.bootstrap(edits, n=config.bootstrap, seed=config.seed)
-    result = BenchResult(summary, ci, len(rows), len(unreadable), out)
-    figures = draw(out, edits, config, sorted(out.glob("sweeps/*.png")))
-    write_report(out, judge, summary, ci, len(rows), len(unreadable), figures)
+    result = BenchResult(summary, ci, len(rows), len(unreadable), out, len(tasks))
+    base = _baseline(baseline, config)
+    about = {**(about or {}), "judge": f"{judge.name}@{judge.version}",
+             "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "commit": (about or {}).get("commit") or git_commit(),
+             "config": {"people": len({t["identity_id"] for t in tasks}), "categories": config.categories,
+                        "alphas": config.alphas, "hash": config.digest()}}  # fmt: skip
+    figures = draw(out, edits, config, rows, tasks, base, str(about.get("model") or "this run"))
+    write_report(out, about=about, summary=summary, ci=ci, categories=metrics.per_category(edits, config.categories),
+                 baseline=base, counts={"tasks": len(tasks), "edits": len(rows), "unreadable": len(unreadable)},
+                 figures=figures)  # fmt: skip
     atomic_write_text(out / "metrics.json", json.dumps({
         "judge": f"{judge.name}@{judge.version}", "tasks": len(tasks), "edits": len(rows),
         "unreadable": len(unreadable), "metrics": summary, "ci95": ci, "config": config.digest(),
-        "figures": figures,
+        "figures": figures, "baseline": base["run_id"] if base else None,
     }, indent=1, default=float) + "\n")  # fmt: skip
     return result
+
+
+def _baseline(folder: Path | None, config: BenchConfig) -> dict | None:
+    """The no-edit run's numbers for the report, or None."""
+    if folder is None:
+        return None
+    edits = read_edits(folder)
+    return {"run_id": Path(folder).parent.name, "edits": edits, "summary": metrics.summary(edits),
+            "categories": metrics.per_category(edits, config.categories)}  # fmt: skip
+
+
+def _stop_if_unreadable(unreadable: list[dict], planned: int, share: float, done: int, tasks: int) -> None:
+    if len(unreadable) > share * planned:
+        reasons = sorted({r["reason"] for r in unreadable})
+        stopped = f"; stopped after {done} of {tasks} tasks" if done < tasks else ""
+        raise BenchError(f"{len(unreadable)} of {planned} planned edits could not be read by the judge "
+                         f"({'; '.join(reasons)[:200]}): more than {share:.0%}{stopped}")  # fmt: skip
 
 
 SWEEP_SOURCES = 2  # people whose every edit is kept as a strip (sweeps/ and sweeps.png)
 
 
-def draw(out: Path, edits: list[metrics.Edit], config: BenchConfig, strips: list[Path]) -> list[str]:
-    """cls_curves.png, confusion.png, identity_vs_expression.png and sweeps.png of a run."""
-    curves = metrics.intensity_curves(edits, config.categories, config.alphas)
+def draw(out: Path, edits: list[metrics.Edit], config: BenchConfig, rows: list[dict], tasks: list[dict],
+         baseline: dict | None = None, name: str = "this run") -> list[str]:  # fmt: skip
+    """cls_curves.png (beside the no-edit baseline's), confusion.png, identity_vs_expression.png and
+    sweeps.png of a run."""
+    curves = {name: metrics.intensity_curves(edits, config.categories, config.alphas)}
+    if baseline is not None:
+        curves["no-edit baseline"] = metrics.intensity_curves(baseline["edits"], config.categories, config.alphas)
     positive = [e for e in edits if e.alpha > 0]
     written = [
-        plots.cls_curves(out / "cls_curves.png", config.alphas, {"edits": curves}),
-        plots.confusion(out / "confusion.png", {"edits": metrics.confusion(edits)}),
+        plots.cls_curves(out / "cls_curves.png", config.alphas, curves),
+        plots.confusion(out / "confusion.png", {name: metrics.confusion(edits)}),
         plots.identity_vs_expression(out / "identity_vs_expression.png",
-                                     {"edits": ([e.intensity for e in positive], [e.id_sim for e in positive])}),
+                                     {name: ([e.intensity for e in positive], [e.id_sim for e in positive])}),
     ]  # fmt: skip
-    if strips:
-        written.append(plots.sweep_sheet(out / "sweeps.png", [[Image.open(p)] for p in strips], scale=2))
+    if sheet := _sweeps(out, rows, tasks, config):
+        written.append(sheet)
     return [p.name for p in written]
 
 
-def write_report(out: Path, judge: Judge, summary: dict, ci: dict, edits: int, unreadable: int,
-                 figures: list[str]) -> Path:  # fmt: skip
-    """report.html: the metrics with their intervals and the figures; opens in any browser offline."""
-    from html import escape
+SWEEP_TILE = 128  # px per tile of sweeps.png: a few megapixels for two people x 12 categories x 7 alphas
 
-    def cell(name: str) -> str:
-        low, high = ci.get(name, (None, None))
-        interval = f" <small>[{low:.3f}, {high:.3f}]</small>" if low is not None else ""
-        return f"<tr><td>{escape(name)}</td><td>{summary[name]:.4f}{interval}</td></tr>"
 
-    rows = "".join(cell(name) for name in summary)
-    images = "".join(f'<figure><img src="{escape(f)}" alt="{escape(f)}"><figcaption>{escape(f)}</figcaption></figure>'
-                     for f in figures)  # fmt: skip
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>FFE-Bench run {escape(out.parent.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{padding:2px 10px;
-border-bottom:1px solid #ddd}}img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
-<h1>FFE-Bench: {escape(out.parent.name)}</h1>
-<p>judge {escape(judge.name)}@{escape(judge.version)}; {edits} edits, {unreadable} unreadable;
-95% intervals from a bootstrap over the sources.</p>
-<table><tr><th>metric</th><th>value [95% interval]</th></tr>{rows}</table>
-{images}</body></html>
-"""
-    atomic_write_text(out / "report.html", html)
-    return out / "report.html"
+def _sweeps(out: Path, rows: list[dict], tasks: list[dict], config: BenchConfig) -> Path | None:
+    """sweeps.png: the kept strips, one row per (person, category) in the categories' order, labelled,
+    with the judged target intensity under each edit."""
+    from storage.schemas import CATEGORIES
+
+    order = {c: k for k, c in enumerate(CATEGORIES)}
+    kept = sorted((t for t in tasks if (out / "sweeps" / f"{t['task_id']}.png").is_file()),
+                  key=lambda t: (t["identity_id"], order[t["category"]]))  # fmt: skip
+    if not kept:
+        return None
+    by_task: dict[str, dict[float, list | None]] = {}
+    for r in rows:
+        by_task.setdefault(r["task_id"], {})[r["alpha"]] = r["scores"]
+    tiles, labels, captions = [], [], []
+    for t in kept:
+        with Image.open(out / "sweeps" / f"{t['task_id']}.png") as strip:
+            n = len(t["alphas"]) + 1
+            side = strip.width // n
+            tiles.append([strip.crop((k * side, 0, (k + 1) * side, strip.height)) for k in range(n)])
+        judged = by_task.get(t["task_id"], {})
+        index = order[t["category"]]
+        captions.append(["source"] + [("unreadable" if judged.get(a) is None else f"judged {judged[a][index]:.2f}")
+                                      for a in t["alphas"]])  # fmt: skip
+        labels.append(f"{t['identity_id'][:14]}\n{t['category']}")
+    alphas = kept[0]["alphas"]
+    return plots.sweep_sheet(out / "sweeps.png", tiles, tile=SWEEP_TILE, row_labels=labels, captions=captions,
+                             column_labels=["source"] + [f"alpha {a:g}" for a in alphas])  # fmt: skip
 
 
 def read_edits(folder: Path) -> list[metrics.Edit]:
@@ -256,19 +301,32 @@ def git_commit() -> str | None:
 
 
 def bench_and_record(layout, version: str, run_id: str, model: str, editor: Editor, judge: Judge,
-                     config: BenchConfig = BenchConfig(), *, kind: str = "measured",
-                     progress: bool = True) -> dict:  # fmt: skip
+                     config: BenchConfig = BenchConfig(), *, kind: str = "measured", progress: bool = True,
+                     baseline_id: str | None = None) -> dict:  # fmt: skip
     """Run the bench of `editor` on release `version` into runs/<version>/<run_id>/bench and record
-    the leaderboard row; a run that fails is recorded as failed with its reason (and re-raised)."""
-    from storage.leaderboard import record_run
+    the leaderboard row; a run that fails is recorded as failed with its reason (and re-raised).
+    A measured run is drawn beside the release's no-edit run with the same judge and config, which
+    is benched first (as `baseline_id`, default `<run_id>-no-edit`) when there is none yet."""
+    from storage.leaderboard import baseline_run, record_run
     from storage.releases.plan import release_dir
 
+    judge_id, commit = f"{judge.name}@{judge.version}", git_commit()
+    baseline = None
+    if kind != "baseline":
+        found = baseline_run(layout, version, judge_id, config.digest())
+        if found is None:
+            found = bench_and_record(layout, version, baseline_id or f"{run_id}-no-edit", "no-edit", no_edit, judge,
+                                     config, kind="baseline", progress=progress)  # fmt: skip
+        baseline = layout.runs / version / found["run_id"] / "bench"
     out = layout.runs / version / run_id / "bench"
-    common = dict(release=version, model=model, kind=kind, judge=f"{judge.name}@{judge.version}",
-                  config_hash=config.digest(), git_commit=git_commit())  # fmt: skip
+    common = dict(release=version, model=model, kind=kind, judge=judge_id, config_hash=config.digest(),
+                  git_commit=commit)  # fmt: skip
+    about = {"model": model, "release": version, "run_id": run_id, "commit": commit}
     try:
-        result = run_bench(release_dir(layout, version), out, editor, judge, config, progress=progress)
+        result = run_bench(release_dir(layout, version), out, editor, judge, config, progress=progress, about=about,
+                           baseline=baseline)  # fmt: skip
     except BenchError as err:
         record_run(layout, run_id, reason=f"bench: {err}", **common)
         raise
-    return record_run(layout, run_id, metrics=result.metrics, ci95=result.ci95, tasks=result.edits, **common)
+    return record_run(layout, run_id, metrics=result.metrics, ci95=result.ci95, tasks=result.tasks,
+                      edits=result.edits, **common)  # fmt: skip

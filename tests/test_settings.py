@@ -1,0 +1,107 @@
+"""How a work folder is built: one typed settings file, environment variables over it, flags over
+both; `ffe build` and `ffe ui` remember what they ran with, so the daemon builds the same way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipelines import settings
+from pipelines.cli import main
+from pipelines.definitions import build_definitions
+from pipelines.errors import FFEError
+from tests.conftest import REPO
+
+NO_ENV: dict[str, str] = {}
+
+
+def test_layers_defaults_file_env_flags_and_where_each_value_came_from(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "settings.yaml").write_text("bench:\n  judge: vlm\n  vlm_path: models/vlm\ninput:\n  domain: anime\n")
+    env = {"FFE_JUDGE": "synthetic", "FFE_TRAIN_PROCESSES": "4", "FFE_LABEL_STUDIO_TOKEN": "s3cret"}
+    eff = settings.load(work, env=env, flags={"input.pre_cropped": True, "input.domain": None})
+    s = eff.settings
+    assert (s.bench.judge, s.train.processes, s.input.domain, s.input.pre_cropped) == ("synthetic", 4, "anime", True)
+    assert s.bench.vlm_path == str(work.resolve() / "models" / "vlm")  # relative to the work folder
+    assert eff.sources["bench.judge"] == "env $FFE_JUDGE" and eff.sources["input.pre_cropped"] == "command line"
+    assert eff.sources["input.domain"].startswith("file ") and eff.sources["train.recipe"] == "default"
+    shown = {r["key"]: r for r in settings.show(eff)}
+    assert shown["label_studio.token"]["value"] == "****" and "s3cret" not in repr(settings.show(eff))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bench:\n  judje: face\n", "unknown key 'bench.judje'; did you mean 'bench.judge'?"),
+        ("bensh:\n  judge: face\n", "unknown section 'bensh'; did you mean 'bench'?"),
+        ("bench:\n  judge: facee\n", "setting bench.judge = 'facee' (from file"),
+        ("train:\n  processes: 0\n", "setting train.processes = 0"),
+        ("label_studio:\n  token: abc\n", "never read from a file: set $FFE_LABEL_STUDIO_TOKEN"),
+        ("- a list\n", "must be a mapping"),
+        ("bench: [\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_settings_file_is_one_error_naming_the_key(tmp_path, text, message):
+    (tmp_path / "settings.yaml").write_text(text)
+    with pytest.raises(FFEError, match=message.replace("$", r"\$").replace("?", r"\?").replace("(", r"\(")):
+        settings.load(tmp_path, env=NO_ENV)
+
+
+def test_a_bad_environment_value_names_its_variable(tmp_path):
+    with pytest.raises(FFEError, match=r"setting generator.steps = 'many' \(from env \$FFE_GENERATOR_STEPS\)"):
+        settings.load(tmp_path, env={"FFE_GENERATOR_STEPS": "many"})
+
+
+def test_ffe_build_remembers_how_the_folder_was_built(tmp_path, monkeypatch, capsys):
+    """Found: a folder built with FFE_JUDGE=synthetic and --pre-cropped was benched with the face
+    judge and cropped again under `ffe ui`, which knew neither."""
+    work, inp = tmp_path / "world", tmp_path / "world" / "input"
+    inp.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FFE_JUDGE", "synthetic")
+    args = ["--workdir", "world", "--input", "world/input", "--pre-cropped", "--select", "raw_images"]
+    assert main(["build", *args]) == 0
+    assert "remembered in" in capsys.readouterr().out
+    stored = yaml.safe_load((work / "settings.yaml").read_text())
+    assert stored["bench"]["judge"] == "synthetic" and stored["input"] == {"folder": "input", "pre_cropped": True}
+    monkeypatch.delenv("FFE_JUDGE")
+    # What `ffe ui` runs: `dagster dev` loading the definitions with only FFE_WORKDIR set.
+    code = ("from pipelines.definitions import defs; r = defs.resources; "
+            "print(r['pixelsmile'].judge, r['ffe'].pre_cropped, r['ffe'].input_dir)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FFE_")} | {"FFE_WORKDIR": str(work)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["synthetic", "True", str(inp.resolve())], out.stderr[-2000:]
+    # A moved folder still finds its input inside it.
+    moved = tmp_path / "moved"
+    work.rename(moved)
+    assert settings.load(moved, env=NO_ENV).input_path == (moved / "input").resolve()
+
+
+def test_ffe_settings_show_set_and_unset(tmp_path, capsys):
+    work = str(tmp_path / "w")
+    assert main(["settings", "set", "bench.judge", "synthetic", "--workdir", work]) == 0
+    assert main(["settings", "set", "generator.steps", "12", "--workdir", work]) == 0
+    assert main(["settings", "set", "bench.judg", "face", "--workdir", work]) == 1
+    assert "did you mean 'bench.judge'" in capsys.readouterr().err
+    assert main(["settings", "set", "label_studio.token", "x", "--workdir", work]) == 1
+    assert "never stored" in capsys.readouterr().err
+    assert main(["settings", "show", "--workdir", work, "--json"]) == 0
+    rows = {r["key"]: r for r in __import__("json").loads(capsys.readouterr().out)}
+    assert rows["bench.judge"]["value"] == "synthetic" and rows["generator.steps"]["value"] == 12
+    assert rows["bench.judge"]["source"].startswith("file ") and rows["bench.judge"]["env"] == "FFE_JUDGE"
+    assert main(["settings", "unset", "bench.judge", "--workdir", work]) == 0
+    assert settings.load(work, env=NO_ENV).settings.bench.judge == "face"
+
+
+def test_definitions_read_the_settings_file_and_env_overrides_it(tmp_path, monkeypatch):
+    (tmp_path / "settings.yaml").write_text("bench:\n  judge: synthetic\nprelabels:\n  scorer: synthetic\n")
+    defs = build_definitions(str(tmp_path))
+    assert defs.resources["pixelsmile"].judge == "synthetic"
+    assert defs.resources["prelabel_scorer"].scorer == "synthetic"
+    monkeypatch.setenv("FFE_JUDGE", "face")
+    assert build_definitions(str(tmp_path)).resources["pixelsmile"].judge == "face"
