@@ -1,7 +1,9 @@
 """Ingest batches: which input files each batch holds, fixed once in a manifest.
 
-A file is identified by (absolute path, size, mtime): a file already in a manifest is never
-registered again, and one rewritten in place is new. A batch id is a hash of its file list, so two
+A file is identified by (path, size, mtime): a file already in a manifest is never registered again,
+and one rewritten in place is new. The path is relative to the work folder when the file is inside
+it (the default input folder, generated variants), so a copied or moved work folder still knows its
+own input; files elsewhere keep their absolute path. A batch id is a hash of its file list, so two
 registrars seeing the same new files name the same batch, and a sensor's run key (the batch id)
 launches it once. Registration holds a file lock, so the sensor and `ffe build` can run side by side.
 """
@@ -27,13 +29,23 @@ BATCH_PREFIX = "batch-"
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str  # absolute
+    path: str  # relative to the work folder when inside it, else absolute (`located` opens it)
     size: int
     mtime_ns: int
 
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.path, self.size, self.mtime_ns)
+
+    def located(self, layout: Layout) -> Path:
+        """The file's absolute path (an absolute stored path is kept as it is)."""
+        return layout.root / self.path
+
+
+def stored_path(layout: Layout, path: str | os.PathLike[str]) -> str:
+    """How a path is recorded: relative to the work folder when inside it, else absolute."""
+    p = Path(path)
+    return p.relative_to(layout.root).as_posix() if p.is_relative_to(layout.root) else str(p)
 
 
 def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> list[InputFile]:
@@ -143,13 +155,15 @@ def register_new_batch(
     root = Path(input_dir).expanduser().resolve()
     with _registry_lock(layout):
         known = {f.key for m in manifests(layout) for f in (*m.files, *m.label_files)}
-        found = [f for f in scan_input(root, min_age_s=min_age_s) if f.key not in known]
+        scanned = [InputFile(stored_path(layout, f.path), f.size, f.mtime_ns)
+                   for f in scan_input(root, min_age_s=min_age_s)]  # fmt: skip
+        found = [f for f in scanned if f.key not in known]
         new = [f for f in found if not is_label_file(f.path)]
         if not new:
             return None
         manifest = Manifest(
             batch=batch_id_for(new),
-            input_dir=str(root),
+            input_dir=stored_path(layout, root),
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
             files=tuple(new),
             domain=domain,

@@ -197,6 +197,7 @@ def variant_sources(layout: Layout, batch: str) -> dict[str, dict]:
         for r in tables.read_partition(layout, "variants", part).to_pylist():
             by_path[str((layout.root / r["path"]).resolve())] = r
     images = tables.read_partition(layout, "images", batch).select(["image_id", "source_uri"]).to_pylist()
-    record_of = {i["image_id"]: by_path.get(i["source_uri"]) for i in images}
+    # source_uri is relative to the work folder for files inside it (older batches: absolute).
+    record_of = {i["image_id"]: by_path.get(str((layout.root / i["source_uri"]).resolve())) for i in images}
     faces = tables.read_partition(layout, "faces", batch).select(["face_id", "image_id"]).to_pylist()
     return {f["face_id"]: record_of[f["image_id"]] for f in faces if record_of.get(f["image_id"])}

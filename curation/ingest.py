@@ -80,7 +80,7 @@ def _now() -> datetime:
 def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _Outcome:
     """Runs in a worker: one read, one hash, one decode, one (idempotent) store."""
     try:
-        with open(file.path, "rb") as f:
+        with open(file.located(layout), "rb") as f:
             data = f.read()
     except OSError as err:
         return _Outcome(file.path, reason="unreadable", detail=f"{type(err).__name__}: {err.strerror or err}")

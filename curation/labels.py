@@ -86,13 +86,14 @@ def _parse(path: Path, files: set[str]) -> tuple[dict[str, dict], list[tuple[str
 def import_labels(layout: Layout, batch: str, label_files: list[str], image_files: list[str]) -> dict:
     """Write `imported_labels/<batch>` (one row per ingested image a label file names) and the
     rows it cannot use to `failures`. Reruns rewrite both: they depend on the batch alone."""
-    files = set(image_files)
+    # Manifest paths are relative to the work folder where inside it; label rows name absolute ones.
+    stored = {str(layout.root / f): f for f in image_files}
     labels: dict[str, dict] = {}
     problems: list[tuple[str, str, str]] = []
     for path in label_files:
-        found, bad = _parse(Path(path), files)
+        found, bad = _parse(layout.root / path, set(stored))
         problems += bad
-        for target, label in found.items():
+        for target, label in ((stored[t], v) for t, v in found.items()):
             if target in labels:
                 problems.append((target, "labelled_twice", f"{target} is labelled in {labels[target]['label_file']} "
                                                            f"and {label['label_file']}"))  # fmt: skip

@@ -16,8 +16,9 @@ import dagster as dg
 from curation.batches import manifests, register_new_batch
 from curation.sample import write_sample
 from pipelines import settings as ffe_settings
-from pipelines.definitions import build_definitions
+from pipelines.definitions import JOBS, build_definitions
 from pipelines.defs.ingest import ingest_batches
+from pipelines.defs.model import model_job, shards_passed
 from pipelines.defs.release import releases
 from pipelines.errors import FFEError
 from pipelines.instance import open_instance
@@ -164,32 +165,49 @@ def build(
             if manifest:
                 report.new_batch, report.new_files = manifest.batch, len(manifest.files)
                 echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
-        assets = [*defs.assets, *defs.asset_checks]
+
+        graph_jobs = [(job.name, set(job.selection.resolve(graph))) for job in JOBS]
 
         def run(partition: str | None, selected: list[dg.AssetKey]) -> None:
+            """Materialise `selected` for one partition, under the product's job that holds each
+            asset (runs show `batch_job`, `release_job` ... in the UI, as the daemon's do); a
+            release's model is trained only once its shards passed their check."""
             label = partition or "all batches"
-            names = {k.to_python_identifier() for k in selected}
+            for job_name, holds in graph_jobs:
+                keys = sorted((k for k in selected if k in holds), key=str)
+                if not keys:
+                    continue
+                if job_name == model_job.name and not shards_passed(instance, partition):
+                    report.failed[label] = f"release {partition}: shards_verified did not pass; no model trained"
+                    echo(f"FAILED {label}: {report.failed[label]}")
+                    return
+                if not run_job(partition, job_name, keys):
+                    return
+
+        def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
+            label = partition or "all batches"
+            names = {k.to_python_identifier() for k in keys}
             # Each run gets the config of its own assets: Dagster refuses config for others.
             run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
             try:
-                result = dg.materialize(
-                    assets,
-                    selection=selected,
-                    partition_key=partition,
+                result = defs.resolve_job_def(job_name).execute_in_process(
                     instance=instance,
-                    resources=defs.resources,
+                    partition_key=partition,
                     run_config=run_config,
                     raise_on_error=False,
-                    tags={"ffe/launched_by": "ffe build"},
+                    asset_selection=keys,
+                    tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names))},
                 )
             except dg.DagsterInvalidConfigError as err:
                 raise FFEError(f"invalid config: {err}") from None
             except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
                 raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
-            report.runs.append(label)
+            if label not in report.runs:
+                report.runs.append(label)
             if not result.success:
                 report.failed[label] = _first_error(result)
                 echo(f"FAILED {label}: {report.failed[label]}")
+            return result.success
 
         def per_partition(partitions: list[str], selected: list[dg.AssetKey], up: list[dg.AssetKey],
                           gone: Callable[[str], bool] = lambda p: False) -> None:  # fmt: skip

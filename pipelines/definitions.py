@@ -46,6 +46,19 @@ batch_job = dg.define_asset_job(
     ),
     description="Ingest and curate one batch of input files.",
 )
+variants_job = dg.define_asset_job(
+    "variants_job",
+    selection=dg.AssetSelection.assets(generation.expression_variants),
+    description="Expression variants of one batch's faces (when a generator is configured).",
+)
+across_batches_job = dg.define_asset_job(
+    "across_batches_job",
+    selection=dg.AssetSelection.assets(*[a for a in ASSETS if a.partitions_def is None]),
+    description="The assets across all batches: identities, annotation, affect scores and the release plan "
+    "(the daemon runs them by declarative automation).",
+)
+# Every asset is in one of these, in the order data flows: `ffe build` runs each step under its job.
+JOBS = [batch_job, variants_job, across_batches_job, release.release_job, model.model_job]
 
 
 def build_definitions(
@@ -74,7 +87,7 @@ def build_definitions(
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[batch_job, annotation.annotation_sync_job, release.release_job, model.model_job, model.bench_job],
+        jobs=[*JOBS, annotation.annotation_sync_job, model.bench_job],
         sensors=[ingest.new_input_files, automation_sensor, annotation.annotation_sync, release.new_release,
                  model.verified_release],  # fmt: skip
         schedules=[model.nightly_bench],

@@ -45,9 +45,66 @@ def test_the_no_edit_baseline_keeps_identity_and_controls_nothing(release, tmp_p
         with Image.open(tmp_path / "noedit" / name) as im:
             assert im.width > 100 and im.height > 100
     with Image.open(tmp_path / "noedit" / "sweeps.png") as im:  # 2 people x 3 tasks, source + 3 alphas each
-        assert im.size == (2 * 32 * 4, 2 * 32 * 6)
+        assert im.size == (120 + 4 * 128, 20 + 6 * (128 + 18))  # labels, 128 px tiles, captions
     report = (tmp_path / "noedit" / "report.html").read_text()
-    assert all(f'src="{name}"' in report for name in figures) and "ID Sim</td><td>1.0000" in report
+    assert all(f'src="{name}"' in report for name in figures) and "<b>ID Sim</b>" in report
+
+
+def test_the_sweep_sheet_is_a_few_megapixels_in_the_categories_order_with_labels(release, tmp_path):
+    """Found: sweeps.png was 8192 x 24576 px (Pillow refused it as a decompression bomb), its rows in
+    file-name order (angry, anxious, ...), with no labels."""
+    from pixelsmile.bench.run import SWEEP_TILE
+    from storage.schemas import CATEGORIES
+
+    config = BenchConfig(alphas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), bootstrap=10)
+    big = release.parent / "big-sources"
+
+    def upscaled(source, category, alphas):  # an editor at 512 px, as a real one works
+        return [source.copy() for _ in alphas]
+
+    import shutil
+
+    shutil.copytree(release, big)
+    for png in (big / "images").glob("*.png"):
+        Image.open(png).resize((512, 512)).save(png)
+    run_bench(big, tmp_path / "run", upscaled, SyntheticJudge(), config, progress=False)
+    with Image.open(tmp_path / "run" / "sweeps.png") as im:
+        assert im.width * im.height < 6e6  # every row of 2 people x 12 categories x (source + 7 alphas)
+        assert im.size == (120 + 8 * SWEEP_TILE, 20 + 24 * (SWEEP_TILE + 18))
+        sheet = np.asarray(im.convert("L"))
+    assert (sheet[:20, 120:] < 128).any() and (sheet[20:, :120] < 128).any()  # column and row labels
+    strips = sorted((tmp_path / "run" / "sweeps").glob("*.png"))
+    people = sorted({p.stem.rsplit("-", 1)[0] for p in strips})
+    # Rows follow the categories' order: the first person's rows are happy, sad, angry, ...
+    first_rows = [f"{people[0]}-{c}" for c in CATEGORIES]
+    assert [p.stem for p in strips if p.stem.startswith(people[0])] == sorted(first_rows)
+    tile = np.asarray(Image.open(tmp_path / "run" / "sweeps" / f"{people[0]}-sad.png").convert("L"))
+    row1 = sheet[20 + (SWEEP_TILE + 18): 20 + (SWEEP_TILE + 18) + SWEEP_TILE, 120:120 + SWEEP_TILE]
+    expected = np.asarray(Image.fromarray(tile[:, :512]).resize((SWEEP_TILE, SWEEP_TILE), Image.Resampling.LANCZOS))
+    assert np.abs(row1.astype(int) - expected.astype(int)).mean() < 3  # row 2 is sad, not anxious
+
+
+def test_the_report_says_what_was_benched_beside_the_no_edit_baseline(release, tmp_path):
+    from pixelsmile.bench.run import bench_and_record
+
+    layout = Layout.at(release.parents[1])
+    editor = pixel_editor(PixelBackbone(channels=16, blocks=1, seed=5), steps=2)
+    row = bench_and_record(layout, release.name, "report-pixel", "pixel-untrained", editor, SyntheticJudge(), SMALL,
+                           progress=False)  # fmt: skip
+    html = (layout.runs / release.name / "report-pixel" / "bench" / "report.html").read_text()
+    for text in ("pixel-untrained", release.name, "report-pixel", "synthetic-exact@1", "people × 3 categories × 3",
+                 "report-pixel-no-edit", "↓ lower", "↑ higher", "no-edit baseline", "Per category",
+                 "mean judged intensity", SMALL.digest()):  # fmt: skip
+        assert text in html, text
+    assert "0.083" in html or "0.333" in html  # chance for Acc (3 categories of 12: 1/12 shown)
+    assert "-0.0000" not in html
+    assert row["tasks"] * 3 == row["edits"]  # Found: `tasks` held the number of edits
+    # The baseline was benched first, with the same judge and config, and is not benched twice.
+    again = bench_and_record(layout, release.name, "report-pixel-2", "pixel-untrained", editor, SyntheticJudge(),
+                             SMALL, progress=False)  # fmt: skip
+    assert not (layout.runs / release.name / "report-pixel-2-no-edit").exists() and again["status"] == "ok"
+    second = layout.runs / release.name / "report-pixel-2" / "bench" / "report.html"
+    assert "report-pixel-no-edit" in second.read_text()
 
 
 def test_a_killed_run_resumes_without_redoing_finished_tasks(release, tmp_path):
@@ -109,8 +166,8 @@ def test_a_bench_run_lands_in_the_leaderboard_and_a_failed_one_with_its_reason(r
                            kind="baseline", progress=False)  # fmt: skip
     assert row["status"] == "ok" and row["id_sim"] == 1.0 and row["git_commit"]
     assert (layout.runs / release.name / "noedit-1" / "bench" / "metrics.json").is_file()
-    board = [r for r in leaderboard(layout, release.name) if r["kind"] == "baseline"]
-    assert [r["run_id"] for r in board] == ["noedit-1"] and json.loads(board[0]["ci95"])["ID Sim"] == [1.0, 1.0]
+    board = {r["run_id"]: r for r in leaderboard(layout, release.name) if r["kind"] == "baseline"}
+    assert json.loads(board["noedit-1"]["ci95"])["ID Sim"] == [1.0, 1.0]
 
     first = bench_tasks(release, SMALL).to_pylist()[0]
     backup = tmp_path / "kept.png"
@@ -178,12 +235,12 @@ def test_the_report_opens_in_headless_chromium(release, tmp_path):
     shot = tmp_path / "report.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1000,1400"]  # fmt: skip
+             f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1000,3000"]  # fmt: skip
     done = subprocess.run([browser, *flags, f"--screenshot={shot}", (tmp_path / "run" / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert shot.is_file(), done.stderr[-2000:]
     with Image.open(shot) as im:
-        assert im.size == (1000, 1400)
+        assert im.size == (1000, 3000)
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
     dark = (pixels.max(axis=1) < 80).mean()  # text
     coloured = (pixels.max(axis=1).astype(int) - pixels.min(axis=1) > 60).mean()  # the plots' lines and cells

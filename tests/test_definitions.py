@@ -138,3 +138,20 @@ def test_every_sensor_and_schedule_of_the_loop_runs_by_default():
     assert {k.to_user_string() for k in automated} >= {"identities", "affect_scores", "release_plan"}
     covered = sensors["ffe_automation"].asset_selection.resolve(graph)
     assert automated <= covered
+
+
+def test_descriptions_render_in_the_ui():
+    """Found: descriptions with `<version>`, `<batch>` or `<run>` rendered as "runs///bench/" (the UI
+    reads them as Markdown, where <word> is an HTML tag). Paths go in code spans."""
+    import re
+
+    defs = build_definitions("unused")
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    texts = {k.to_user_string(): graph.get(k).description for k in graph.get_all_asset_keys()}
+    texts |= {c.to_user_string(): graph.get_check_spec(c).description for c in graph.asset_check_keys}
+    texts |= {j.name: j.description for j in repo.get_all_jobs()}
+    texts |= {s.name: s.description for s in [*repo.sensor_defs, *repo.schedule_defs]}
+    bare = {name: text for name, text in texts.items()
+            if text and re.search(r"<[a-z_]+>", re.sub(r"`[^`]*`", "", text))}  # fmt: skip
+    assert not bare

@@ -78,7 +78,7 @@ def test_variants_flow_back_as_a_generated_batch_into_identities_prelabels_and_t
     drifted = {r["item"] for r in tables.read_table(layout, "failures").to_pylist() if r["reason"] == "identity_drift"}
     joined = 0
     for face in faces:
-        source = by_path[images[face["image_id"]]]["source_face_id"]
+        source = by_path[str((layout.root / images[face["image_id"]]).resolve())]["source_face_id"]
         if face["face_id"] in identity_of:
             assert identity_of[face["face_id"]] == identity_of[source]
             joined += 1

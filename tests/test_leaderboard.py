@@ -62,3 +62,23 @@ def test_ffe_bench_show_prints_measured_and_reported_rows(tmp_path, capsys):
     assert main(["bench", "show", "--workdir", str(work), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert len(shown["leaderboard"]) == 1 + len(REPORTED) and shown["failed"][0]["run_id"] == "crash"
+
+
+def test_ffe_bench_show_names_run_and_judge_gives_intervals_and_direction(tmp_path, capsys):
+    """Found: no run id or judge column, no intervals, no direction; in --json `tasks` held the
+    number of edits and `ci95` was a JSON string inside the JSON."""
+    work = tmp_path / "w"
+    layout = Layout.at(work)
+    record_run(layout, "run-a", release="r1", model="pixelsmile-lora@a", metrics=GOOD | {"mSCR": -1e-9},
+               ci95={"mSCR": [0.05, 0.1], "HES": [0.4, 0.6]}, judge="exact@1", tasks=60, edits=420)  # fmt: skip
+    assert main(["bench", "show", "--workdir", str(work)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "mSCR↓" in lines[0] and "HES↑" in lines[0] and "judge" in lines[0]
+    k = next(i for i, line in enumerate(lines) if line.startswith("measured"))
+    assert "exact@1" in lines[k] and "0.0000" in lines[k] and "-0.0000" not in lines[k]
+    assert "run run-a" in lines[k + 1] and "0.050-0.100" in lines[k + 1] and "0.400-0.600" in lines[k + 1]
+    assert main(["bench", "show", "--workdir", str(work), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    (row,) = [r for r in shown["leaderboard"] if r["kind"] == "measured"]
+    assert (row["tasks"], row["edits"]) == (60, 420) and row["ci95"]["mSCR"] == [0.05, 0.1]
+    assert shown["better"]["mSCR"] == "lower" and shown["better"]["HES"] == "higher"

@@ -63,7 +63,7 @@ def test_plan_sensor_build_and_a_check_that_names_a_broken_shard(tmp_path):
         rerun = _materialize(defs, instance, ["ffe_shards"], partition=version)
         (check,) = rerun.get_asset_check_evaluations()
         assert not check.passed and not rerun.success
-        assert any(line.startswith(shard.name) for line in check.metadata["first"].value)
+        assert any(line.startswith(shard.name) for line in check.metadata["examples"].value)
 
 
 def test_a_bad_release_config_fails_release_plan_with_its_reason(tmp_path):

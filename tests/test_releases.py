@@ -366,3 +366,22 @@ def test_a_face_held_twice_by_a_table_stops_the_plan_with_its_id(tmp_path):
     tables.write_partition(layout, "identities", "batch-sample0", rows + rows[:1])
     with pytest.raises(StorageError, match=f"appear more than once .*{ids[0]}"):
         plan_release(layout, ReleaseConfig())
+
+
+def test_the_cards_webdataset_snippet_loads_a_one_shard_release(tmp_path):
+    """Found: the card's snippet hard-coded `train-{000000..000009}.tar` and failed on a release with
+    one shard. The pattern in the card is the real one, and webdataset reads every sample with it."""
+    import re
+
+    import webdataset as wds
+
+    from pixelsmile.synthetic import world_release
+    from storage.releases.card import shard_pattern
+
+    folder = world_release(Layout.at(tmp_path / "w"), people=4, faces_per_person=3, size=32)
+    card = (folder / "README.md").read_text()
+    (pattern,) = re.findall(r'wds\.WebDataset\("releases/[^/]+/shards/([^"]+)"', card)
+    assert pattern == "train-000000.tar" and "(train: 1, val: 0, bench: 0)" in card
+    samples = list(wds.WebDataset(str(folder / "shards" / pattern), shardshuffle=False))
+    assert len(samples) == 4
+    assert shard_pattern(["train-000000.tar", "train-000001.tar", "train-000002.tar"]) == "train-{000000..000002}.tar"

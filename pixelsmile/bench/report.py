@@ -29,7 +29,8 @@ def _interval(ci: dict, name: str) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}small,.dim{color:#777}img{max-width:100%}figure{margin:1.5em 0}
+th{background:#f4f4f4}td{white-space:nowrap}td.l small{white-space:normal}
+td.l,th.l{text-align:left}small,.dim{color:#777}img{max-width:100%}figure{margin:1.5em 0}
 dl.about{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dt{color:#777}dd{margin:0}"""
 
 

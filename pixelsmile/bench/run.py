@@ -130,7 +130,8 @@ def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: Be
     ci = metrics.bootstrap(edits, n=config.bootstrap, seed=config.seed)
     result = BenchResult(summary, ci, len(rows), len(unreadable), out, len(tasks))
     base = _baseline(baseline, config)
-    about = {**(about or {}), "judge": f"{judge.name}@{judge.version}",
+    about = {"model": "an unnamed editor", "release": release.name, "run_id": out.parent.name, **(about or {}),
+             "judge": f"{judge.name}@{judge.version}",
              "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "commit": (about or {}).get("commit") or git_commit(),
              "config": {"people": len({t["identity_id"] for t in tasks}), "categories": config.categories,
                         "alphas": config.alphas, "hash": config.digest()}}  # fmt: skip

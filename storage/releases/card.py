@@ -99,8 +99,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in rows])
 
 
-def card_text(manifest: dict) -> str:
+def card_text(manifest: dict, shards: dict[str, list[str]]) -> str:
+    """The dataset card; `shards` names each split's shard files."""
     v, c, counts = manifest["version"], manifest["config"], manifest["counts"]
+    split = next((s for s in SPLITS if shards.get(s)), "train")
+    pattern = shard_pattern(shards[split]) if shards.get(split) else f"{split}-000000.tar"
+    per_split = ", ".join(f"{s}: {len(shards.get(s, []))}" for s in SPLITS)
     snap = manifest["annotation_snapshot"]
     split_rows = [[s, counts["splits"][s]["identities"], counts["splits"][s]["faces"],
                    counts["triplets"].get(s, "-")] for s in SPLITS]  # fmt: skip
@@ -137,7 +141,7 @@ the same inputs always give this version and these bytes.
 - `images/<face_id>.png`: the aligned crops.
 - `triplets.jsonl`, `triplets_val.jsonl`: training triplets in the PixelSmile reference's format
   (JSON Schema: `triplets.schema.json`).
-- `shards/{{train,val,bench}}-NNNNNN.tar`: WebDataset shards, one sample per identity:
+- `shards/{{train,val,bench}}-NNNNNN.tar`: WebDataset shards ({per_split}), one sample per identity:
   `<identity>.json` and one `<identity>.<face_id>.png` per face.
 - `shards/index.parquet`: shard, key, faces, byte offset and size of every sample.
 - `manifest.json`: counts, config, provenance and the sha256 of every file.
@@ -156,7 +160,7 @@ Plain webdataset:
 
 ```python
 import webdataset as wds
-ds = wds.WebDataset("releases/{v}/shards/train-{{000000..000009}}.tar", shardshuffle=False).decode("pil")
+ds = wds.WebDataset("releases/{v}/shards/{pattern}", shardshuffle=False).decode("pil")
 # a sample: "json" (the identity, its faces and scores) and one "<face_id>.png" (PIL image) per face
 ```
 
@@ -176,7 +180,23 @@ folder. Check a copy with `ffe release verify {v}`.
 """
 
 
+def shard_pattern(names: list[str]) -> str:
+    """WebDataset's brace notation for a split's shards: `train-000000.tar` for one shard,
+    `train-{000000..000003}.tar` for four."""
+    if len(names) == 1:
+        return names[0]
+    prefix, first, last = names[0].rsplit("-", 1)[0], names[0].rsplit("-", 1)[1][:-4], names[-1].rsplit("-", 1)[1][:-4]
+    return f"{prefix}-{{{first}..{last}}}.tar"
+
+
 def write_card(folder: Path, manifest: dict, faces: pa.Table) -> list[str]:
+    from storage.releases.config import ReleaseConfig
+    from storage.releases.shards import plan_shards
+
     plots = write_plots(folder, manifest, faces)
-    atomic_write_text(folder / "README.md", card_text(manifest))
+    # The shards are written later, but their names follow from the faces and the config.
+    config = ReleaseConfig.from_json(manifest["config"])
+    names = {split: [s.name for s in plan_shards(faces, config.shard_target_bytes) if s.split == split]
+             for split in SPLITS}  # fmt: skip
+    atomic_write_text(folder / "README.md", card_text(manifest, names))
     return ["README.md", *plots]
