@@ -155,3 +155,12 @@ def test_descriptions_render_in_the_ui():
     bare = {name: text for name, text in texts.items()
             if text and re.search(r"<[a-z_]+>", re.sub(r"`[^`]*`", "", text))}  # fmt: skip
     assert not bare
+
+
+def test_metadata_is_tidied_for_the_ui_without_touching_typed_values():
+    from pipelines.defs.metadata import tidy
+
+    got = tidy({"f": dg.MetadataValue.float(0.07000000029802322), "path": dg.MetadataValue.path("/x"),
+                "nested": [0.123456789, {"neg": -0.00000001}], "text": "a", "n": 3})  # fmt: skip
+    assert got == {"f": 0.07, "path": dg.MetadataValue.path("/x"), "nested": [0.1235, {"neg": 0.0}], "text": "a",
+                   "n": 3}  # fmt: skip
