@@ -62,19 +62,21 @@ def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(t
     layout = Layout.at(work)
     assert main(["settings", "set", "bench.judge", "synthetic", "--workdir", str(work)]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("FFE_") or k == "FFE_LABEL_STUDIO_BIN"}
+    # The daemon logs a lot: to a file (a pipe nobody reads fills up and blocks every run's logger).
+    log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
         [FFE, "ui", "--workdir", str(work), "--pre-cropped", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
         env=env,
     )
     try:
-        wait_until_up(proc, port)
+        wait_until_up(proc, port, log=tmp_path / "ui.log")
         write_world_input(work / "input", people=12, faces_per_person=7)
         deadline, rows = time.monotonic() + 1200, []
         while time.monotonic() < deadline and not rows:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
             assert not failed_runs(layout), failed_runs(layout)
             failed = [r for r in _runs(port) if r["status"] == "FAILURE"]
             assert not failed, failed  # the daemon's run logs: <work>/dagster/storage/<run id>/
@@ -95,6 +97,7 @@ def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        log.close()
 
 
 def _runs(port: int) -> list[dict]:

@@ -38,10 +38,11 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
-def wait_until_up(proc: subprocess.Popen, port: int, timeout_s: float = 180) -> None:
+def wait_until_up(proc: subprocess.Popen, port: int, timeout_s: float = 180, log: Path | None = None) -> None:
+    """Until the webserver answers; `log`: where the process writes (else its stderr pipe)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert proc.poll() is None, (log.read_text() if log else proc.stderr.read().decode())[-3000:]
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).close()
             return
