@@ -218,6 +218,9 @@ def test_ffe_bench_compare_pairs_two_runs_on_their_shared_sources(release, tmp_p
     assert main(["bench", "compare", "cmp-noedit", "cmp-noedit", "--workdir", work, "--json"]) == 0
     same = json.loads(capsys.readouterr().out)
     assert all(interval == [0.0, 0.0] for interval in same["a_minus_b_ci95"].values())
+    assert main(["bench", "compare", "cmp-pixel", "cmp-pixel", "--workdir", work]) == 0
+    text = capsys.readouterr().out
+    assert "-0.0000" not in text and "+0.0000" in text and "mSCR↓" in text  # Found: -0.0000 in compare
     assert main(["bench", "compare", "cmp-noedit", "nope", "--workdir", work]) == 1
     assert "no bench run 'nope'" in capsys.readouterr().err
 

@@ -29,6 +29,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    # Dagster names these runs __ASSET_JOB; the tag says who launched them (the assets are listed).
+    run_tags={"ffe/launched_by": "ffe_automation"},
     description="Declarative automation of the assets across batches (identities, annotation, affect scores, "
     "the release plan): each runs when what it reads was updated, and once when the daemon first starts.",
 )
