@@ -51,6 +51,7 @@ demo: install
 		"from pixelsmile.synthetic import write_world_input; write_world_input('ffe_world/input', people=24)"
 	FFE_JUDGE=synthetic $(BIN)/ffe build --input ffe_world/input --workdir ffe_world --pre-cropped
 	$(BIN)/ffe bench show --workdir ffe_world
+	@echo "Next: .venv/bin/ffe ui --workdir ffe_world  (the folder remembers how it is built: ffe settings show --workdir ffe_world)"
 
 test: install label-studio chromium
 	$(BIN)/ruff check .

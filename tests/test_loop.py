@@ -27,9 +27,9 @@ class Daemon:
 
     def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
         self.defs, self.instance = defs, instance
-        # The daemon runs before the files arrive: its first evaluation sees nothing to do, and
-        # later ones react to what changed since (eager conditions compare against a cursor).
-        self.cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+        # No cursor yet: the first tick is the automation's first evaluation (its catch-up runs
+        # whatever has all its inputs; later ticks react to what changed since), as in the daemon.
+        self.cursor = None
         self.run_keys: set[str] = set()
         self.runs: list[tuple[str, str | None, bool]] = []  # (job or assets, partition, success)
 
@@ -43,6 +43,8 @@ class Daemon:
         """One round of every sensor and of declarative automation; returns the runs launched."""
         launched = 0
         for sensor in self.defs.sensors:
+            if isinstance(sensor, dg.AutomationConditionSensorDefinition):
+                continue  # evaluated below, as the daemon's asset daemon does
             with dg.build_sensor_context(instance=self.instance, resources=self.defs.resources,
                                          definitions=self.defs) as ctx:  # fmt: skip
                 out = sensor(ctx)

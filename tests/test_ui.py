@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,31 +17,39 @@ from tests.test_webserver import free_port, graphql, wait_until_up
 FFE = str(Path(sys.executable).parent / "ffe")
 
 
+@contextlib.contextmanager
+def ffe_ui(tmp_path: Path, *args: str, env: dict | None = None) -> Iterator[int]:
+    """`ffe ui` on a free port, its output in tmp_path/ui.log (a pipe nobody reads fills up and blocks
+    every run's logger); yields the port once the webserver answers, and stops it after."""
+    port = free_port()
+    log_path = tmp_path / "ui.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([FFE, "ui", *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)  # fmt: skip
+        try:
+            wait_until_up(proc, port, log=log_path)
+            yield port
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+        finally:
+            # Ctrl-C's path; `dagster dev` owns its shutdown and has been seen to hang on a loaded
+            # machine, so whatever is left after a minute is killed (no process outlives the test).
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
 @pytest.mark.slow
 @pytest.mark.server
 def test_ffe_ui_serves_the_graph_on_the_work_folders_instance(tmp_path, sample_dir):
-    work, port = tmp_path / "work", free_port()
-    proc = subprocess.Popen(
-        [FFE, "ui", "--workdir", str(work), "--input", str(sample_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        wait_until_up(proc, port)
+    work = tmp_path / "work"
+    with ffe_ui(tmp_path, "--workdir", str(work), "--input", str(sample_dir)) as port:
         info = graphql(port, "{ instance { info } }")["data"]["instance"]["info"]
         assert str(work / "dagster") in info  # runs and event logs live in the work folder
         nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
         assert ["raw_images"] in [n["assetKey"]["path"] for n in nodes]
-    finally:
-        # Ctrl-C's path; `dagster dev` owns its shutdown and has been seen to hang on a loaded
-        # machine, so whatever is left after a minute is killed (no process outlives the test).
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
     assert (work / "dagster" / "dagster.yaml").is_file()
 
 
@@ -58,25 +68,14 @@ def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(t
     from storage.leaderboard import failed_runs, leaderboard
     from storage.releases.plan import planned_versions
 
-    work, port = tmp_path / "work", free_port()
+    work = tmp_path / "work"
     layout = Layout.at(work)
     assert main(["settings", "set", "bench.judge", "synthetic", "--workdir", str(work)]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("FFE_") or k == "FFE_LABEL_STUDIO_BIN"}
-    # The daemon logs a lot: to a file (a pipe nobody reads fills up and blocks every run's logger).
-    log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen(
-        [FFE, "ui", "--workdir", str(work), "--pre-cropped", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    try:
-        wait_until_up(proc, port, log=tmp_path / "ui.log")
+    with ffe_ui(tmp_path, "--workdir", str(work), "--pre-cropped", env=env) as port:
         write_world_input(work / "input", people=12, faces_per_person=7)
         deadline, rows = time.monotonic() + 1200, []
         while time.monotonic() < deadline and not rows:
-            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
             assert not failed_runs(layout), failed_runs(layout)
             failed = [r for r in _runs(port) if r["status"] == "FAILURE"]
             assert not failed, failed  # the daemon's run logs: <work>/dagster/storage/<run id>/
@@ -90,14 +89,6 @@ def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(t
         assert any(r["kind"] == "baseline" for r in leaderboard(layout, version))
         failed = [r for r in _runs(port) if r["status"] == "FAILURE"]
         assert not failed, failed
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
 
 
 def _runs(port: int) -> list[dict]:
