@@ -8,12 +8,14 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipelines.defs.metadata import tidy
 from pipelines.errors import FFEError
 from pixelsmile.bench.report import number
 from pixelsmile.metrics import better
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
 from storage.reported import SOURCE
+from storage.schemas import BENCH_METRICS
 
 COLUMNS = (("mSCR", "mscr"), ("Acc-6", "acc6"), ("Acc-12", "acc12"), ("CLS-6", "cls6"), ("CLS-12", "cls12"),
            ("ID Sim", "id_sim"), ("HES", "hes"))  # fmt: skip
@@ -70,9 +72,11 @@ def _span(interval) -> str:
 
 
 def leaderboard_json(rows: list[dict], failed: list[dict]) -> dict:
-    """`ffe bench show --json`: intervals as JSON (not a string inside it), which way is better."""
-    out = [{**r, "ci95": _intervals(r) or None} for r in rows]
-    return {"leaderboard": out, "failed": failed, "better": {name: better(name) for name, _ in COLUMNS}}
+    """`ffe bench show --json`: intervals as JSON (not a string inside it), keyed by the rows' own
+    column names (mscr, acc12 ...), and which way each metric is better."""
+    out = [{**r, "ci95": {BENCH_METRICS.get(k, k): v for k, v in _intervals(r).items()} or None} for r in rows]
+    return {"leaderboard": out, "failed": failed,
+            "better": {column: better(name) for name, column in BENCH_METRICS.items()}}  # fmt: skip
 
 
 def _judge(args: argparse.Namespace):
@@ -133,7 +137,11 @@ def render_compare(a: str, b: str, result: dict) -> str:
              f"{'metric':<12} {'a':>8} {'b':>8} {'a - b':>8}  interval"]  # fmt: skip
     for name, (low, high) in result["a_minus_b_ci95"].items():
         va, vb = result["a"][name], result["b"][name]
-        seen = "" if low <= 0 <= high else "  <- beyond noise"
+        if low <= 0 <= high:
+            seen = ""
+        else:
+            a_higher = low > 0
+            seen = f"  <- beyond noise: {'a' if a_higher == (better(name) == 'higher') else 'b'} is better"
         lines.append(f"{name + _arrow(name):<12} {number(va):>8} {number(vb):>8} {_signed(va - vb):>8}  "
                      f"[{_signed(low)}, {_signed(high)}]{seen}")  # fmt: skip
     lines.append("↓ lower is better, ↑ higher is better")
@@ -144,7 +152,7 @@ def bench_command(args: argparse.Namespace, layout: Layout) -> int:
     if args.action == "compare":
         from pixelsmile.bench.run import compare
 
-        result = compare(_run_folder(layout, args.a), _run_folder(layout, args.b))
+        result = tidy(compare(_run_folder(layout, args.a), _run_folder(layout, args.b)))
         print(json.dumps(result, indent=2, default=float) if args.json else render_compare(args.a, args.b, result))
         return 0
     if args.action == "run":
@@ -154,7 +162,10 @@ def bench_command(args: argparse.Namespace, layout: Layout) -> int:
               f"ID Sim {_cell(row['id_sim'])}, HES {_cell(row['hes'])}; `ffe bench show` ranks it")  # fmt: skip
         return 0
     if args.action == "show":
-        rows, failed = leaderboard(layout, args.release), failed_runs(layout, args.release)
+        from storage.releases.listing import resolve_version
+
+        release = resolve_version(layout, args.release) if args.release else None
+        rows, failed = leaderboard(layout, release), failed_runs(layout, release)
         if args.json:
             print(json.dumps(leaderboard_json(rows, failed), indent=2, default=str))
         else:

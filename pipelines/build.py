@@ -38,7 +38,7 @@ _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 class BuildReport:
     new_batch: str | None = None
     new_files: int = 0
-    runs: list[str] = field(default_factory=list)  # partition keys run ("all batches": unpartitioned)
+    runs: list[str] = field(default_factory=list)  # "<job> <partition>" of each Dagster run made
     skipped: list[str] = field(default_factory=list)  # partitions already materialised
     failed: dict[str, str] = field(default_factory=dict)  # partition -> first error line
     releases: list[str] = field(default_factory=list)  # release versions planned so far, oldest first
@@ -60,14 +60,18 @@ def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**_QUIET_LOGS, **config}
 
 
-def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None]) -> Path:
-    """The input folder of the settings; the default one is filled with the sample when missing."""
+def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None]) -> Path | None:
+    """The input folder of the settings. The default one, when missing, is filled with the sample in a
+    fresh work folder only: in one that holds batches already, nothing new is registered (None)."""
     path = settings.input_path
     if settings.settings.input.folder:
         if not path.is_dir():
             raise FFEError(f"input folder {path} does not exist ({settings.sources['input.folder']})")
         return path
     if not path.is_dir():
+        if manifests(Layout.at(settings.workdir)):
+            echo(f"no input folder ({path} does not exist): building the batches registered before")
+            return None
         written = write_sample(path)
         echo(f"no input folder given: wrote the sample input ({len(written)} files) to {path}")
     return path
@@ -127,7 +131,7 @@ def build(
         flags = {"input.folder": str(input_dir) if input_dir is not None else None, "input.domain": domain,
                  "input.pre_cropped": pre_cropped}  # fmt: skip
         settings = ffe_settings.load(layout.root, flags=flags)
-    input_path = resolve_input(settings, echo) if register_input else settings.input_path
+    input_path = resolve_input(settings, echo) if register_input else None
     defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
     try:
@@ -156,7 +160,7 @@ def build(
     report = BuildReport()
 
     with open_instance(layout) as instance:
-        if register_input:
+        if input_path is not None:
             try:
                 manifest = register_new_batch(layout, input_path, domain=settings.settings.input.domain,
                                               pre_cropped=settings.settings.input.pre_cropped)  # fmt: skip
@@ -202,8 +206,7 @@ def build(
                 raise FFEError(f"invalid config: {err}") from None
             except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
                 raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
-            if label not in report.runs:
-                report.runs.append(label)
+            report.runs.append(f"{job_name} {label}")
             if not result.success:
                 report.failed[label] = _first_error(result)
                 echo(f"FAILED {label}: {report.failed[label]}")

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _workdir_arg(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("query", help="run SQL on the DuckDB catalog")
+    p = sub.add_parser("query", help="run SQL on the DuckDB catalog (what it creates is not kept)")
     p.add_argument("sql")
     _workdir_arg(p)
     p.add_argument("--json", action="store_true", help="print rows as a JSON list of objects")
@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="how the work folder is built: show, set or unset a setting")
     p.add_argument("action", choices=["show", "set", "unset"])
-    p.add_argument("key", nargs="?", help="set/unset: a dotted key such as bench.judge")
-    p.add_argument("value", nargs="?", help="set: the value (YAML: true, 3, text)")
+    p.add_argument("key", nargs="?", help="a dotted key such as bench.judge (show: a key or a section)")
+    p.add_argument("value", nargs="?", help="set: the value (text as given; numbers and true/false read as such; "
+                   "a relative path from where you stand)")  # fmt: skip
     _workdir_arg(p)
     _settings_arg(p)
     p.add_argument("--json", action="store_true", help="show: print JSON")
@@ -172,14 +173,27 @@ def _load_config(path: Path | None) -> dict | None:
     return loaded
 
 
-def _effective_settings(args: argparse.Namespace, *, save: bool = False):
-    """The work folder's settings with this command's flags; `save`: remembered in the folder."""
+def _effective_settings(args: argparse.Namespace, *, save: bool = False, require_input: bool = True):
+    """The work folder's settings with this command's flags. `save` (a command that builds): check
+    that every path set exists, then remember the settings in the folder; nothing is remembered
+    from a command that cannot start."""
     from pipelines import settings
+    from pipelines.errors import FFEError
 
     flags = {"input.folder": getattr(args, "input", None), "input.domain": getattr(args, "domain", None),
              "input.pre_cropped": getattr(args, "pre_cropped", None)}  # fmt: skip
     effective = settings.load(args.workdir, file=args.settings, flags=flags)
-    if save and (changed := settings.save(effective)):
+    for line in settings.unknown_env():
+        print(f"ffe: warning: {line}", file=sys.stderr)
+    if not save:
+        return effective
+    settings.check_paths(effective)
+    if effective.settings.input.folder and not effective.input_path.is_dir():
+        missing = f"input folder {effective.input_path} does not exist ({effective.sources['input.folder']})"
+        if require_input:
+            raise FFEError(missing)
+        print(f"ffe: warning: {missing}: the sensor waits for it", file=sys.stderr)
+    if changed := settings.save(effective):
         shown = ", ".join(f"{k} = {effective.flat[k]!r}" for k in changed)
         print(f"settings: {shown} remembered in {effective.workdir / settings.SETTINGS_FILE}")
     return effective
@@ -216,9 +230,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from pipelines.errors import FFEError
     from pipelines.query import run
     from storage import catalog
 
+    if not args.sql.strip():
+        raise FFEError("no SQL given")
     with catalog.connect(_existing_layout(args.workdir), persist=False) as con:
         text = run(con, args.sql, args.json)
     if text is not None:
@@ -232,7 +249,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     layout = Layout.at(args.workdir)
     # The daemon's definitions read the work folder's settings: this command's flags are saved there.
-    _effective_settings(args, save=True)
+    _effective_settings(args, save=True, require_input=False)
     with open_instance(layout):  # writes dagster.yaml into the work folder and sets the gpu pool
         pass
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
@@ -311,10 +328,15 @@ def cmd_settings(args: argparse.Namespace) -> int:
     if args.action in ("set", "unset"):
         if not args.key or (args.action == "set") != (args.value is not None):
             raise FFEError(f"usage: ffe settings {args.action} KEY{' VALUE' if args.action == 'set' else ''}")
-        effective = settings.set_value(args.workdir, args.key, args.value if args.action == "set" else None)
-        print(f"{args.key} = {effective.flat[args.key]!r} in {effective.workdir / settings.SETTINGS_FILE}")
+        effective = settings.set_value(args.workdir, args.key, args.value if args.action == "set" else None,
+                                       file=args.settings)  # fmt: skip
+        print(f"{args.key} = {effective.flat[args.key]!r} in {effective.file}")
         return 0
     rows = settings.show(_effective_settings(args))
+    if args.key:
+        rows = [r for r in rows if r["key"] == args.key or r["key"].startswith(args.key + ".")]
+        if not rows:
+            raise FFEError(f"unknown setting {args.key!r}{settings.nearest(args.key)}")
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -361,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module=r"dagster\..*")  # beta/preview notices, not user news
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `ffe query ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("ffe: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -42,7 +42,7 @@ class InputSettings(_Section):
     folder: str = Field("", description="input folder; relative paths are inside the work folder; '' = <workdir>/input")
     domain: Literal["real", "anime"] = Field("real", description="what new batches are")
     pre_cropped: bool = Field(False, description="each new image is one face: taken whole where none is found")
-    settle_seconds: float = Field(2.0, ge=0, description="a file changed this recently may still be copied in")
+    settle_seconds: float = Field(2.0, ge=0, le=3600, description="a file changed this recently may still be copied in")
 
 
 class TrainSettings(_Section):
@@ -174,15 +174,35 @@ def resolve(workdir: Path, path: str) -> Path:
     return p if p.is_absolute() else (workdir / p)
 
 
+def nearest(key: str) -> str:
+    """"; did you mean 'x'?" for the known key or section closest to `key`, else the known keys."""
+    return _nearest(key, keys() + list(Settings.model_fields))
+
+
 def _nearest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (not the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     """The file's values, flat by dotted key; unknown keys and secrets are errors naming them."""
+    if path.is_dir():
+        raise FFEError(f"settings file {path} is a folder, not a file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as err:
@@ -223,12 +243,12 @@ def _build(flat: dict[str, Any], sources: dict[str, str]) -> Settings:
     try:
         return Settings.model_validate(nested)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"][:2])
-        given = flat.get(key, "")
-        where = sources.get(key, "default")
-        shown = "****" if key in SECRETS else repr(given)
-        raise FFEError(f"setting {key} = {shown} (from {where}): {first['msg']}") from None
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"][:2])
+            shown = "****" if key in SECRETS else repr(flat.get(key, ""))
+            problems.append(f"setting {key} = {shown} (from {sources.get(key, 'default')}): {e['msg']}")
+        raise FFEError("; ".join(problems)) from None
 
 
 def load(workdir: str | os.PathLike[str], *, file: str | os.PathLike[str] | None = None,
@@ -237,7 +257,7 @@ def load(workdir: str | os.PathLike[str], *, file: str | os.PathLike[str] | None
     `flags` maps dotted keys to values given on the command line (None: not given)."""
     workdir = Path(workdir).expanduser().resolve()
     path = Path(file).expanduser().resolve() if file is not None else workdir / SETTINGS_FILE
-    if file is not None and not path.is_file():
+    if file is not None and not path.exists():
         raise FFEError(f"settings file {path} does not exist")
     env = os.environ if env is None else env
     flat, sources = dict(DEFAULTS), dict.fromkeys(DEFAULTS, "default")
@@ -298,27 +318,36 @@ def render_file(flat: Mapping[str, Any]) -> str:
     return head + (yaml.safe_dump(nested, sort_keys=False) if nested else "")
 
 
-def set_value(workdir: str | os.PathLike[str], key: str, value: str | None) -> Effective:
-    """`ffe settings set KEY VALUE` (None: back to the default), validated before it is written."""
+def _annotation(key: str) -> Any:
+    section, name = key.split(".")
+    return Settings.model_fields[section].annotation.model_fields[name].annotation
+
+
+def set_value(workdir: str | os.PathLike[str], key: str, value: str | None,
+              file: str | os.PathLike[str] | None = None) -> Effective:  # fmt: skip
+    """`ffe settings set KEY VALUE` (None: back to the default) in the work folder's settings file
+    (or `file`), validated before it is written. Text settings take VALUE as it is; numbers and
+    true/false are read as YAML; a relative path is taken from where the command runs."""
     workdir = Path(workdir).expanduser().resolve()
     if key not in keys():
         raise FFEError(f"unknown setting {key!r}{_nearest(key, keys())}")
     if key in SECRETS:
         raise FFEError(f"{key} is never stored: set ${ENV[key]} in the environment")
-    target = workdir / SETTINGS_FILE
+    target = Path(file).expanduser().resolve() if file is not None else workdir / SETTINGS_FILE
     current = _read_file(target)
     if value is None:
         current.pop(key, None)
     else:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-        if key in PATHS and parsed:  # given from where the command runs
-            parsed = _stored(workdir, key, os.path.normpath(Path(str(parsed)).expanduser().resolve()))
+        parsed: Any = value if _annotation(key) is str else (yaml.safe_load(value) if value.strip() else "")
+        if key in PATHS and parsed:
+            absolute = os.path.normpath(Path(str(parsed)).expanduser().resolve())
+            parsed = _stored(workdir, key, absolute) if target == workdir / SETTINGS_FILE else absolute
         current[key] = parsed
     sources = {k: f"file {target}" for k in current} | {key: "the value given"}
     _build({**DEFAULTS, **current}, sources)  # validates
-    workdir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, render_file(current))
-    return load(workdir, env={})
+    return load(workdir, env={}, file=file)
 
 
 def show(effective: Effective) -> list[dict[str, Any]]:
@@ -328,6 +357,38 @@ def show(effective: Effective) -> list[dict[str, Any]]:
         value = effective.flat[key]
         if key in SECRETS and value:
             value = "****"
+        elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            scheme, rest = value.split("://", 1)
+            value = f"{scheme}://****@{rest.split('@', 1)[1]}"  # credentials in a URL
         rows.append({"key": key, "value": value, "source": effective.sources[key], "env": ENV.get(key),
                      "description": description(key)})  # fmt: skip
     return rows
+
+
+# FFE_* variables that are not settings but are read elsewhere.
+OTHER_ENV = frozenset({"FFE_WORKDIR", "FFE_SETTINGS", "FFE_UPDATE_SNAPSHOTS", "FFE_LABEL_STUDIO_BIN"})
+
+
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """One line per FFE_* variable that nothing reads (a misspelt FFE_JUGDE would be ignored)."""
+    env = os.environ if env is None else env
+    known = set(ENV.values()) | OTHER_ENV
+    lines = []
+    for name in sorted(n for n in env if n.startswith("FFE_") and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        lines.append(f"${name} is not a setting" + (f"; did you mean ${close[0]}?" if close else ""))
+    return lines
+
+
+# Settings that name a file or folder that must exist when set (the input folder is checked where
+# a build starts: `ffe build` may fill the default one with the sample).
+MUST_EXIST = ("train.recipe", "bench.config", "bench.vlm_path", "prelabels.vlm_path", "generator.path",
+              "generator.lora")  # fmt: skip
+
+
+def check_paths(effective: Effective) -> None:
+    """An error naming each set path that does not exist, before any work starts."""
+    missing = [f"setting {k} = {effective.flat[k]!r} (from {effective.sources[k]}): no such file or folder"
+               for k in MUST_EXIST if effective.flat[k] and not Path(effective.flat[k]).exists()]  # fmt: skip
+    if missing:
+        raise FFEError("; ".join(missing))

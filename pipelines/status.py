@@ -8,8 +8,9 @@ from curation.batches import manifests
 from curation.ingest import batch_is_ingested
 from storage import catalog, tables
 from storage.layout import Layout
+from storage.leaderboard import regression
 from storage.releases.listing import list_releases
-from storage.releases.plan import release_dir, release_eligible
+from storage.releases.plan import planned_versions, release_dir, release_eligible
 from storage.schemas import TABLES
 from storage.tables import has_partition
 
@@ -56,6 +57,9 @@ def status(layout: Layout) -> dict:
     behind = {stage: f"{n} {what}" for stage, (what, n) in pending.items() if n}
     if uncurated:
         behind = {"faces": f"{len(uncurated)} ingested batch(es) without faces: {', '.join(uncurated)}", **behind}
+    if not_ingested:  # the daemon launches each batch once: one whose run failed waits for `ffe build`
+        behind = {"raw_images": f"{len(not_ingested)} registered batch(es) not ingested: {', '.join(not_ingested)}",
+                  **behind}  # fmt: skip
     releases = list_releases(layout)
     if releases and tables["affect_scores"] and (unreleased := _not_in_latest_plan(layout, releases[-1]["version"])):
         behind["release"] = f"{unreleased} scored, release-eligible faces not in the latest release"
@@ -77,10 +81,19 @@ def status(layout: Layout) -> dict:
         "releases": [r["version"] for r in releases],  # oldest first
         "release_states": {r["version"]: f"{r['state']}, {r['faces']} faces" for r in releases},
         "models": {
-            release: (f"{model}: HES {hes:.3f}" if status == "ok" else f"{model}: failed ({reason})")
+            release: (f"{model}: HES {hes:.3f}{_regressed(layout, release, model)}" if status == "ok"
+                      else f"{model}: failed ({reason})")
             for release, model, status, reason, hes in runs
         },  # fmt: skip
     }
+
+
+def _regressed(layout: Layout, release: str, model: str) -> str:
+    """", worse than r... beyond the noise: CLS-12" when the bench_regression check would warn."""
+    found = regression(layout, release, model, planned_versions(layout))
+    if not found["worse"]:
+        return ""
+    return f", worse than {found['previous']} beyond the noise: {', '.join(c['metric'] for c in found['worse'])}"
 
 
 def _not_in_latest_plan(layout: Layout, version: str) -> int:

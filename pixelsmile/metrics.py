@@ -247,9 +247,13 @@ def _interval(values: Sequence[float]) -> list[float]:
     return [round(float(v), 4) for v in np.nanpercentile(np.asarray(values, dtype=float), [2.5, 97.5])]
 
 
-def bootstrap(edits: Sequence[Edit], n: int = 1000, seed: int = 0, names: Sequence[str] = HEADLINE,
+ALL = ("mSCR", "Acc-6", "Acc-12", "CLS-6", "CLS-12", "ID Sim", "S_E", "HES", "CLS-12/task", "|I-a|", "Acc-12@1")
+
+
+def bootstrap(edits: Sequence[Edit], n: int = 1000, seed: int = 0, names: Sequence[str] = ALL,
               pairs: Sequence[tuple[str, str]] = CONFUSABLE_PAIRS) -> dict[str, list[float]]:  # fmt: skip
-    """95% intervals of `names`, resampling the sources with replacement `n` times."""
+    """95% intervals of `names` (default: every metric of `summary`), resampling the sources with
+    replacement `n` times."""
     return paired_bootstrap({"": edits}, n, seed, names, pairs)[""]
 
 

@@ -45,7 +45,7 @@ def test_the_no_edit_baseline_keeps_identity_and_controls_nothing(release, tmp_p
         with Image.open(tmp_path / "noedit" / name) as im:
             assert im.width > 100 and im.height > 100
     with Image.open(tmp_path / "noedit" / "sweeps.png") as im:  # 2 people x 3 tasks, source + 3 alphas each
-        assert im.size == (120 + 4 * 128, 20 + 6 * (128 + 18))  # labels, 128 px tiles, captions
+        assert im.size == (170 + 4 * 128, 20 + 6 * (128 + 18))  # labels, 128 px tiles, captions
     report = (tmp_path / "noedit" / "report.html").read_text()
     assert all(f'src="{name}"' in report for name in figures) and "<b>ID Sim</b>" in report
 
@@ -70,16 +70,16 @@ def test_the_sweep_sheet_is_a_few_megapixels_in_the_categories_order_with_labels
     run_bench(big, tmp_path / "run", upscaled, SyntheticJudge(), config, progress=False)
     with Image.open(tmp_path / "run" / "sweeps.png") as im:
         assert im.width * im.height < 6e6  # every row of 2 people x 12 categories x (source + 7 alphas)
-        assert im.size == (120 + 8 * SWEEP_TILE, 20 + 24 * (SWEEP_TILE + 18))
+        assert im.size == (170 + 8 * SWEEP_TILE, 20 + 24 * (SWEEP_TILE + 18))
         sheet = np.asarray(im.convert("L"))
-    assert (sheet[:20, 120:] < 128).any() and (sheet[20:, :120] < 128).any()  # column and row labels
+    assert (sheet[:20, 170:] < 128).any() and (sheet[20:, :170] < 128).any()  # column and row labels
     strips = sorted((tmp_path / "run" / "sweeps").glob("*.png"))
     people = sorted({p.stem.rsplit("-", 1)[0] for p in strips})
     # Rows follow the categories' order: the first person's rows are happy, sad, angry, ...
     first_rows = [f"{people[0]}-{c}" for c in CATEGORIES]
     assert [p.stem for p in strips if p.stem.startswith(people[0])] == sorted(first_rows)
     tile = np.asarray(Image.open(tmp_path / "run" / "sweeps" / f"{people[0]}-sad.png").convert("L"))
-    row1 = sheet[20 + (SWEEP_TILE + 18): 20 + (SWEEP_TILE + 18) + SWEEP_TILE, 120:120 + SWEEP_TILE]
+    row1 = sheet[20 + (SWEEP_TILE + 18): 20 + (SWEEP_TILE + 18) + SWEEP_TILE, 170:170 + SWEEP_TILE]
     expected = np.asarray(Image.fromarray(tile[:, :512]).resize((SWEEP_TILE, SWEEP_TILE), Image.Resampling.LANCZOS))
     assert np.abs(row1.astype(int) - expected.astype(int)).mean() < 3  # row 2 is sad, not anxious
 

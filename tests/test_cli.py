@@ -226,3 +226,15 @@ def test_status_shows_quality_rejects_and_stages_not_up_to_date(tmp_path, sample
     assert ffe(capsys, "build", "--input", str(sample_dir), "--workdir", work)[0] == 0
     info = json.loads(ffe(capsys, "status", "--workdir", work, "--json")[1])
     assert info["behind"] == {} and "every stage up to date" in ffe(capsys, "status", "--workdir", work)[1]
+
+
+def test_the_sample_never_enters_a_work_folder_that_holds_batches(tmp_path, sample_dir, capsys):
+    """Found: `ffe build` without --input on a folder built from another input wrote the demo sample
+    into <workdir>/input and ingested it (two of its pictures were then pushed to annotators)."""
+    work = tmp_path / "w"
+    assert ffe(capsys, "build", "--input", str(sample_dir), "--workdir", str(work), "--select", "raw_images")[0] == 0
+    (work / "settings.yaml").unlink()  # a folder built before settings were remembered
+    code, out, _ = ffe(capsys, "build", "--workdir", str(work), "--select", "raw_images")
+    assert code == 0 and "building the batches registered before" in out
+    assert not (work / "input").exists()
+    assert json.loads(ffe(capsys, "status", "--workdir", str(work), "--json")[1])["batches"]["registered"] == 1

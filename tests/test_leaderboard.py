@@ -80,5 +80,6 @@ def test_ffe_bench_show_names_run_and_judge_gives_intervals_and_direction(tmp_pa
     assert main(["bench", "show", "--workdir", str(work), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     (row,) = [r for r in shown["leaderboard"] if r["kind"] == "measured"]
-    assert (row["tasks"], row["edits"]) == (60, 420) and row["ci95"]["mSCR"] == [0.05, 0.1]
-    assert shown["better"]["mSCR"] == "lower" and shown["better"]["HES"] == "higher"
+    assert (row["tasks"], row["edits"]) == (60, 420) and row["ci95"]["mscr"] == [0.05, 0.1]
+    assert shown["better"]["mscr"] == "lower" and shown["better"]["hes"] == "higher"
+    assert main(["bench", "show", "--workdir", str(work), "--release", "nope"]) == 1  # Found: accepted anything

@@ -380,7 +380,7 @@ def test_the_cards_webdataset_snippet_loads_a_one_shard_release(tmp_path):
 
     folder = world_release(Layout.at(tmp_path / "w"), people=4, faces_per_person=3, size=32)
     card = (folder / "README.md").read_text()
-    (pattern,) = re.findall(r'wds\.WebDataset\("releases/[^/]+/shards/([^"]+)"', card)
+    (pattern,) = re.findall(r'wds\.WebDataset\("shards/([^"]+)"', card)
     assert pattern == "train-000000.tar" and "(train: 1, val: 0, bench: 0)" in card
     samples = list(wds.WebDataset(str(folder / "shards" / pattern), shardshuffle=False))
     assert len(samples) == 4

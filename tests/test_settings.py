@@ -105,3 +105,56 @@ def test_definitions_read_the_settings_file_and_env_overrides_it(tmp_path, monke
     assert defs.resources["prelabel_scorer"].scorer == "synthetic"
     monkeypatch.setenv("FFE_JUDGE", "face")
     assert build_definitions(str(tmp_path)).resources["pixelsmile"].judge == "face"
+
+
+def test_a_build_that_cannot_start_remembers_nothing(tmp_path, monkeypatch, capsys):
+    """Found (new-user trial): a mistyped --input was saved before the build failed, so every later
+    build of the folder failed the same way."""
+    work = tmp_path / "w"
+    assert main(["build", "--workdir", str(work), "--input", str(tmp_path / "inptu")]) == 1
+    assert "does not exist" in capsys.readouterr().err and not (work / "settings.yaml").exists()
+    monkeypatch.setenv("FFE_TRAIN_RECIPE", str(tmp_path / "no-recipe.yaml"))
+    assert main(["build", "--workdir", str(work), "--select", "raw_images"]) == 1
+    err = capsys.readouterr().err
+    assert "setting train.recipe" in err and "no such file" in err and not (work / "settings.yaml").exists()
+
+
+def test_settings_edge_values(tmp_path, capsys):
+    work = str(tmp_path / "w")
+    # Text settings take the value as given (not as YAML).
+    assert main(["settings", "set", "label_studio.project_title", "My: project # 1", "--workdir", work]) == 0
+    assert main(["settings", "set", "label_studio.project_title", "123", "--workdir", work]) == 0
+    assert settings.load(work, env=NO_ENV).settings.label_studio.project_title == "123"
+    capsys.readouterr()
+    # show KEY / a section; an unknown one is an error
+    assert main(["settings", "show", "bench.judge", "--workdir", work]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["bench.judge"]
+    assert main(["settings", "show", "bench", "--workdir", work]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert main(["settings", "show", "bench.judje", "--workdir", work]) == 1
+    assert "did you mean 'bench.judge'" in capsys.readouterr().err
+    # set with --settings writes that file, and show with it reads it back
+    alt = tmp_path / "alt.yaml"
+    alt.write_text("")
+    assert main(["settings", "set", "bench.judge", "vlm", "--workdir", work, "--settings", str(alt)]) == 0
+    assert "vlm" in alt.read_text() and settings.load(work, env=NO_ENV).settings.bench.judge == "face"
+    (tmp_path / "w" / "settings.yaml").write_text("bench:\n  judge: face\n  judge: vlm\n")
+    with pytest.raises(FFEError, match="'judge' is given twice"):
+        settings.load(work, env=NO_ENV)
+    (tmp_path / "w" / "settings.yaml").write_text("input:\n  settle_seconds: .inf\ntrain:\n  processes: 0\n")
+    with pytest.raises(FFEError, match=r"input.settle_seconds = inf .*; setting train.processes = 0"):
+        settings.load(work, env=NO_ENV)  # every problem at once
+    (tmp_path / "w" / "settings.yaml").write_text("label_studio:\n  url: http://me:pw@ls.example:8080\n")
+    shown = {r["key"]: r["value"] for r in settings.show(settings.load(work, env=NO_ENV))}
+    assert shown["label_studio.url"] == "http://****@ls.example:8080"
+    assert settings.unknown_env({"FFE_JUGDE": "x", "FFE_WORKDIR": "w"}) == [
+        "$FFE_JUGDE is not a setting; did you mean $FFE_JUDGE?"
+    ]
+    with pytest.raises(FFEError, match="is a folder, not a file"):
+        settings.load(work, file=tmp_path, env=NO_ENV)
+
+
+def test_piping_into_head_is_not_an_error(tmp_path):
+    done = subprocess.run(f"{sys.executable} -m pipelines.cli settings show --workdir {tmp_path} | head -1",
+                          shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.stdout.startswith("input.folder") and "Broken pipe" not in done.stderr

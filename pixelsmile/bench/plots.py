@@ -32,11 +32,11 @@ def cls_curves(path: Path, alphas: Sequence[float], curves: dict[str, dict[str, 
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
         ax.set_title(cat)
     labelled = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), None)
-    if labelled is not None:
-        labelled.legend(fontsize=7)
     fig.supxlabel("alpha (requested intensity)")
     fig.supylabel("judged intensity of the target")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    if labelled is not None:  # below the panels: never over a curve
+        fig.legend(*labelled.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=9, frameon=False)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
@@ -45,16 +45,19 @@ def cls_curves(path: Path, alphas: Sequence[float], curves: dict[str, dict[str, 
 def confusion(path: Path, matrices: dict[str, np.ndarray]) -> Path:
     """C(target -> judged dominant), one panel per named result."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(6 * len(matrices), 5.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(8 * len(matrices), 7), squeeze=False)
     for ax, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
         matrix = np.nan_to_num(np.asarray(matrix, dtype=float))
         ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
         for i, j in np.ndindex(matrix.shape):
             if matrix[i, j] >= 0.05:
-                ax.text(j, i, f"{matrix[i, j]:.2f}"[1:], ha="center", va="center", fontsize=6,
+                text = f"{matrix[i, j]:.2f}".removeprefix("0")  # ".35", and "1.00" stays whole
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if matrix[i, j] > 0.5 else "black")  # fmt: skip
-        ax.set_xticks(range(len(CATEGORIES)), CATEGORIES, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(CATEGORIES)), CATEGORIES, fontsize=7)
+        ax.set_xticks(range(len(CATEGORIES)), CATEGORIES, rotation=90, fontsize=9)
+        ax.set_yticks(range(len(CATEGORIES)), CATEGORIES, fontsize=9)
+        ax.set_xlabel("judged dominant expression")
+        ax.set_ylabel("target of the edit")
         ax.set_title(f"{name}: C(target -> judged dominant)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -86,7 +89,7 @@ def sweep_sheet(path: Path, rows: Sequence[Sequence[Image.Image]], *, tile: int 
     from PIL import ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=max(10, min(14, tile // 8)))
-    label_w = 120 if row_labels else 0
+    label_w = 170 if row_labels else 0
     head_h = 20 if column_labels else 0
     cap_h = 18 if captions else 0
     cols = max(len(r) for r in rows)

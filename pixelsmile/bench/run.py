@@ -113,7 +113,8 @@ def run_bench(release: Path, out: Path, editor: Editor, judge: Judge, config: Be
     done = [t for t in tasks if t["task_id"] not in waiting]
     unreadable = [r for t in done for r in json.loads(_task_file(out, t["task_id"]).read_text()) if r["scores"] is None]
     _stop_if_unreadable(unreadable, planned, max_unreadable, len(done), len(tasks))
-    for task in progress_bar(todo, desc="bench", unit="task", disable=not progress, initial=len(done),
+    desc = f"bench {(about or {}).get('model') or out.parent.name}"
+    for task in progress_bar(todo, desc=desc, unit="task", disable=not progress, initial=len(done),
                              total=len(tasks)):  # fmt: skip
         strip = out / "sweeps" / f"{task['task_id']}.png" if task["identity_id"] in shown else None
         rows = run_task(task, release, editor, judge, strip)
@@ -212,7 +213,7 @@ def _sweeps(out: Path, rows: list[dict], tasks: list[dict], config: BenchConfig)
         index = order[t["category"]]
         captions.append(["source"] + [("unreadable" if judged.get(a) is None else f"judged {judged[a][index]:.2f}")
                                       for a in t["alphas"]])  # fmt: skip
-        labels.append(f"{t['identity_id'][:14]}\n{t['category']}")
+        labels.append(f"{t['identity_id']}\n{t['category']}")
     alphas = kept[0]["alphas"]
     return plots.sweep_sheet(out / "sweeps.png", tiles, tile=SWEEP_TILE, row_labels=labels, captions=captions,
                              column_labels=["source"] + [f"alpha {a:g}" for a in alphas])  # fmt: skip

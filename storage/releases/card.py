@@ -106,6 +106,8 @@ def card_text(manifest: dict, shards: dict[str, list[str]]) -> str:
     pattern = shard_pattern(shards[split]) if shards.get(split) else f"{split}-000000.tar"
     per_split = ", ".join(f"{s}: {len(shards.get(s, []))}" for s in SPLITS)
     snap = manifest["annotation_snapshot"]
+    labelled_by = ", ".join("labels imported with the images (labels.csv)" if m == "imported" else f"pre-labels of {m}"
+                            for m in snap["model_versions"]) or "-"  # fmt: skip
     split_rows = [[s, counts["splits"][s]["identities"], counts["splits"][s]["faces"],
                    counts["triplets"].get(s, "-")] for s in SPLITS]  # fmt: skip
     pairs = [f"{a} / {b}" for a, b in manifest["pairs"]["configured"]]
@@ -148,11 +150,12 @@ the same inputs always give this version and these bytes.
 
 ## How to load it
 
-Our loader (fresh symmetric triplets every epoch, split by node and worker):
+From this folder (paths are relative to it, wherever it was copied). Our loader (fresh symmetric
+triplets every epoch, split by node and worker):
 
 ```python
 from storage.loader import TripletStream
-ds = TripletStream.from_release("releases/{v}", split="train", resolution=512)
+ds = TripletStream.from_release(".", split="train", resolution=512)
 loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=4)
 ```
 
@@ -160,7 +163,7 @@ Plain webdataset:
 
 ```python
 import webdataset as wds
-ds = wds.WebDataset("releases/{v}/shards/{pattern}", shardshuffle=False).decode("pil")
+ds = wds.WebDataset("shards/{pattern}", shardshuffle=False).decode("pil")
 # a sample: "json" (the identity, its faces and scores) and one "<face_id>.png" (PIL image) per face
 ```
 
@@ -170,12 +173,11 @@ folder. Check a copy with `ffe release verify {v}`.
 ## Provenance and licences
 
 - Labels: {sources} faces (`human`: consensus of annotators in Label Studio, weighted by gold
-  accuracy; `model`: pre-labels of {", ".join(snap["model_versions"]) or "-"}). affect_scores sha256
+  accuracy; `model`: {labelled_by}). affect_scores sha256
   `{snap["affect_scores_sha256"]}`.
 - Images come from the ingest batches {", ".join(snap["batches"]) or "-"}; each face's source file is
   in `splits.parquet` (`source_uri`). The licence of each image is its source's: this release adds none
-  and grants none. The sample input that `make demo` uses is built from scikit-image's `astronaut`
-  (NASA, public domain) and other public-domain or CC0 pictures.
+  and grants none.
 - Built by pixelsmile-ffe (Apache-2.0). Config: `manifest.json` (`config`).
 """
 
