@@ -17,6 +17,8 @@ from annotation.prelabels import MODEL_VERSION, scores_from_blendshapes
 from curation.labels import IMPORTED, labels_by_face
 from storage import tables
 from storage.blobs import read_crop
+from storage.errors import StorageError
+from storage.failures import fail_if_all_failed, row_for
 from storage.layout import Layout
 from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
@@ -50,23 +52,39 @@ def prelabel_batch(layout: Layout, batch: str, scorer=None) -> dict:
     model = classifier() if scorer is None else None
     version = scorer_version(model) if scorer is None else scorer.version
     imported = {f: label["scores"] for f, label in labels_by_face(layout, [batch]).items() if label["scores"]}
-    rows, skipped = [], 0
+    rows, skipped, failed = [], 0, []
     for face in faces.to_pylist():
         if face["face_id"] in imported:  # the collection's own label (curation/labels.py)
             rows.append(dict(face_id=face["face_id"], batch=batch, model_version=IMPORTED, **imported[face["face_id"]]))
             continue
-        if scorer is not None:
-            scores = scorer.scores(read_crop(layout, face))
-        else:
-            scores = scores_from_blendshapes(face["blendshapes"])
-            if scores is not None and model is not None:
-                scores = with_classifier(scores, model, np.asarray(read_crop(layout, face)))
+        try:
+            scores = _score(layout, face, scorer, model)
+        except StorageError:
+            raise
+        except Exception as err:  # this face's problem (a crop gone, a scorer error): the rest go on
+            failed.append(row_for(PRELABEL_STAGE, batch, face["face_id"], err))
+            continue
         if scores is None:
             skipped += 1  # nothing to read: people must label it
             continue
         rows.append(dict(face_id=face["face_id"], batch=batch, model_version=version, **scores))
     tables.write_partition(layout, "prelabels", batch, rows)
-    return {"faces": len(rows), "unscored": skipped, "model_version": version, "imported": len(imported)}
+    tables.write_partition(layout, "failures", tables.failures_partition(PRELABEL_STAGE, batch), failed)
+    fail_if_all_failed(PRELABEL_STAGE, batch, faces.num_rows - len(imported), failed)
+    return {"faces": len(rows), "unscored": skipped, "failed": len(failed), "model_version": version,
+            "imported": len(imported)}  # fmt: skip
+
+
+PRELABEL_STAGE = "prelabels"
+
+
+def _score(layout: Layout, face: dict, scorer, model) -> dict | None:
+    if scorer is not None:
+        return scorer.scores(read_crop(layout, face))
+    scores = scores_from_blendshapes(face["blendshapes"])
+    if scores is not None and model is not None:
+        scores = with_classifier(scores, model, np.asarray(read_crop(layout, face)))
+    return scores
 
 
 @dataclass

@@ -8,7 +8,7 @@ import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from operator import itemgetter
 
 import cv2
 
@@ -19,6 +19,8 @@ from curation.parallel import ordered_map, worker_count
 from storage import tables
 from storage.atomic import atomic_write_bytes
 from storage.errors import StorageError
+from storage.failures import Isolated, fail_if_all_failed, failure_row
+from storage.failures import describe as describe_error
 from storage.layout import Layout
 from storage.staging import ChunkWriter, Staging
 
@@ -70,13 +72,14 @@ def _curate_one(layout: Layout, run: CurationRun, batch: str, image: dict) -> tu
     image_id = image["image_id"]
 
     def failure(reason: str, detail: str) -> tuple[list[dict], dict]:
-        row = dict(item=image_id, stage=STAGE, reason=reason, detail=detail, partition=batch, at=datetime.now(UTC))
-        return [], row
+        return [], failure_row(STAGE, batch, image_id, reason, detail)
 
     try:
         rgb = load_rgb(layout.root / image["path"])
     except OSError as err:  # the stored original is gone or damaged since ingest
         return failure("unreadable_original", f"{image['path']}: {err}")
+    except Exception as err:  # any other decoding problem of this one file
+        return failure("unreadable_original", f"{image['path']} ({image['source_uri']}): {describe_error(err)}")
     models = face_models(run.settings)
     found = find_faces(rgb, models, run.settings, pre_cropped=run.pre_cropped)
     if not found:
@@ -128,10 +131,11 @@ def curate_batch(
     todo = [im for im in images if im["image_id"] not in done]
     summary = FacesSummary(batch=batch, images=len(images), resumed=len(images) - len(todo))
     writer = ChunkWriter(staging, chunk_size, total=len(images), done=summary.resumed, progress=progress)
-    one = functools.partial(_curate_one, layout, run, batch)
+    one = Isolated(functools.partial(_curate_one, layout, run, batch), STAGE, batch, itemgetter("image_id"))
     try:
         with writer.finishing():
-            for rows, fail in ordered_map(one, todo, worker_count(workers, len(todo), 16), chunksize=2):
+            for result, unexpected in ordered_map(one, todo, worker_count(workers, len(todo), 16), chunksize=2):
+                rows, fail = result if unexpected is None else ([], unexpected)
                 for row in rows:
                     writer.add("faces", row)
                 if fail is not None:
@@ -146,4 +150,5 @@ def curate_batch(
     summary.quality_ok = sum(faces.column("quality_ok").to_pylist())
     summary.failures = Counter(written["failures"].column("reason").to_pylist())
     summary.rejects = Counter(r for rr in faces.column("reject_reason").to_pylist() for r in rr.split(",") if r)
+    fail_if_all_failed(STAGE, batch, len(images), written["failures"].to_pylist())
     return summary

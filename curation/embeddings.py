@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 from curation.models import ModelError, cached, dlib_model, load, model_file
 from curation.parallel import ordered_map, worker_count
 from storage import tables
-from storage.errors import StorageError
+from storage.failures import Isolated, ItemError, fail_if_all_failed
 from storage.layout import Layout
 from storage.staging import ChunkWriter, Staging
 
@@ -109,8 +110,8 @@ def embedder(s: EmbeddingSettings) -> DlibEmbedder | ArcFaceEmbedder:
 
 def _embed_one(layout: Layout, s: EmbeddingSettings, face: dict) -> tuple[str, list[float]]:
     bgr = cv2.imread(str(layout.root / face["crop_path"]), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise StorageError(f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
+    if bgr is None:  # this face's file, not the work folder: the other faces go on
+        raise ItemError("unreadable_crop", f"crop of {face['face_id']} is missing or unreadable: {face['crop_path']}")
     kps5 = np.asarray(face["kps5"], dtype=np.float64).reshape(5, 2)
     vec = embedder(s).embed(np.ascontiguousarray(bgr[:, :, ::-1]), kps5)
     return face["face_id"], vec.tolist()
@@ -128,14 +129,23 @@ def embed_batch(
     model_name = embedder(settings).name  # a missing or broken model fails here, once
     faces = tables.read_partition(layout, "faces", batch)
     faces = faces.filter(pc.field("quality_ok")).select(["face_id", "crop_path", "kps5"]).to_pylist()
-    staging = Staging(layout, STAGE, batch, ["face_embeddings"])
-    done = set(staging.read("face_embeddings").column("face_id").to_pylist())
+    staging = Staging(layout, STAGE, batch, ["face_embeddings", "failures"])
+    done = set(staging.read("face_embeddings").column("face_id").to_pylist()) | set(
+        staging.read("failures").column("item").to_pylist()
+    )
     todo = [f for f in faces if f["face_id"] not in done]
     writer = ChunkWriter(staging, settings.chunk_size, total=len(faces), done=len(faces) - len(todo), progress=progress)
-    one = functools.partial(_embed_one, layout, settings)
+    one = Isolated(functools.partial(_embed_one, layout, settings), STAGE, batch, itemgetter("face_id"))
     with writer.finishing():
-        for face_id, vec in ordered_map(one, todo, worker_count(settings.workers, len(todo), 16), chunksize=2):
-            writer.add("face_embeddings", dict(face_id=face_id, batch=batch, model=model_name, vector=vec))
+        for result, failed in ordered_map(one, todo, worker_count(settings.workers, len(todo), 16), chunksize=2):
+            if failed is not None:
+                writer.add("failures", failed)
+            else:
+                face_id, vec = result
+                writer.add("face_embeddings", dict(face_id=face_id, batch=batch, model=model_name, vector=vec))
             writer.item_done()
-    written = staging.publish({"face_embeddings": batch})["face_embeddings"]
-    return {"faces": written.num_rows, "model": model_name, "resumed_from_staging": len(faces) - len(todo)}
+    published = staging.publish({"face_embeddings": batch, "failures": tables.failures_partition(STAGE, batch)})
+    written, failures = published["face_embeddings"], published["failures"]
+    fail_if_all_failed(STAGE, batch, len(faces), failures.to_pylist())
+    return {"faces": written.num_rows, "failed": failures.num_rows, "model": model_name,
+            "resumed_from_staging": len(faces) - len(todo)}  # fmt: skip

@@ -36,6 +36,7 @@ from storage import tables
 from storage.atomic import atomic_write_bytes
 from storage.blobs import read_crop
 from storage.errors import StorageError
+from storage.failures import ItemError
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
 
@@ -135,8 +136,8 @@ def generate_variants(layout: Layout, batch: str, generator, settings: Generatio
                 if crop[0] != src["face_id"]:
                     crop = (src["face_id"], read_crop(layout, src))
                 image = generator(crop[1], category, intensity, seed)
-            except StorageError as err:  # this source's crop is gone: its requests fail, the rest go on
-                failures.append(_failure(item, "unreadable_crop", str(err), batch))
+            except ItemError as err:  # this source's crop is gone: its requests fail, the rest go on
+                failures.append(_failure(item, err.reason, err.detail, batch))
                 continue
             except Exception as err:  # the model failed on this request
                 failures.append(_failure(item, "generation_error", f"{type(err).__name__}: {err}", batch))

@@ -1,11 +1,57 @@
-"""Decode a stored original as a viewer shows it: EXIF orientation applied, 8-bit RGB."""
+"""Decode a stored original as a viewer shows it: EXIF orientation applied, 8-bit RGB.
+
+The orientation is read in one place (`read_orientation`), by ingest's probe and by the loader, so
+the size `images` records and the frame the face boxes live in always agree. It is applied with
+`Image.transpose` from the value read: Pillow's `exif_transpose` also rewrites the EXIF block, which
+raises on a standard tag of the wrong type (a ResolutionUnit stored as text).
+"""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that shows the image upright (as Pillow's exif_transpose).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def read_orientation(img: Image.Image) -> tuple[int | None, str]:
+    """(EXIF orientation 1-8, "") of an opened image; 1 when there is none. A damaged value (not a
+    whole number in 1-8, or EXIF that cannot be read) is (None, a note saying what was there): the
+    image is then shown as stored, and the note says so. A value stored as a one-element tuple or a
+    whole RATIONAL (6/1) counts as that number."""
+    try:
+        raw = img.getexif().get(ORIENTATION_TAG)
+    except Exception as err:  # EXIF parsers raise many types on damaged blocks
+        return None, f"EXIF cannot be read ({type(err).__name__}: {err}): shown as stored"
+    if raw is None:
+        return 1, ""
+    value = raw[0] if isinstance(raw, tuple) and len(raw) == 1 else raw
+    try:
+        number = Fraction(str(value.decode() if isinstance(value, bytes) else value).strip())
+    except (ValueError, ZeroDivisionError, TypeError, UnicodeDecodeError):
+        number = None
+    if number is not None and number.denominator == 1 and 1 <= number.numerator <= 8:
+        return int(number), ""
+    return None, f"EXIF orientation {raw!r} is not one of 1-8: shown as stored"
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` as a viewer shows it (its EXIF orientation applied, nothing rewritten)."""
+    orientation, _ = read_orientation(img)
+    return img.transpose(TRANSPOSE[orientation]) if orientation in TRANSPOSE else img
 
 
 def to_rgb8(img: Image.Image) -> np.ndarray:
@@ -30,4 +76,4 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
 def load_rgb(path: str | Path) -> np.ndarray:
     with Image.open(path) as img:
         img.load()
-        return to_rgb8(ImageOps.exif_transpose(img))
+        return to_rgb8(upright(img))

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 
 from curation.batches import InputFile, load_manifest
 from curation.parallel import ordered_map, worker_count
@@ -25,6 +26,7 @@ from storage import tables
 from storage.atomic import sweep_temp_files
 from storage.blobs import content_id, put_image
 from storage.errors import StorageError
+from storage.failures import Isolated, fail_if_all_failed
 from storage.layout import Layout
 from storage.staging import ChunkWriter, Staging
 
@@ -125,10 +127,14 @@ def ingest_batch(
         first_source.update(zip(t.column("image_id").to_pylist(), t.column("source_uri").to_pylist(), strict=True))
 
     writer = ChunkWriter(staging, settings.chunk_size, total=summary.files, done=summary.resumed, progress=progress)
-    one = functools.partial(_ingest_one, layout, settings)
+    one = Isolated(functools.partial(_ingest_one, layout, settings), STAGE, batch, attrgetter("path"))
     try:
         with writer.finishing():
-            for out in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):
+            for out, failed in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):
+                if failed is not None:  # one file's unexpected problem: recorded, the rest go on
+                    writer.add("failures", failed)
+                    writer.item_done()
+                    continue
                 if out.image_id is not None and out.image_id in first_source:
                     out = _Outcome(
                         out.item,
@@ -149,6 +155,7 @@ def ingest_batch(
     written = staging.publish({"images": batch, "failures": failures_partition(batch)})
     summary.images = written["images"].num_rows
     summary.failures = Counter(written["failures"].column("reason").to_pylist())
+    fail_if_all_failed(STAGE, batch, summary.files, written["failures"].to_pylist())
     return summary
 
 

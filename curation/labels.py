@@ -19,11 +19,15 @@ A row that cannot be used (an unknown file, a score outside [0, 1], a file named
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import tables
+from storage.failures import UNEXPECTED, describe
 from storage.layout import Layout
 from storage.schemas import CATEGORIES
 
@@ -40,47 +44,129 @@ def failures_partition(batch: str) -> str:
     return tables.failures_partition(STAGE, batch)
 
 
-def _parse(path: Path, files: set[str]) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
-    """(labels by absolute file path, problems as (item, reason, detail)) of one label file."""
-    problems: list[tuple[str, str, str]] = []
+def _sniff(text: str) -> str:
+    """The delimiter a spreadsheet wrote: comma, semicolon (European Excel, with decimal commas), tab
+    or bar; comma when the sample is ambiguous."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip() for h in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return csv.Sniffer().sniff(text[:8192], delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _number(text: str, decimal_comma: bool) -> float:
+    return float(text.replace(",", ".") if decimal_comma else text)
+
+
+def _header(path: Path, raw: list[str]) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+    """Column index by our name (case and spaces ignored, `Happy ` is `happy`); problems for a column
+    given twice or one we do not know (with the nearest known name)."""
+    import difflib
+
+    known = ["file", "identity", *CATEGORIES]
+    index: dict[str, int] = {}
+    problems = []
+    for k, name in enumerate(raw):
+        key = " ".join(name.split()).lower()
+        if not key:
+            continue  # a trailing delimiter's empty column
+        if key in index:
+            problems.append((str(path), "bad_label_columns", f"{path}: column {name!r} is given twice"))
+        elif key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            problems.append((str(path), "bad_label_columns", f"{path}: unknown column {name!r}{hint}"))
+        else:
+            index[key] = k
+    return index, problems
+
+
+def _target(folder: Path, name: str) -> str:
+    """The file a row names, as the input scan records it: relative to the CSV's folder, `\\` read as
+    `/`, Unicode in NFC (a Mac writes names in NFD), `..` resolved lexically (links are not followed:
+    a row names the link that was ingested, not its target)."""
+    name = unicodedata.normalize("NFC", name.replace("\\", "/"))
+    return os.path.normpath(unicodedata.normalize("NFC", str(folder)) + "/" + name)
+
+
+def _parse(path: Path, files: set[str]) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+    """(labels by absolute file path, problems as (item, reason, detail)) of one label file. Every row
+    that is not used is a problem (file:line and why), except rows naming files of earlier batches."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
         return {}, [(str(path), "unreadable_label_file", f"{path}: {err}")]
-    if rows and "file" not in header:
-        return {}, [(str(path), "bad_label_columns", f"{path}: no `file` column (columns: {', '.join(header)})")]
-    given = [c for c in CATEGORIES if c in header]
+    delimiter = _sniff(text)
+    try:
+        table = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as err:
+        return {}, [(str(path), "unreadable_label_file", f"{path}: {err}")]
+    table = [r for r in table if any(c.strip() for c in r)]
+    if not table:
+        return {}, []
+    columns, problems = _header(path, table[0])
+    if problems:
+        return {}, problems
+    if "file" not in columns:
+        return {}, [(str(path), "bad_label_columns", f"{path}: no `file` column (columns: {', '.join(table[0])})")]
+    given = [c for c in CATEGORIES if c in columns]
     if given and len(given) != len(CATEGORIES):
-        missing = [c for c in CATEGORIES if c not in header]
+        missing = [c for c in CATEGORIES if c not in columns]
         detail = f"{path}: scores need all 12 columns; missing {', '.join(missing)}"
         return {}, [(str(path), "bad_label_columns", detail)]
+    folder = path.parent
+    normalized = {unicodedata.normalize("NFC", f): f for f in files}
     labels: dict[str, dict] = {}
-    for line, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for line, raw in enumerate(table[1:], start=2):
         item = f"{path}:{line}"
-        target = str((path.parent / row["file"]).resolve()) if row.get("file") else ""
-        if target not in files:
-            # Files of earlier batches are labelled when they are registered; not here.
-            if not row.get("file") or not Path(target).exists():
-                problems.append((item, "unknown_file", f"{path} line {line}: no file {row.get('file')!r} in the input"))
+        try:
+            found = _row(raw, columns, given, folder, normalized, delimiter == ";", len(table[0]))
+        except _Unused as why:
+            problems.append((item, why.reason, f"{path} line {line}: {why.detail}"))
             continue
+        except Exception as err:  # anything else about this one row: recorded, the rest go on
+            problems.append((item, UNEXPECTED, f"{path} line {line}: {describe(err)}"))
+            continue
+        if found is None:
+            continue  # a file of an earlier batch: labelled when it was registered
+        target, label = found
         if target in labels:
-            problems.append((item, "labelled_twice", f"{path} line {line}: {row['file']} has a label already"))
+            problems.append((item, "labelled_twice", f"{path} line {line}: {raw[columns['file']]} has a label already"))
             continue
-        scores = None
-        if given:
-            try:
-                scores = {c: float(row[c]) for c in CATEGORIES}
-            except ValueError:
-                problems.append((item, "bad_score", f"{path} line {line}: scores must be numbers"))
-                continue
-            if bad := [c for c, v in scores.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)]:
-                problems.append((item, "bad_score", f"{path} line {line}: {', '.join(bad)} outside [0, 1]"))
-                continue
-        labels[target] = {"identity": row.get("identity") or None, "scores": scores, "label_file": str(path)}
+        labels[target] = {**label, "label_file": str(path)}
     return labels, problems
+
+
+class _Unused(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _row(raw: list[str], columns: dict[str, int], given: list[str], folder: Path, files: dict[str, str],
+         decimal_comma: bool, width: int) -> tuple[str, dict] | None:  # fmt: skip
+    """One row: (the file it labels, {identity, scores}); None for a file of an earlier batch."""
+    extra = [c for c in raw[width:] if c.strip()]
+    if extra:
+        raise _Unused("bad_row", f"{len(raw)} fields where the header has {width} ({', '.join(extra)!r} left over)")
+    cell = {name: (raw[k].strip() if k < len(raw) else "") for name, k in columns.items()}
+    if not cell["file"]:
+        raise _Unused("unknown_file", "no file named")
+    target = _target(folder, cell["file"])
+    if target not in files:
+        if not Path(target).is_relative_to(folder):
+            raise _Unused("outside_collection", f"{cell['file']!r} is outside the folder of the label file")
+        if not os.path.lexists(target):
+            raise _Unused("unknown_file", f"no file {cell['file']!r} in the input")
+        return None
+    scores = None
+    if given:
+        try:
+            scores = {c: _number(cell[c], decimal_comma) for c in CATEGORIES}
+        except ValueError:
+            raise _Unused("bad_score", "scores must be numbers") from None
+        if bad := [c for c, v in scores.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)]:
+            raise _Unused("bad_score", f"{', '.join(bad)} outside [0, 1]")
+    return files[target], {"identity": cell.get("identity") or None, "scores": scores}
 
 
 def import_labels(layout: Layout, batch: str, label_files: list[str], image_files: list[str]) -> dict:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from curation.imageio import read_orientation
+
 # EXIF orientations 5-8 turn the image a quarter: width and height swap for display.
-_EXIF_ORIENTATION_TAG = 0x0112
 _QUARTER_TURNS = {5, 6, 7, 8}
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
@@ -52,7 +53,8 @@ class ImageInfo:
     mode: str
     width: int  # as displayed, after the EXIF orientation
     height: int
-    exif_orientation: int
+    exif_orientation: int | None  # None: a damaged value (see `notes`), shown as stored
+    notes: str | None = None  # what a viewer would not tell (a damaged orientation ...)
 
     @property
     def extension(self) -> str:
@@ -128,11 +130,10 @@ def probe(
                 img.load()
             except Exception as err:  # decoders raise a zoo of types: OSError, SyntaxError, ...
                 raise _decode_error(data, fmt, err) from None
-            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-            if not isinstance(orientation, int) or not 1 <= orientation <= 8:
-                orientation = 1  # a damaged tag: viewers show such images as stored
+            orientation, note = read_orientation(img)  # the loader reads it the same way (curation/imageio.py)
             if orientation in _QUARTER_TURNS:
                 w, h = h, w
             if min(w, h) < min_side:
                 raise Rejected("too_small", f"{w}x{h} has a side under {min_side} px")
-            return ImageInfo(format=fmt, mode=img.mode, width=w, height=h, exif_orientation=orientation)
+            return ImageInfo(format=fmt, mode=img.mode, width=w, height=h, exif_orientation=orientation,
+                             notes=note or None)  # fmt: skip

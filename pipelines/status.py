@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-
 from curation.batches import manifests
 from curation.ingest import batch_is_ingested
-from storage import catalog, tables
+from storage import catalog
 from storage.layout import Layout
 from storage.leaderboard import regression
 from storage.releases.listing import list_releases
-from storage.releases.plan import planned_versions, release_dir, release_eligible
+from storage.releases.plan import planned_versions
 from storage.schemas import TABLES
 from storage.tables import has_partition
 
-# Work each stage has not done yet: rows upstream with no row downstream (a stage "behind").
-PENDING = {
-    "face_embeddings": ("faces that passed quality without an embedding",
-                        "SELECT count(*) FROM faces f ANTI JOIN face_embeddings e USING (face_id) WHERE f.quality_ok"),
-    "identities": ("embedded faces without an identity",
-                   "SELECT count(*) FROM face_embeddings e ANTI JOIN identities i USING (face_id)"),
-    "prelabels": ("faces that passed quality without a pre-label",
-                  "SELECT count(*) FROM faces f ANTI JOIN prelabels p USING (face_id) WHERE f.quality_ok"),
-    "affect_scores": ("release-eligible faces without an affect score",
-                      "SELECT count(*) FROM identities i ANTI JOIN affect_scores a USING (face_id) "
-                      "WHERE i.duplicate_of IS NULL"),
-}  # fmt: skip
+# What a stage has not done yet. Per batch: an upstream partition without this stage's. Across
+# batches: embedded faces that no identity holds (and no failure explains); affect scores older
+# than what they read.
+PER_BATCH = (("faces", "images"), ("face_embeddings", "faces"), ("prelabels", "faces"))  # (stage, its input table)
+UNASSIGNED = ("SELECT count(*) FROM face_embeddings e ANTI JOIN identities i USING (face_id) "
+              "WHERE e.face_id NOT IN (SELECT item FROM failures WHERE stage = 'identities')")  # fmt: skip
+
+
+def _behind(layout: Layout, batches: list, not_ingested: list[str], unassigned: int) -> dict[str, str]:
+    behind = {}
+    if not_ingested:  # the daemon launches each batch once: one whose run failed waits for `ffe build`
+        behind["raw_images"] = f"{len(not_ingested)} registered batch(es) not ingested: {', '.join(not_ingested)}"
+    for stage, upstream in PER_BATCH:
+        missing = [m.batch for m in batches
+                   if has_partition(layout, upstream, m.batch) and not has_partition(layout, stage, m.batch)]
+        if missing:
+            behind[stage] = f"{len(missing)} batch(es) not done: {', '.join(missing)}"
+    if unassigned:
+        behind["identities"] = f"{unassigned} embedded face(s) without an identity"
+    newest = {t: max((p.stat().st_mtime for p in layout.table_dir(t).glob("*.parquet")), default=0.0)
+              for t in ("identities", "prelabels", "annotations", "affect_scores")}  # fmt: skip
+    if newest["affect_scores"] and (older := [t for t in ("identities", "prelabels", "annotations")
+                                              if newest[t] > newest["affect_scores"]]):  # fmt: skip
+        behind["affect_scores"] = f"older than {', '.join(older)}"
+    return behind
 
 
 def status(layout: Layout) -> dict:
@@ -44,7 +55,7 @@ def status(layout: Layout) -> dict:
             "WHERE NOT quality_ok) WHERE reason <> '' GROUP BY 1 ORDER BY 2 DESC, 1"
         ).fetchall()
         rejected = con.execute("SELECT count(*) FROM faces WHERE NOT quality_ok").fetchone()[0]
-        pending = {stage: (what, con.execute(sql).fetchone()[0]) for stage, (what, sql) in PENDING.items()}
+        unassigned = con.execute(UNASSIGNED).fetchone()[0]
         # Each release's latest measured run, finished or failed (`ffe bench show` ranks them).
         runs = con.execute(
             "SELECT release, model, status, reason, hes FROM bench_runs WHERE kind = 'measured' "
@@ -52,17 +63,8 @@ def status(layout: Layout) -> dict:
         ).fetchall()
     batches = manifests(layout)
     not_ingested = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
-    uncurated = [m.batch for m in batches
-                 if m.batch not in not_ingested and not has_partition(layout, "faces", m.batch)]  # fmt: skip
-    behind = {stage: f"{n} {what}" for stage, (what, n) in pending.items() if n}
-    if uncurated:
-        behind = {"faces": f"{len(uncurated)} ingested batch(es) without faces: {', '.join(uncurated)}", **behind}
-    if not_ingested:  # the daemon launches each batch once: one whose run failed waits for `ffe build`
-        behind = {"raw_images": f"{len(not_ingested)} registered batch(es) not ingested: {', '.join(not_ingested)}",
-                  **behind}  # fmt: skip
+    behind = _behind(layout, batches, not_ingested, unassigned)
     releases = list_releases(layout)
-    if releases and tables["affect_scores"] and (unreleased := _not_in_latest_plan(layout, releases[-1]["version"])):
-        behind["release"] = f"{unreleased} scored, release-eligible faces not in the latest release"
     return {
         "workdir": str(layout.root),
         "tables": tables,
@@ -94,16 +96,6 @@ def _regressed(layout: Layout, release: str, model: str) -> str:
     if not found["worse"]:
         return ""
     return f", worse than {found['previous']} beyond the noise: {', '.join(c['metric'] for c in found['worse'])}"
-
-
-def _not_in_latest_plan(layout: Layout, version: str) -> int:
-    """Faces with an affect score, eligible for a release, that the latest release does not hold."""
-    plan = release_dir(layout, version) / "plan.parquet"
-    if not plan.is_file():
-        return 0
-    held = set(pq.read_table(plan, columns=["face_id"]).column("face_id").to_pylist())
-    scored = set(tables.read_table(layout, "affect_scores", columns=["face_id"]).column("face_id").to_pylist())
-    return len((scored & release_eligible(layout)) - held)
 
 
 def render_status(info: dict) -> str:

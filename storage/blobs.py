@@ -41,14 +41,16 @@ def put_image(layout: Layout, data: bytes, image_id: str, ext: str, *, fsync: bo
 
 def read_crop(layout: Layout, face: dict):
     """A face's aligned crop (`face_id`, `crop_path` as the faces table holds them) as an RGB image;
-    a StorageError naming the face when the file is gone or damaged."""
+    an ItemError (`unreadable_crop`) naming the face when the file is gone or damaged: that face's
+    problem, not the work folder's."""
     from PIL import Image
 
-    from storage.errors import StorageError
+    from storage.failures import ItemError
 
     path = layout.root / face["crop_path"]
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except OSError as err:
-        raise StorageError(f"crop of {face['face_id']} is missing or unreadable ({path}): {err}") from None
+        detail = f"crop of {face['face_id']} is missing or unreadable ({path}): {err}"
+        raise ItemError("unreadable_crop", detail) from None

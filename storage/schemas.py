@@ -48,9 +48,10 @@ IMAGES = pa.schema(
         # Display size: after the EXIF orientation is applied, as a viewer shows the image.
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("exif_orientation", pa.int8(), nullable=False),  # 1 = none or upright
+        pa.field("exif_orientation", pa.int8()),  # 1 = none or upright; null: a damaged value (see notes)
         pa.field("bytes", pa.int64(), nullable=False),
         pa.field("ingested_at", _TIMESTAMP, nullable=False),
+        pa.field("notes", pa.string()),  # what the file does not say plainly (a damaged EXIF orientation ...)
     ]
 )
 

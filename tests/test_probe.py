@@ -108,10 +108,11 @@ def test_exif_orientation_gives_the_displayed_size(photo, orientation, swapped):
     assert (info.width, info.height) == ((160, 200) if swapped else (200, 160))
 
 
-def test_a_damaged_orientation_tag_counts_as_upright(photo):
+def test_a_damaged_orientation_tag_is_recorded_never_silently_upright(photo):
     exif = Image.Exif()
     exif[0x0112] = 42
-    assert accept(encode(photo, "JPEG", exif=exif)).exif_orientation == 1
+    info = accept(encode(photo, "JPEG", exif=exif))
+    assert info.exif_orientation is None and "42" in info.notes and (info.width, info.height) == (200, 160)
 
 
 @settings(max_examples=300, deadline=None)
