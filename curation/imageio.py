@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+try:  # HEIC/HEIF through libheif; without the plugin such files are `unsupported_format` (probe)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # it applies the orientation while decoding and resets EXIF's to 1
+    HEIF = True
+except ImportError:
+    HEIF = False
+
 ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (as Pillow's exif_transpose).
 TRANSPOSE = {

@@ -31,7 +31,7 @@ from storage.layout import Layout
 from storage.staging import ChunkWriter, Staging
 
 STAGE = "raw_images"
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
 
 
 @dataclass(frozen=True)

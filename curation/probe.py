@@ -21,12 +21,16 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from curation.imageio import read_orientation
+from curation.imageio import HEIF, read_orientation
 
 # EXIF orientations 5-8 turn the image a quarter: width and height swap for display.
 _QUARTER_TURNS = {5, 6, 7, 8}
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif", "HEIF": "heic",
+              "AVIF": "avif"}  # fmt: skip
+# ISO base media files (HEIF, AVIF) say what they hold in their `ftyp` box: major and compatible brands.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -65,6 +69,13 @@ def sniff_format(data: bytes) -> str | None:
     """The format that the first bytes announce, whatever the decoder later makes of them."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data[4:8] == b"ftyp":
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[8:12]} | {data[k : k + 4] for k in range(16, min(size, 64), 4)}
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIF"
     for magic, fmt in _MAGIC:
         if data.startswith(magic):
             return fmt
@@ -109,6 +120,8 @@ def probe(
         except Image.DecompressionBombError as err:
             raise Rejected("too_large", f"decompression bomb refused by the decoder: {err}") from None
         except UnidentifiedImageError:
+            if sniffed == "HEIF" and not HEIF:
+                raise Rejected("unsupported_format", "HEIF/HEIC (install pillow-heif to ingest it)") from None
             if sniffed:
                 raise _decode_error(data, sniffed, ValueError("unreadable header")) from None
             raise Rejected("not_an_image", "no known image format in the file's bytes") from None

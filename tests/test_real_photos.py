@@ -179,3 +179,46 @@ def test_a_stage_where_every_item_fails_says_so(tmp_path, sample_dir, monkeypatc
     report = build(Layout.at(tmp_path / "w"), sample_dir, "faces", echo=lambda s: None)
     (error,) = report.failed.values()
     assert "every one of the 15 item(s)" in error and "the detector is broken" in error
+
+
+# --- phone formats -----------------------------------------------------------------------------------
+
+
+def _encoded(img: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, fmt, exif=exif.tobytes(), quality=85)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_phone_formats_are_decoded_upright(tmp_path, astronaut, fmt, orientation):
+    """Found: HEIC/HEIF bytes were `not_an_image` and AVIF `unsupported_format`; iPhones save HEIC."""
+    from curation.ingest import DEFAULT_FORMATS
+
+    upright = astronaut.resize((240, 180))
+    stored = upright.transpose(Image.Transpose.ROTATE_90) if orientation == 6 else upright
+    data = _encoded(stored, fmt, orientation)
+    info = probe(data, formats=frozenset(DEFAULT_FORMATS), max_megapixels=50, min_side=32)
+    assert info.format == fmt and (info.width, info.height) == (240, 180)
+    path = tmp_path / f"x.{info.extension}"
+    path.write_bytes(data)
+    rgb = load_rgb(path)
+    assert rgb.shape[:2] == (180, 240) and np.abs(rgb.astype(float) - np.asarray(upright, dtype=float)).mean() < 8
+
+
+@pytest.mark.parametrize("brand", [b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"])
+def test_every_heif_brand_is_named_heif_never_not_an_image(brand):
+    from curation.probe import Rejected, sniff_format
+
+    data = bytearray(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00" + brand + b"mif1") + b"\x00" * 64
+    assert sniff_format(bytes(data)) == "HEIF"
+    with pytest.raises(Rejected) as info:  # ftyp alone: an image that cannot be decoded, named so
+        probe(bytes(data), formats=frozenset({"HEIF"}), max_megapixels=50, min_side=32)
+    assert info.value.reason in ("corrupt", "truncated") and "HEIF" in info.value.detail
+    with pytest.raises(Rejected) as info:  # not accepted by the settings: unsupported, named
+        probe(_encoded(Image.new("RGB", (64, 64)), "HEIF"), formats=FORMATS, max_megapixels=50, min_side=32)
+    assert info.value.reason == "unsupported_format" and "HEIF" in info.value.detail
