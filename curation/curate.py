@@ -81,7 +81,13 @@ def _curate_one(layout: Layout, run: CurationRun, batch: str, image: dict) -> tu
     except Exception as err:  # any other decoding problem of this one file
         return failure("unreadable_original", f"{image['path']} ({image['source_uri']}): {describe_error(err)}")
     models = face_models(run.settings)
-    found = find_faces(rgb, models, run.settings, pre_cropped=run.pre_cropped)
+    seen: dict = {}
+    found = find_faces(rgb, models, run.settings, pre_cropped=run.pre_cropped, seen=seen)
+    if not found and seen.get("unconfirmed"):  # a detector saw something no landmarker could place
+        size = f"{rgb.shape[1]}x{rgb.shape[0]}"
+        detail = (f"{seen['unconfirmed']} face-like region(s) in {image['source_uri']} ({size}), "
+                  "none confirmed: too small, blurred or turned away?")  # fmt: skip
+        return failure("unconfirmed_face", detail)
     if not found:
         return failure("no_face", f"no face found in {image['source_uri']} ({rgb.shape[1]}x{rgb.shape[0]})")
     rows = []

@@ -64,7 +64,8 @@ def upright(img: Image.Image) -> Image.Image:
 
 def to_rgb8(img: Image.Image) -> np.ndarray:
     """Any PIL mode as a contiguous HxWx3 uint8 array. Transparency is flattened onto white (a
-    cut-out portrait on black would read as a dark photo); 16-bit and float greys are scaled."""
+    cut-out portrait on black would read as a dark photo); 16-bit and float greys are scaled;
+    bilevel (mode 1) images are low-passed (1 px Gaussian), as dithering hides faces from detectors."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -74,6 +75,10 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float64)
         grey = np.clip(arr if arr.max() > 1.0 else arr * 255.0, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if img.mode == "1":  # dithered black and white: a light blur gives detectors the greys back
+        from PIL import ImageFilter
+
+        img = img.convert("L").filter(ImageFilter.GaussianBlur(1))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

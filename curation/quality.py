@@ -17,7 +17,9 @@ class QualityThresholds:
     max_abs_yaw: float = 50.0  # degrees
     max_abs_pitch: float = 40.0
     max_abs_roll: float = 90.0  # the crop is de-rotated: a sideways face is fine, an upside-down one is not
-    max_out_of_frame: float = 0.25  # share of the crop taken from outside the image
+    # Share of the face's own landmarks outside the photo: a face cut by the frame. A tight frame
+    # (an aligned FFHQ/CelebA-style crop) is not rejected: the crop's margin is padded.
+    max_out_of_frame: float = 0.02
 
 
 def sharpness(grey_crop: np.ndarray) -> float:
@@ -52,7 +54,7 @@ def reject_reasons(
     face_px: float,
     sharp: float,
     bright: float,
-    out_of_frame: float,
+    out_of_frame: float,  # share of the landmarks outside the photo
     yaw: float | None,
     pitch: float | None,
     roll: float | None,

@@ -109,7 +109,8 @@ FACES = pa.schema(
         pa.field("face_px", _F32, nullable=False),  # sqrt of the face box area, source pixels
         pa.field("sharpness", _F32, nullable=False),  # variance of the Laplacian of the crop
         pa.field("brightness", _F32, nullable=False),  # mean luminance (0-255) of the crop's centre
-        pa.field("out_of_frame", _F32, nullable=False),  # share of the crop outside the image
+        pa.field("out_of_frame", _F32, nullable=False),  # share of the crop padded beyond the photo (tight frames)
+        pa.field("rotation", pa.int16()),  # degrees the photo was turned (counter-clockwise) to find the face
         pa.field("quality_ok", pa.bool_(), nullable=False),
         pa.field("reject_reason", pa.string(), nullable=False),  # comma-separated; "" when ok
     ]

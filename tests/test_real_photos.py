@@ -222,3 +222,135 @@ def test_every_heif_brand_is_named_heif_never_not_an_image(brand):
     with pytest.raises(Rejected) as info:  # not accepted by the settings: unsupported, named
         probe(_encoded(Image.new("RGB", (64, 64)), "HEIF"), formats=FORMATS, max_megapixels=50, min_side=32)
     assert info.value.reason == "unsupported_format" and "HEIF" in info.value.detail
+
+
+# --- faces in ordinary camera photos ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def face_kit():
+    from curation.embeddings import EmbeddingSettings, embedder
+    from curation.faces import FaceSettings, face_models
+
+    settings = FaceSettings()
+    return settings, face_models(settings), embedder(EmbeddingSettings())
+
+
+def _one_face(kit, img: Image.Image) -> dict:
+    """The photo's single face as curation sees it: detector, rotation, crop, quality, identity
+    vector, smile and the pre-label's happy score."""
+    from annotation.prelabels import scores_from_blendshapes
+    from curation.faces import describe, find_faces
+    from curation.imageio import to_rgb8
+
+    settings, models, embed = kit
+    rgb = to_rgb8(img)
+    found = find_faces(rgb, models, settings)
+    assert len(found) == 1, [f.detector for f in found]
+    d = describe(rgb, found[0], settings)
+    kps5 = np.asarray(d.fields["kps5"]).reshape(5, 2)
+    return {"found": found[0], "fields": d.fields, "crop": d.crop.astype(float), "vector": embed.embed(d.crop, kps5),
+            "happy": scores_from_blendshapes(d.fields["blendshapes"])["happy"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "turn", "rotation"), [
+    ("rotated 180, JPEG q95", lambda im: jpeg_image(im.rotate(180), 95), 180),
+    ("rotated 150", lambda im: jpeg_image(im.rotate(150), 95), 180),
+    ("rotated 270", lambda im: im.rotate(270, expand=True), 90),
+    ("rotated 90", lambda im: im.rotate(90, expand=True), 270),
+    ("flipped top-bottom", lambda im: im.transpose(Image.Transpose.FLIP_TOP_BOTTOM), 180),
+])  # fmt: skip
+def test_a_turned_photo_gives_the_upright_face(face_kit, astronaut, name, turn, rotation):
+    """Found: an upside-down photo gave a partial upside-down "face" (roll 26) that passed every
+    check and opened a new identity with sad 0.27 for a smile; a 270-degree turn read the smile 0.45.
+    Tolerances against the upright photo: crop within 12 grey levels on average (a mirror image
+    excepted), identity distance under 0.3 (dlib: 0.6 is a different person), happy within 0.1."""
+    upright = _one_face(face_kit, astronaut)
+    got = _one_face(face_kit, turn(astronaut))
+    assert got["found"].rotation == rotation and got["fields"]["quality_ok"]
+    if "flipped" not in name:  # a top-bottom flip is the upright photo mirrored
+        assert np.abs(got["crop"] - upright["crop"]).mean() < 12
+    assert np.linalg.norm(got["vector"] - upright["vector"]) < 0.3
+    assert abs(got["happy"] - upright["happy"]) < 0.1 and got["happy"] > 0.5
+
+
+def jpeg_image(img: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(jpeg(img.convert("RGB"), quality=quality)))
+
+
+def test_a_landmarker_only_face_must_verify(face_kit):
+    """The whole-image landmarker's partial face in a rotated photo does not survive re-landmarking
+    of its aligned crop; a blank picture has no face at all."""
+    from curation.faces import find_faces
+
+    settings, models, _ = face_kit
+    assert find_faces(np.full((512, 512, 3), 128, np.uint8), models, settings) == []
+
+
+def test_a_dithered_bilevel_portrait_is_found(face_kit, astronaut):
+    """Found: a mode `1` (dithered black and white) portrait gave `no_face`."""
+    got = _one_face(face_kit, astronaut.convert("1"))
+    assert got["found"].detector == "dlib_hog" and got["fields"]["quality_ok"]
+
+
+@pytest.mark.parametrize("frame", [0.77, 0.9])
+def test_a_tight_frame_is_padded_not_rejected(face_kit, astronaut, frame):
+    """Found: a portrait whose face fills the frame (face ~77% of its width) was `out_of_frame`."""
+    upright = _one_face(face_kit, astronaut)
+    xs, ys = upright["found"].landmarks[:, 0], upright["found"].landmarks[:, 1]
+    width = (xs.max() - xs.min()) / frame
+    cx, cy = (xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2
+    tight = astronaut.crop((int(cx - width / 2), int(cy - 0.6 * width), int(cx + width / 2), int(cy + 0.6 * width)))
+    got = _one_face(face_kit, tight)
+    assert got["fields"]["quality_ok"] and got["fields"]["out_of_frame"] > 0.3  # padded, and the share recorded
+    assert np.linalg.norm(got["vector"] - upright["vector"]) < 0.3
+
+
+def test_a_112_px_aligned_crop_is_found_and_upscaled(face_kit, astronaut):
+    """Found: a 112x112 aligned crop (ArcFace's template) was `out_of_frame`."""
+    from curation import align
+
+    upright = _one_face(face_kit, astronaut)
+    arcface = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]])
+    m = align.similarity(align.five_points(upright["found"].landmarks), arcface)
+    import cv2
+
+    small = Image.fromarray(cv2.warpAffine(np.asarray(astronaut), m, (112, 112)))
+    got = _one_face(face_kit, small)
+    assert got["crop"].shape == (512, 512, 3) and 60 < got["fields"]["face_px"] < 112
+    assert "out_of_frame" not in got["fields"]["reject_reason"]
+
+
+def _big_photo(width: int, height: int, face_px: int, spots: list[tuple[int, int]]) -> np.ndarray:
+    """A camera-sized photo (a textured scene: scikit-image's coffee tiled) with astronauts whose
+    face is `face_px` wide at `spots`."""
+    import cv2
+    from skimage import data
+
+    scene = cv2.resize(np.tile(data.coffee(), (4, 4, 1)), (width, height))
+    side = int(face_px / 0.19)
+    person = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    for x, y in spots:
+        scene[y : y + side, x : x + side] = person
+    return scene
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("width", "height"), [(4000, 3000), (6000, 4000)])
+def test_small_faces_in_a_large_photo_are_found(face_kit, width, height):
+    """Found: detection saw a copy shrunk to 1024 px, so in a 24 MP photo every face under ~195 px
+    was lost (12 MP: ~156 px) and reported as `no_face`. Now any face of at least `min_face_px`
+    (64) is found, where it is."""
+    from curation.faces import describe, find_faces
+
+    settings, models, _ = face_kit
+    spots = [(900, 800), (width // 2, height // 2)]
+    rgb = _big_photo(width, height, 90, spots)
+    found = find_faces(rgb, models, settings)
+    assert len(found) == 2
+    for f, (x, y) in zip(sorted(found, key=lambda f: f.box[0]), spots, strict=True):
+        fields = describe(rgb, f, settings).fields
+        side = int(90 / 0.19)
+        assert x < fields["bbox_x0"] < fields["bbox_x1"] < x + side and y < fields["bbox_y0"] < y + side
+        assert 80 < fields["face_px"] < 110
+        assert fields["quality_ok"]

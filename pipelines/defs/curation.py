@@ -36,6 +36,7 @@ class FacesConfig(dg.Config):
     max_faces: int = Field(_F.max_faces, ge=1)
     detector_upsample: int = Field(_F.detector_upsample, ge=0)
     detector_max_side: int = Field(_F.detector_max_side, ge=64)
+    second_pass: bool = Field(_F.second_pass, description="large photos: a Haar pass for faces too small once shrunk")
     min_detector_score: float = _F.min_detector_score
     landmark_margin: float = Field(_F.landmark_margin, ge=0.0)
     crop_size: int = Field(_F.crop_size, ge=64)
@@ -46,7 +47,7 @@ class FacesConfig(dg.Config):
     max_abs_yaw: float = _Q.max_abs_yaw
     max_abs_pitch: float = _Q.max_abs_pitch
     max_abs_roll: float = _Q.max_abs_roll
-    max_out_of_frame: float = _Q.max_out_of_frame
+    max_out_of_frame: float = Field(_Q.max_out_of_frame, description="share of the face's landmarks outside the photo")
     workers: int = Field(0, ge=0, description="processes; 0 = one per core for batches of some size")
     chunk_size: int = Field(64, gt=0, description="images per staged chunk (resume unit)")
 
