@@ -354,3 +354,53 @@ def test_small_faces_in_a_large_photo_are_found(face_kit, width, height):
         assert x < fields["bbox_x0"] < fields["bbox_x1"] < x + side and y < fields["bbox_y0"] < y + side
         assert 80 < fields["face_px"] < 110
         assert fields["quality_ok"]
+
+
+@pytest.mark.slow
+def test_a_real_collection_of_every_kind_builds_with_every_healthy_face(tmp_path, astronaut, capsys):
+    """Acceptance: a folder with each kind above beside healthy photos: `ffe build` exits 0, every
+    healthy face is curated, and each bad file is in `failures` by name."""
+    import json
+
+    import cv2
+
+    from curation import align
+    from pipelines.cli import main
+
+    inp = tmp_path / "input"
+    inp.mkdir()
+    face = astronaut
+    (inp / "healthy.jpg").write_bytes(jpeg(face))
+    (inp / "healthy_mirror.png").write_bytes(_encoded(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"))
+    stored6 = face.resize((384, 384)).transpose(Image.Transpose.ROTATE_90)
+    (inp / "exif6_bad_unit.jpg").write_bytes(jpeg(stored6, exif_block((0x0112, "SHORT", 6), (0x0128, "ASCII", "2"))))
+    (inp / "exif_rational.jpg").write_bytes(jpeg(stored6, exif_block((0x0112, "RATIONAL", (6, 1)))))
+    (inp / "upside_down.jpg").write_bytes(jpeg(face.rotate(180), quality=95))
+    (inp / "sideways.jpg").write_bytes(jpeg(face.rotate(270, expand=True)))
+    face.convert("1").save(inp / "dithered.png")
+    (inp / "iphone.heic").write_bytes(_encoded(face, "HEIF", 1))
+    (inp / "web.avif").write_bytes(_encoded(face, "AVIF"))
+    arcface = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]])
+    from curation.faces import FaceSettings, face_models, find_faces
+
+    landmarks = find_faces(np.asarray(face), face_models(FaceSettings()), FaceSettings())[0].landmarks
+    m = align.similarity(align.five_points(landmarks), arcface * 2)  # a 224 px aligned crop
+    Image.fromarray(cv2.warpAffine(np.asarray(face), m, (224, 224))).save(inp / "aligned_224.png")
+    Image.fromarray(_big_photo(4000, 3000, 90, [(900, 800)])).save(inp / "camera_12mp.jpg", quality=90)
+    bad = {"truncated.jpg": jpeg(face)[:5000], "notes.jpg": b"not a picture at all", "empty.png": b""}
+    for name, data in bad.items():
+        (inp / name).write_bytes(data)
+
+    work = tmp_path / "w"
+    assert main(["build", "--input", str(inp), "--workdir", str(work)]) == 0
+    capsys.readouterr()
+    assert main(["query", "SELECT i.source_uri, count(f.face_id) AS n, bool_and(f.quality_ok) AS ok FROM images i "
+                 "LEFT JOIN faces f USING (image_id) GROUP BY 1 ORDER BY 1", "--workdir", str(work), "--json"]) == 0
+    faces = {r["source_uri"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
+    healthy = sorted(p.name for p in inp.iterdir() if p.name not in bad)
+    assert sorted(faces) == healthy
+    assert {n: (r["n"], r["ok"]) for n, r in faces.items()} == dict.fromkeys(healthy, (1, True))
+    assert main(["query", "SELECT item, reason FROM failures WHERE stage = 'raw_images'", "--workdir", str(work),
+                 "--json"]) == 0  # fmt: skip
+    failed = {r["item"].rsplit("/", 1)[-1]: r["reason"] for r in json.loads(capsys.readouterr().out)}
+    assert failed == {"truncated.jpg": "truncated", "notes.jpg": "not_an_image", "empty.png": "empty_file"}
