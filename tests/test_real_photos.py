@@ -404,3 +404,45 @@ def test_a_real_collection_of_every_kind_builds_with_every_healthy_face(tmp_path
                  "--json"]) == 0  # fmt: skip
     failed = {r["item"].rsplit("/", 1)[-1]: r["reason"] for r in json.loads(capsys.readouterr().out)}
     assert failed == {"truncated.jpg": "truncated", "notes.jpg": "not_an_image", "empty.png": "empty_file"}
+
+
+def test_a_face_seen_but_never_confirmed_has_its_own_reason(tmp_path, sample_dir, monkeypatch):
+    """Where a detector proposes a face and no landmarks can be placed, the image's failure says so
+    (`unconfirmed_face`), apart from `no_face` (nothing seen at all: the cat, the cup)."""
+    import curation.faces
+    from pipelines.build import build
+    from storage.layout import Layout
+
+    monkeypatch.setattr(curation.faces, "_landmark_box", lambda *a, **k: None)
+    monkeypatch.setattr(curation.faces, "_verified", lambda *a, **k: False)
+    layout = Layout.at(tmp_path / "w")
+    assert build(layout, sample_dir, "faces", echo=lambda s: None).ok
+    reasons = {r["reason"] for r in _failures(layout, "faces")}
+    assert "unconfirmed_face" in reasons and "no_face" in reasons
+    (row,) = [r for r in _failures(layout, "faces") if r["reason"] == "unconfirmed_face"][:1]
+    assert "face-like region(s)" in row["detail"]
+
+
+def test_an_unexpected_error_in_one_label_row_fails_that_row_only(tmp_path, monkeypatch):
+    import curation.labels
+    from pipelines.build import build
+    from pixelsmile.synthetic import write_world_input
+    from storage import tables
+    from storage.layout import Layout
+
+    real, calls = curation.labels._row, []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyError("injected")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(curation.labels, "_row", flaky)
+    folder = tmp_path / "input"
+    write_world_input(folder, people=1, faces_per_person=3)
+    layout = Layout.at(tmp_path / "w")
+    assert build(layout, folder, "raw_images", echo=lambda s: None, pre_cropped=True).ok
+    (row,) = _failures(layout, "labels")
+    assert row["reason"] == "unexpected_error" and "KeyError" in row["detail"] and row["item"].endswith("labels.csv:3")
+    assert tables.read_table(layout, "imported_labels").num_rows == 2
