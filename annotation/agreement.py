@@ -1,13 +1,66 @@
 """Agreement between raters: Krippendorff's alpha (interval) and the intraclass correlation.
 
-Both take a units x raters matrix of scores with NaN where a rater did not score a unit.
+Both take a units x raters matrix of scores with NaN where a rater did not score a unit. Where a
+coefficient is undefined it says why (`Agreement.reason`), beside how many raters and pairable values
+it saw:
+
+    single_rater              no unit has two ratings: nobody rated a face someone else rated
+    too_few_pairable_values   fewer than two values in units with two or more ratings
+    no_variance               every pairable value is the same: agreement is perfect but unmeasurable
+    low_variance              the values hardly vary (variance < MIN_VARIANCE, e.g. a category almost
+                              always 0): alpha is computed, but a gate must not read it (it is the
+                              ratio of two tiny numbers: raters who agree on "0" score about 0)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+MIN_VARIANCE = 0.005  # of the pairable values (scores in [0, 1]): below, agreement is not evaluable
+
+
+@dataclass(frozen=True)
+class Agreement:
+    value: float  # NaN when undefined
+    reason: str | None  # why it is undefined or not evaluable (module doc); None: a number to judge by
+    raters: int  # raters with at least one pairable value
+    pairable: int  # values in units that two or more raters scored
+    variance: float  # of the pairable values (NaN without any)
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether a gate may judge by it (defined, and the values vary enough to mean something)."""
+        return self.reason is None
+
+    def as_dict(self, digits: int = 4) -> dict:
+        return {"value": None if math.isnan(self.value) else round(self.value, digits), "reason": self.reason,
+                "raters": self.raters, "pairable": self.pairable,
+                "variance": None if math.isnan(self.variance) else round(self.variance, 6)}  # fmt: skip
+
+
+def alpha_interval(data: np.ndarray) -> Agreement:
+    """Krippendorff's alpha (interval), with why it is undefined (see the module doc)."""
+    data = np.asarray(data, dtype=np.float64)
+    rated = ~np.isnan(data)
+    pairable_units = rated.sum(axis=1) >= 2
+    raters = int(rated[pairable_units].any(axis=0).sum()) if data.ndim == 2 and data.size else 0
+    values = data[pairable_units][rated[pairable_units]] if data.size else np.array([])
+    variance = float(values.var()) if len(values) else math.nan
+    value = krippendorff_alpha_interval(data)
+    if not pairable_units.any():
+        reason = "single_rater"
+    elif len(values) < 2:
+        reason = "too_few_pairable_values"
+    elif np.ptp(values) == 0:
+        reason = "no_variance"
+    elif variance < MIN_VARIANCE:
+        reason = "low_variance"
+    else:
+        reason = None
+    return Agreement(value, reason, raters, len(values), variance)
 
 
 def krippendorff_alpha_interval(data: np.ndarray) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotation.scores import alpha_per_category, human_ratings, icc_per_category
+from annotation.scores import agreement_per_category, human_ratings, icc_per_category
 from storage import tables
 from storage.layout import Layout
 from storage.releases.plan import release_eligible
@@ -20,7 +20,8 @@ def annotation_report(layout: Layout) -> dict:
     rows = tables.read_table(layout, "annotations").to_pylist()
     scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
     eligible = len(release_eligible(layout))
-    alpha = alpha_per_category(human)
+    details = agreement_per_category(human)
+    alpha = {c: a.value for c, a in details.items()}
     per_annotator: dict[str, dict] = {}
     for r in rows:
         a = per_annotator.setdefault(r["annotator"], {"submitted": 0, "skipped": 0, "unusable": 0, "errors": []})
@@ -40,7 +41,12 @@ def annotation_report(layout: Layout) -> dict:
         "annotations": len(rows),
         "by_status": {s: sum(r["status"] == s for r in rows) for s in ("submitted", "skipped", "unusable")},
         "alpha": {c: (None if math.isnan(a) else round(a, 4)) for c, a in alpha.items()},
+        # why an alpha is undefined or not evaluable, with n raters, n pairable values and their variance
+        "alpha_detail": {c: a.as_dict() for c, a in details.items()},
         "icc2_two_busiest": {c: (None if math.isnan(v) else round(v, 4)) for c, v in icc2.items()},
+        # an undefined ICC: no two annotators share two faces, or their scores do not vary
+        "icc2_reason": {c: (None if not math.isnan(v) else "too_few_shared_faces" if details[c].raters < 2
+                            else "no_variance") for c, v in icc2.items()},  # fmt: skip
         "annotators": annotators,
     }
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotation.agreement import icc, krippendorff_alpha_interval
+from annotation.agreement import Agreement, alpha_interval, icc
 from annotation.classifier import VERSION as CLASSIFIER_VERSION
 from annotation.classifier import classifier
 from annotation.consensus import consensus
@@ -95,6 +95,7 @@ class ScoreReport:
     eligible: int  # faces that can enter a release: in an identity and not a duplicate
     covered: int  # eligible faces with a score
     alpha: dict[str, float]  # per category, over faces with two or more human ratings
+    alpha_detail: dict[str, Agreement]  # the same, with why an alpha is undefined or not evaluable
     icc2: dict[str, float]  # per category, ICC(2,1) of the two busiest annotators on their shared faces
 
     @property
@@ -147,21 +148,26 @@ def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = N
         eligible=len(eligible),
         covered=len(eligible & scored),
         alpha=alpha_per_category(human),
+        alpha_detail=agreement_per_category(human),
         icc2=icc_per_category(human),
     )
 
 
-def alpha_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:
-    """Krippendorff's alpha (interval) per category over faces x annotators; NaN without overlap."""
+def agreement_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, Agreement]:
+    """Krippendorff's alpha (interval) per category over faces x annotators, with its reason where
+    undefined or not evaluable (annotation.agreement)."""
     annotators = sorted({a for raters in human.values() for a, _ in raters})
-    if not annotators:
-        return dict.fromkeys(CATEGORIES, math.nan)
     col = {a: i for i, a in enumerate(annotators)}
-    cube = np.full((len(human), len(annotators), len(CATEGORIES)), np.nan)
+    cube = np.full((len(human), max(len(annotators), 1), len(CATEGORIES)), np.nan)
     for i, raters in enumerate(human.values()):
         for a, s in raters:
             cube[i, col[a]] = s
-    return {c: krippendorff_alpha_interval(cube[:, :, k]) for k, c in enumerate(CATEGORIES)}
+    return {c: alpha_interval(cube[:, :, k]) for k, c in enumerate(CATEGORIES)}
+
+
+def alpha_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:
+    """Krippendorff's alpha (interval) per category; NaN where undefined (`agreement_per_category` says why)."""
+    return {c: a.value for c, a in agreement_per_category(human).items()}
 
 
 def icc_per_category(human: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, float]:

@@ -306,11 +306,13 @@ def render_report(info: dict) -> str:
         f"faces with human scores  {info['faces_with_human_scores']} of {info['eligible_faces']} eligible",
         f"annotations              {info['annotations']} {info['by_status']}",
         "",
-        "category    alpha    ICC(2,1)",
+        "category    alpha    ICC(2,1)  raters  pairable  variance  not evaluable because",
     ]
     for c, a in info["alpha"].items():
-        i = info["icc2_two_busiest"].get(c)
-        lines.append(f"{c:<11} {'-' if a is None else f'{a:.3f}':>6}   {'-' if i is None else f'{i:.3f}':>6}")
+        i, d = info["icc2_two_busiest"].get(c), info["alpha_detail"][c]
+        var = "-" if d["variance"] is None else f"{d['variance']:.4f}"
+        lines.append(f"{c:<11} {'-' if a is None else f'{a:.3f}':>6}   {'-' if i is None else f'{i:.3f}':>6}    "
+                     f"{d['raters']:>6}  {d['pairable']:>8}  {var:>8}  {d['reason'] or ''}")  # fmt: skip
     lines += ["", "annotator                  submitted  skipped  unusable  mean |diff| from consensus"]
     for name, a in info["annotators"].items():
         diff = a["mean_abs_diff_from_consensus"]

@@ -8,6 +8,11 @@ shards (shuffled per epoch, the same order on every node)
   -> tensors at the chosen resolution
 
 Each shard goes to exactly one (node, worker), so each identity is read exactly once per epoch.
+Nothing damaged is trained on: a sample is checked whole before any triplet of it is yielded (its
+json, a png for each of its faces, each crop's sha256 as the json records it, its key not seen
+before in the shard), and a shard that ends with fewer samples than the release's manifest says is
+an error (a shard cut at a sample boundary is otherwise a valid tar). Errors name the shard and the
+sample key (`ShardError`).
 Call `set_epoch(e)` before each epoch (as with a DistributedSampler; with `persistent_workers` the
 workers keep the epoch they started with). Shard URLs may be local paths or anything webdataset's
 `gopen` reads (`pipe:aws s3 cp s3://bucket/train-000000.tar -`, https://...): docs/scale.md.
@@ -15,6 +20,8 @@ workers keep the epoch they started with). Shard URLs may be local paths or anyt
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import random
@@ -32,15 +39,56 @@ from storage.schemas import CATEGORIES
 from storage.tarstream import iter_samples
 
 
-def tar_samples(streams: Iterator[dict]) -> Iterator[dict]:
-    """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}."""
+class ShardError(ValueError):
+    """A shard or one of its samples is not as the release wrote it: named, never trained on."""
+
+
+def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None) -> Iterator[dict]:
+    """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}.
+    `expected`: samples per shard name (the manifest's), checked when each shard ends; a sample
+    key that comes back later in its shard (members out of order, a repeated key) is refused."""
     for source in streams:
         url = source["url"]
+        name = _shard_name(url)
+        seen: set[str] = set()
         try:
-            for key, members in iter_samples(source["stream"], Path(url).name):
+            for key, members in iter_samples(source["stream"], name):
+                if key in seen:
+                    raise ShardError(f"{name}: sample {key} appears twice (members out of order or a repeated key)")
+                seen.add(key)
                 yield {"__key__": key, "__url__": url, **{ext.lower(): data for ext, data in members.items()}}
         finally:
             source["stream"].close()
+        if expected is not None and name in expected and len(seen) != expected[name]:
+            raise ShardError(f"{name}: {len(seen)} samples where the release wrote {expected[name]} (a cut or "
+                             "damaged shard: `ffe release verify` names what changed)")  # fmt: skip
+
+
+def _shard_name(url: str) -> str:
+    """The shard's file name, also in a `pipe:` command or a URL."""
+    return Path(url.split()[-2] if url.startswith("pipe:") and len(url.split()) > 2 else url).name
+
+
+def check_sample(sample: dict) -> dict:
+    """The sample's json document, once every face it lists is there with the bytes the release
+    recorded (sha256); else ShardError naming shard, key and what is wrong."""
+    where = f"{_shard_name(sample.get('__url__', ''))}: sample {sample.get('__key__')}"
+    if "json" not in sample:
+        raise ShardError(f"{where}: no json member (members: {', '.join(k for k in sample if not k.startswith('__'))})")
+    try:
+        doc = json.loads(sample["json"])
+        faces = doc["faces"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ShardError(f"{where}: its json cannot be read ({type(err).__name__}: {err})") from None
+    for face in faces:
+        data = sample.get(face["member"].lower())
+        if data is None:
+            raise ShardError(f"{where}: face {face['face_id']} has no member {face['member']}")
+        digest = face.get("crop_sha256")
+        if digest and hashlib.sha256(data).hexdigest() != digest:
+            raise ShardError(f"{where}: face {face['face_id']}: the crop's sha256 is not the one the release "
+                             "recorded (damaged bytes)")  # fmt: skip
+    return doc
 
 
 def faces_of_sample(doc: dict) -> list[Face]:
@@ -91,12 +139,17 @@ class TripletStream(torch.utils.data.IterableDataset):
         max_per_pair: int = 4,
         decode: bool = True,
         value_range: tuple[float, float] = (-1.0, 1.0),
+        expected_samples: dict[str, int] | None = None,
+        verify: bool = True,
     ):
+        """`expected_samples`: samples per shard file name (`from_release` takes them from the
+        manifest); `verify`: check each sample and crop hash before using it (see the module doc)."""
         super().__init__()
         self.shards = list(shards)
         self.pairs = [tuple(p) for p in pairs]
         self.resolution, self.shuffle_buffer, self.seed = resolution, shuffle_buffer, seed
         self.max_per_pair, self.decode, self.value_range = max_per_pair, decode, value_range
+        self.expected_samples, self.verify = expected_samples, verify
         self.epoch = 0
 
     @classmethod
@@ -118,6 +171,7 @@ class TripletStream(torch.utils.data.IterableDataset):
             urls = shard_paths(folder, manifest, split)
         else:
             urls = [shard_url.format(version=manifest["version"], name=n) for n in shard_names(manifest, split)]
+        kw.setdefault("expected_samples", {r["name"]: r["samples"] for r in manifest["shards"].get(split, [])})
         return cls(urls, pairs, **kw)
 
     def set_epoch(self, epoch: int) -> None:
@@ -133,14 +187,18 @@ class TripletStream(torch.utils.data.IterableDataset):
             yield from self._sample_triplets(sample)
 
     def _sample_triplets(self, sample: dict) -> Iterator[dict]:
-        doc = json.loads(sample["json"])
+        doc = check_sample(sample) if self.verify else json.loads(sample["json"])
         images: dict[str, torch.Tensor | bytes] = {}
 
         def image(member: str) -> torch.Tensor | bytes:
             """Each face decoded once per sample: the source is in every triplet of its identity."""
             if member not in images:
                 data = sample[member.lower()]
-                images[member] = decode_image(data, self.resolution, self.value_range) if self.decode else data
+                try:
+                    images[member] = decode_image(data, self.resolution, self.value_range) if self.decode else data
+                except OSError as err:
+                    where = f"{_shard_name(sample['__url__'])}: sample {sample['__key__']}"
+                    raise ShardError(f"{where}: {member} cannot be decoded: {err}") from None
             return images[member]
 
         for t in identity_triplets(doc["identity_id"], faces_of_sample(doc), self.pairs,
@@ -168,7 +226,7 @@ class TripletStream(torch.utils.data.IterableDataset):
             wds.split_by_node,
             wds.split_by_worker,
             wds.tariterators.url_opener,  # gopen: local paths, pipe:, http(s)
-            tar_samples,
+            functools.partial(tar_samples, expected=self.expected_samples),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=rng),
             self._triplets,
         ]

@@ -164,3 +164,40 @@ def test_blocking_coverage_check_stops_a_batch_without_labels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED all batches" in out and "affect_scores: coverage" in out
+
+
+@pytest.mark.parametrize(("data", "reason", "raters", "pairable"), [
+    (np.array([[0.5, NA], [NA, 0.2]]), "single_rater", 0, 0),  # nobody's faces overlap
+    (np.full((3, 2), 0.4), "no_variance", 2, 6),
+    (np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.05], [0.0, 0.0]]), "low_variance", 2, 8),
+    (np.array([[0.1, 0.2], [0.8, 0.7], [0.4, 0.5]]), None, 2, 6),
+])  # fmt: skip
+def test_an_undefined_alpha_says_why(data, reason, raters, pairable):
+    """Found: an undefined alpha or ICC was NaN with no reason."""
+    from annotation.agreement import alpha_interval
+
+    got = alpha_interval(data)
+    assert (got.reason, got.raters, got.pairable) == (reason, raters, pairable)
+    assert got.evaluable == (reason is None)
+
+
+def test_a_category_almost_always_zero_does_not_block_a_release(tmp_path):
+    """Found: a category where almost every score is 0 and raters agree gave alpha -0.001 and failed
+    the agreement gate. It is reported with its variance and reason, and the gate judges the rest."""
+    from annotation.scores import agreement_per_category
+
+    rng = np.random.default_rng(0)
+    human = {}
+    for face in range(20):
+        truth = rng.uniform(0, 1, 12)
+        truth[CATEGORIES.index("contempt")] = 0.0
+        rows = []
+        for annotator in ("a", "b"):
+            s = np.clip(truth + rng.normal(0, 0.03, 12), 0, 1)
+            s[CATEGORIES.index("contempt")] = 0.05 if (face, annotator) == (3, "b") else 0.0
+            rows.append((annotator, s))
+        human[f"f{face}"] = rows
+    details = agreement_per_category(human)
+    assert details["contempt"].reason == "low_variance" and not details["contempt"].evaluable
+    assert details["contempt"].value < 0.1  # what used to fail the gate
+    assert all(details[c].evaluable and details[c].value > 0.9 for c in CATEGORIES if c != "contempt")

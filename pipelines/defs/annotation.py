@@ -109,15 +109,20 @@ AGREEMENT = "agreement"
         dg.AssetCheckSpec(COVERAGE, asset="affect_scores", blocking=True,
                           description="Release-eligible faces (in an identity, not a duplicate) have scores."),
         dg.AssetCheckSpec(AGREEMENT, asset="affect_scores", blocking=True,
-                          description="Human raters agree (alpha per category) where faces have two or more."),
+                          description="Human raters agree (alpha per category) where faces have two or more; a "
+                          "category whose alpha is undefined or whose scores hardly vary is reported, not judged."),
     ],
 )  # fmt: skip
 def affect_scores(
     context: dg.AssetExecutionContext, config: AffectScoresConfig, ffe: FFEStorage
 ) -> dg.MaterializeResult:
     report = build_affect_scores(ffe.layout)
+    # Only an evaluable alpha can fail the gate: undefined (nobody's faces overlap, no variation) or
+    # not meaningful (a category almost always 0) is reported with its reason, neither pass nor fail.
+    evaluable = {c: a.value for c, a in report.alpha_detail.items() if a.evaluable}
     measured = {c: a for c, a in report.alpha.items() if not math.isnan(a)}
-    low = {c: round(a, 3) for c, a in measured.items() if a < config.min_alpha}
+    low = {c: round(a, 3) for c, a in evaluable.items() if a < config.min_alpha}
+    not_evaluable = {c: a.reason for c, a in report.alpha_detail.items() if not a.evaluable}
     context.log.info(f"affect_scores: {report.human} human, {report.model} model; coverage {report.coverage:.3f}")
     return dg.MaterializeResult(
         metadata=tidy({
@@ -145,8 +150,10 @@ def affect_scores(
                 passed=not low,
                 metadata=tidy({
                     "below_min_alpha": low,
-                    "measured_categories": len(measured),
-                    "note": "" if measured else "no face has two human ratings yet: nothing to measure",
+                    "evaluated_categories": len(evaluable),
+                    "not_evaluable": not_evaluable,  # category -> reason (docs/annotation.md)
+                    "per_category": {c: a.as_dict() for c, a in report.alpha_detail.items()},
+                    "note": "" if evaluable else "no category can be evaluated yet (see not_evaluable)",
                 }),
             ),
         ],
