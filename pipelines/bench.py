@@ -53,6 +53,8 @@ def render_leaderboard(rows: list[dict], failed: list[dict]) -> str:
             ci = _intervals(r)
             cells = " ".join(f"{_span(ci.get(name)):>{W}}" for name, _ in COLUMNS)
             lines.append(f"{'':<9} {'run ' + (r['run_id'] or ''):<63} " + cells)
+            if r.get("notes"):
+                lines.append(f"{'':<9} note: {r['notes']}")
     if not any(r["kind"] != "reported" for r in rows):
         lines.insert(1, "(no measured run yet)")
     lines.append("↓ lower is better, ↑ higher is better; under each run: its id and the 95% bootstrap interval")
@@ -89,11 +91,12 @@ def _judge(args: argparse.Namespace):
 
 
 def _editor(args: argparse.Namespace):
-    """(model name, kind, editor) for `--model`."""
+    """(model name, kind, editor, notes) for `--model`; notes: what the run record should say (a
+    LoRA that edits nothing)."""
     from pixelsmile.bench.run import no_edit, pipeline_editor, prompt_only
 
     if args.model == "no-edit":
-        return "no-edit", "baseline", no_edit
+        return "no-edit", "baseline", no_edit, None
     if not args.model_path:
         raise FFEError(f"--model {args.model} needs --model-path (a local Qwen-Image-Edit folder)")
     from pixelsmile.infer import EditSettings
@@ -101,14 +104,20 @@ def _editor(args: argparse.Namespace):
     from pixelsmile.qwen import load_pipeline
 
     pipe = load_pipeline(args.model_path)
-    name = Path(args.model_path).name
+    name, notes = Path(args.model_path).name, None
     if args.lora:
-        load_lora(pipe, args.lora)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = load_lora(pipe, args.lora)
         name += f"+{Path(args.lora).stem}"
+        print(loaded.describe())
+        notes = loaded.describe() if loaded.zero_update else None
     editor = pipeline_editor(pipe, EditSettings(steps=args.steps, size=args.size))
     if args.model == "prompt-only":
-        return f"{name} (prompt only)", "baseline", prompt_only(editor)
-    return name, "measured", editor
+        return f"{name} (prompt only)", "baseline", prompt_only(editor), notes
+    return name, "measured", editor, notes
 
 
 def run_command(args: argparse.Namespace, layout: Layout) -> dict:
@@ -120,9 +129,9 @@ def run_command(args: argparse.Namespace, layout: Layout) -> dict:
 
     version = resolve_version(layout, args.release)
     config = BenchConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}) if args.config else BenchConfig()
-    model, kind, editor = _editor(args)
+    model, kind, editor, notes = _editor(args)
     run_id = args.run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{args.model}"
-    return bench_and_record(layout, version, run_id, model, editor, _judge(args), config, kind=kind)
+    return bench_and_record(layout, version, run_id, model, editor, _judge(args), config, kind=kind, notes=notes)
 
 
 def _run_folder(layout: Layout, run_id: str) -> Path:

@@ -25,8 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="intensity; above 1 extrapolates (default 1)")
     p.add_argument("--sweep", help="START:STOP:COUNT intensities, written as one strip PNG")
     p.add_argument("--blend", help="CATEGORY=INTENSITY[,...], e.g. happy=0.6,surprised=0.4")
-    p.add_argument("--lora", type=Path, help="a LoRA file or folder (diffusers format)")
+    p.add_argument("--lora", type=Path, help="a LoRA file or folder: diffusers, the reference's, DiffSynth, "
+                   "kohya-style or a peft adapter folder (docs/model.md)")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--allow-unmatched", action="store_true",
+                   help="load a LoRA even if some of its modules are not in this model (they are skipped)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -69,7 +72,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     pipe = load_pipeline(args.model, dtype=dtype, device=args.device)
     if args.lora is not None:
-        load_lora(pipe, args.lora, scale=args.lora_scale)
+        import warnings
+
+        with warnings.catch_warnings():  # said once, below, in the command's own words
+            warnings.simplefilter("ignore")
+            loaded = load_lora(pipe, args.lora, scale=args.lora_scale, allow_unmatched=args.allow_unmatched)
+        print(loaded.describe(), file=sys.stderr if loaded.zero_update else sys.stdout)
     settings = EditSettings(steps=args.steps, seed=args.seed, size=args.size, subject=args.subject)
     if scales is not None:
         (category,) = targets

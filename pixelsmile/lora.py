@@ -1,8 +1,12 @@
 """LoRA adapters in diffusers' LoRA format, so that `QwenImageEditPlusPipeline.load_lora_weights`
-loads ours and ours loads the published PixelSmile LoRA the same way."""
+loads ours; and a reader for the layouts other trainers write (the reference's own, DiffSynth,
+kohya-style, peft adapter folders), loaded at the scale they were trained with."""
 
 from __future__ import annotations
 
+import json
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,21 +49,180 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path) -> Path:
     return folder / WEIGHTS_NAME
 
 
-def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = ADAPTER) -> None:
-    """Load a LoRA file (or a folder holding one) into `pipe`, as the reference does."""
+# --- reading LoRA files of any trainer ---------------------------------------------------------------
+#
+# Key layouts seen in the wild, each normalised to (module, A | B | alpha):
+#   transformer.<m>.lora_A.weight / lora_B.weight        diffusers (ours; `transformer.` optional)
+#   <m>.lora.down.weight / lora.up.weight                the reference (convert_state_dict_to_diffusers)
+#   <m>.lora_A.default_0.weight                          DiffSynth-Studio (peft adapter names in the key)
+#   transformer.<m>.lora_down.weight / lora_up.weight / alpha    kohya-style, dotted
+#   base_model.model.<m>.lora_A.weight + adapter_config.json     a peft adapter folder
+_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.", "model.")
+DIFFUSERS, REFERENCE, KOHYA, NAMED = ("lora_A/lora_B", "lora.down/lora.up (the reference)",
+                                     "lora_down/lora_up (kohya-style)", "named adapters (DiffSynth)")  # fmt: skip
+_SUFFIXES = {  # key ending -> (which weight, layout)
+    ".lora_A.weight": ("A", DIFFUSERS), ".lora_B.weight": ("B", DIFFUSERS),
+    ".lora.down.weight": ("A", REFERENCE), ".lora.up.weight": ("B", REFERENCE),
+    ".lora_down.weight": ("A", KOHYA), ".lora_up.weight": ("B", KOHYA), ".alpha": ("alpha", None),
+}  # fmt: skip
+REFERENCE_SCALE = 128 / 64  # the reference trains rank 64, alpha 128 and writes neither into its file
+
+
+@dataclass
+class LoraFile:
+    """A LoRA read from disk: per module its down (A, r x in) and up (B, out x r) weights, and the
+    scale its trainer applied (alpha / r), with where that scale came from."""
+
+    path: Path
+    layout: str
+    modules: dict[str, dict[str, torch.Tensor]]
+    scales: dict[str, float]
+    scale_source: str
+    unknown_keys: list[str] = field(default_factory=list)
+
+    @property
+    def zero_update(self) -> bool:
+        """Every up-weight is zero: the LoRA changes nothing (an untrained adapter)."""
+        return all(not torch.any(m["B"]) for m in self.modules.values())
+
+
+@dataclass
+class LoraLoad:
+    """What `load_lora` did: which layout it read, how many modules it adapted and which it could not."""
+
+    path: Path
+    layout: str
+    matched: list[str]
+    unmatched: list[str]
+    scale_source: str
+    zero_update: bool
+
+    def describe(self) -> str:
+        text = (f"LoRA {self.path.name} ({self.layout}): {len(self.matched)} module(s) adapted, scale from "
+                f"{self.scale_source}")  # fmt: skip
+        if self.unmatched:
+            text += f"; {len(self.unmatched)} not in this model (e.g. {self.unmatched[0]})"
+        if self.zero_update:
+            text += "; its up-weights are all zero: it edits nothing"
+        return text
+
+
+def _resolve(path: Path) -> tuple[Path, dict | None]:
+    """The weights file of `path` (a file, a diffusers LoRA folder or a peft adapter folder) and the
+    peft adapter config beside it, if any."""
     path = Path(path).expanduser()
     if path.is_dir():
+        config = path / "adapter_config.json"
+        if (path / "adapter_model.safetensors").is_file():
+            return path / "adapter_model.safetensors", json.loads(config.read_text()) if config.is_file() else None
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise LoraError(f"no .safetensors LoRA file in {path}")
         path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() else files[0]
     if not path.is_file():
         raise LoraError(f"LoRA file {path} does not exist")
+    config = path.parent / "adapter_config.json"
+    return path, (json.loads(config.read_text()) if config.is_file() and path.name.startswith("adapter_model")
+                  else None)  # fmt: skip
+
+
+def read_lora(path: str | Path) -> LoraFile:
+    """Read a LoRA file of any layout above; LoraError naming the file and the reason otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    file, peft_config = _resolve(Path(path))
     try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-    except Exception as err:  # safetensors, peft and diffusers raise several types for a wrong file
-        raise LoraError(f"cannot load LoRA {path}: {' '.join(str(err).split())[:300]}") from None
-    matched = [n for n, _ in pipe.transformer.named_modules() if n.endswith(f"lora_A.{adapter_name}")]
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as err:
+        detail = " ".join(str(err).split())[:200]
+        raise LoraError(f"cannot load LoRA {file}: not a safetensors file ({detail})") from None
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    unknown, layouts = [], set()
+    for key, tensor in tensors.items():
+        parts = key.split(".")
+        if len(parts) > 3 and parts[-3] in ("lora_A", "lora_B") and parts[-1] == "weight":
+            # peft adapter names inside the key: <m>.lora_A.<adapter>.weight (DiffSynth's default_0)
+            module, part, layout = ".".join(parts[:-3]), parts[-3][-1], NAMED
+        elif suffix := next((sfx for sfx in _SUFFIXES if key.endswith(sfx)), None):
+            module, (part, layout) = key[: -len(suffix)], _SUFFIXES[suffix]
+        else:
+            unknown.append(key)
+            continue
+        for prefix in _PREFIXES:
+            module = module.removeprefix(prefix)
+        modules.setdefault(module, {})[part] = tensor
+        layouts.add(layout)
+    if not modules:
+        raise LoraError(f"LoRA {file} holds no LoRA weights (keys such as {', '.join(list(tensors)[:3]) or 'none'})")
+    if incomplete := sorted(m for m, w in modules.items() if "A" not in w or "B" not in w):
+        missing = "down (A)" if "A" not in modules[incomplete[0]] else "up (B)"
+        raise LoraError(f"LoRA {file}: module {incomplete[0]} has no {missing} weight ({len(incomplete)} such "
+                        "module(s)): a damaged or partial file")  # fmt: skip
+    scales, source = _scales(modules, metadata, peft_config, layouts)
+    return LoraFile(file, ", ".join(sorted(x for x in layouts if x)), modules, scales, source, unknown)
+
+
+def _scales(modules: dict, metadata: dict, peft_config: dict | None, layouts: set[str]) -> tuple[dict, str]:
+    """alpha / r per module: from `.alpha` keys, diffusers' adapter metadata or peft's adapter config;
+    else the reference's 128 / 64 for its own layout, else 1 (diffusers' default: alpha = rank)."""
+    if any("alpha" in w for w in modules.values()):
+        return {m: float(w["alpha"]) / w["A"].shape[0] if "alpha" in w else 1.0
+                for m, w in modules.items()}, "the file's alpha keys"  # fmt: skip
+    config, where = None, ""
+    if "lora_adapter_metadata" in metadata:
+        raw = json.loads(metadata["lora_adapter_metadata"])
+        config, where = {k.removeprefix("transformer."): v for k, v in raw.items()}, "the file's adapter metadata"
+    elif peft_config is not None:
+        config, where = peft_config, "adapter_config.json"
+    if config is not None and config.get("lora_alpha") is not None:
+        alpha, patterns = float(config["lora_alpha"]), config.get("alpha_pattern") or {}
+        ranks = config.get("rank_pattern") or {}
+        scales = {}
+        for m, w in modules.items():
+            a = next((float(v) for k, v in patterns.items() if m.endswith(k)), alpha)
+            r = next((int(v) for k, v in ranks.items() if m.endswith(k)), w["A"].shape[0])
+            scales[m] = a / r
+        return scales, where
+    if REFERENCE in layouts:
+        return dict.fromkeys(modules, REFERENCE_SCALE), "the reference's training (alpha 128, rank 64)"
+    return dict.fromkeys(modules, 1.0), "none in the file: alpha = rank (diffusers' default)"
+
+
+def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = ADAPTER, *,
+              allow_unmatched: bool = False) -> LoraLoad:  # fmt: skip
+    """Load a LoRA file or folder of any layout `read_lora` knows into `pipe`, each module at the
+    scale it was trained with (folded into its up-weights), the adapter at `scale`.
+
+    Every module of the file must exist in the transformer: otherwise LoraError names them (a file
+    for another model, or a partial one), unless `allow_unmatched`. A LoRA whose up-weights are all
+    zero is loaded with a warning (it edits nothing). Returns what was loaded."""
+    lora = read_lora(path)
+    names = {n for n, _ in pipe.transformer.named_modules()}
+    matched = sorted(m for m in lora.modules if m in names)
+    unmatched = sorted(m for m in lora.modules if m not in names)
     if not matched:
-        raise LoraError(f"LoRA {path} matches no layer of this transformer: made for another model?")
+        raise LoraError(f"LoRA {lora.path} ({lora.layout}) matches no layer of this transformer (e.g. "
+                        f"{unmatched[0]}): made for another model?")  # fmt: skip
+    if unmatched and not allow_unmatched:
+        raise LoraError(f"LoRA {lora.path}: {len(unmatched)} of {len(lora.modules)} module(s) are not in this "
+                        f"transformer (e.g. {unmatched[0]}); load anyway with allow_unmatched")  # fmt: skip
+    state = {}
+    for m in matched:
+        w = lora.modules[m]
+        state[f"transformer.{m}.lora_A.weight"] = w["A"]
+        state[f"transformer.{m}.lora_B.weight"] = w["B"] * lora.scales[m]  # loaded with alpha = rank
+    try:
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
+    except Exception as err:  # peft and diffusers raise several types for a file that does not fit
+        raise LoraError(f"cannot load LoRA {lora.path}: {' '.join(str(err).split())[:300]}") from None
+    adapted = {n.removesuffix(f".lora_A.{adapter_name}") for n, _ in pipe.transformer.named_modules()
+               if n.endswith(f"lora_A.{adapter_name}")}  # fmt: skip
+    if missed := sorted(set(matched) - adapted):
+        raise LoraError(f"LoRA {lora.path}: {len(missed)} module(s) were not adapted by the loader (e.g. {missed[0]})")
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    result = LoraLoad(lora.path, lora.layout, matched, unmatched, lora.scale_source, lora.zero_update)
+    if result.zero_update:
+        warnings.warn(result.describe(), stacklevel=2)
+    return result

@@ -92,14 +92,15 @@ def leaderboard_sql() -> str:
     metrics = list(BENCH_METRICS.values())
     shared = ", ".join(f"{m}::DOUBLE AS {m}" for m in metrics)
     measured = (f"SELECT kind, model, release, run_id, judge, tasks, edits, {shared}, ci95, config_hash, "
-                "git_commit, \"at\" FROM bench_runs WHERE status = 'ok'")  # fmt: skip
+                "git_commit, \"at\", notes FROM bench_runs WHERE status = 'ok'")  # fmt: skip
     values = ", ".join(
         "(" + ", ".join([_sql_str(r["model"]), *(_sql_value(r.get(m)) for m in metrics)]) + ")" for r in REPORTED
     )
     reported = (f"SELECT 'reported' AS kind, model, NULL::VARCHAR AS release, NULL::VARCHAR AS run_id, "
                 f"{_sql_str(SOURCE)} AS judge, NULL::INTEGER AS tasks, NULL::INTEGER AS edits, {shared}, "
                 "NULL::VARCHAR AS ci95, "
-                "NULL::VARCHAR AS config_hash, NULL::VARCHAR AS git_commit, NULL::TIMESTAMPTZ AS \"at\" "
+                "NULL::VARCHAR AS config_hash, NULL::VARCHAR AS git_commit, NULL::TIMESTAMPTZ AS \"at\", "
+                "NULL::VARCHAR AS notes "
                 f"FROM (VALUES {values}) AS t(model, {', '.join(metrics)})")  # fmt: skip
     return f"{measured} UNION ALL {reported}"
 

@@ -27,7 +27,7 @@ class RunExists(ValueError):
 def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: str = "measured",
                metrics: dict[str, float] | None = None, ci95: dict | None = None, judge: str | None = None,
                tasks: int | None = None, edits: int | None = None, config_hash: str | None = None,
-               git_commit: str | None = None, reason: str | None = None) -> dict:  # fmt: skip
+               git_commit: str | None = None, notes: str | None = None, reason: str | None = None) -> dict:  # fmt: skip
     """Write the run's row; `reason` (or metrics that are not numbers) makes it a failed run."""
     if has_partition(layout, "bench_runs", run_id):
         raise RunExists(f"bench run {run_id} is already recorded")
@@ -39,7 +39,7 @@ def record_run(layout: Layout, run_id: str, *, release: str, model: str, kind: s
     ok = reason is None
     row = {"run_id": run_id, "release": release, "model": model, "kind": kind, "status": "ok" if ok else "failed",
            "reason": reason, "judge": judge, "tasks": tasks, "edits": edits, "config_hash": config_hash,
-           "git_commit": git_commit,
+           "git_commit": git_commit, "notes": notes,
            "ci95": json.dumps(ci95) if ci95 and ok else None, "at": datetime.now(UTC)}  # fmt: skip
     for name, column in BENCH_METRICS.items():
         value = (metrics or {}).get(name)

@@ -294,6 +294,7 @@ BENCH_RUNS = pa.schema(
         pa.field("config_hash", pa.string()),
         pa.field("git_commit", pa.string()),
         pa.field("at", _TIMESTAMP, nullable=False),
+        pa.field("notes", pa.string()),  # what a reader should know (a LoRA that edits nothing ...)
     ]
 )
 

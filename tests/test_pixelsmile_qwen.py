@@ -62,27 +62,100 @@ def test_lora_round_trip_in_diffusers_format(tiny_model, face, tmp_path):
     assert not np.array_equal(base, trained)
 
 
-def test_a_lora_saved_as_the_reference_saves_it_loads_as_the_pipeline_loads_it(tiny_model, face, tmp_path):
-    """The reference writes its LoRA with convert_state_dict_to_diffusers + save_lora_weights and no
-    adapter metadata (the published preview LoRA is such a file); our loader gives the same edit as
-    the pipeline's own load_lora_weights on it."""
-    from diffusers import QwenImageEditPlusPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+def _deltas(transformer, adapter: str) -> dict[str, torch.Tensor]:
+    """module -> the weight change its LoRA makes (scaling * B @ A)."""
+    out = {}
+    for name, module in transformer.named_modules():
+        if hasattr(module, "lora_A") and adapter in module.lora_A:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            out[name] = (b @ a) * module.scaling[adapter]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_lora(tiny_model):
+    """A LoRA trained at the reference's ratio (alpha / rank = 2): its state dict (peft names) and
+    the weight change of every module."""
     from peft.utils import get_peft_model_state_dict
 
     pipe = load_pipeline(tiny_model)
     params = add_lora(pipe.transformer, rank=4, alpha=8)
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in params:
             p.add_(torch.randn_like(p) * 0.5)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.transformer, adapter_name="pixelsmile"))
-    QwenImageEditPlusPipeline.save_lora_weights(tmp_path / "ref", transformer_lora_layers=layers)
-    ours, theirs = load_pipeline(tiny_model), load_pipeline(tiny_model)
-    load_lora(ours, tmp_path / "ref")
-    theirs.load_lora_weights(str(tmp_path / "ref"))
-    edited = np.asarray(edit(ours, face, {"surprised": 0.6}, TINY))
-    assert np.array_equal(edited, np.asarray(edit(theirs, face, {"surprised": 0.6}, TINY)))
-    assert not np.array_equal(edited, np.asarray(edit(load_pipeline(tiny_model), face, {"surprised": 0.6}, TINY)))
+    state = get_peft_model_state_dict(pipe.transformer, adapter_name="pixelsmile")
+    return state, _deltas(pipe.transformer, "pixelsmile")
+
+
+def _write(path, tensors: dict, metadata: dict | None = None):
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def _layouts(state: dict, tmp_path) -> dict:
+    """The trained LoRA written the ways other trainers write it."""
+    import json
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    reference = convert_state_dict_to_diffusers(state)  # <m>.lora.down/up.weight, no alpha anywhere
+    kohya = {}
+    for k, v in state.items():
+        m = k.removesuffix(".lora_A.weight").removesuffix(".lora_B.weight")
+        kohya[f"transformer.{m}.{'lora_down' if '.lora_A.' in k else 'lora_up'}.weight"] = v
+        kohya[f"transformer.{m}.alpha"] = torch.tensor(8.0)
+    peft_dir = tmp_path / "peft-adapter"
+    _write(peft_dir / "adapter_model.safetensors", {f"base_model.model.{k}": v for k, v in state.items()})
+    (peft_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    metadata = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8})}
+    return {
+        "reference (lora.down/up, no alpha)": _write(tmp_path / "reference.safetensors", reference),
+        "diffusers without the transformer. prefix": _write(tmp_path / "noprefix.safetensors", state, metadata),
+        "DiffSynth default_0 names": _write(tmp_path / "diffsynth.safetensors", {
+            k.replace(".lora_A.", ".lora_A.default_0.").replace(".lora_B.", ".lora_B.default_0."): v
+            for k, v in state.items()}, metadata),
+        "dotted lora_down/lora_up/alpha with transformer. prefix": _write(tmp_path / "kohya.safetensors", kohya),
+        "a peft adapter folder": peft_dir,
+    }  # fmt: skip
+
+
+def test_loras_of_other_trainers_load_every_layer_at_their_training_scale(tiny_model, trained_lora, tmp_path):
+    """Found: the reference's own files loaded with to_q/to_k/to_v/to_out unadapted (a peft warning
+    only); DiffSynth names, prefix-less diffusers keys, dotted lora_down/lora_up/alpha and peft
+    adapter folders were refused with misleading messages. Each now gives the exact weight change."""
+    state, expected = trained_lora
+    for name, path in _layouts(state, tmp_path).items():
+        pipe = load_pipeline(tiny_model)
+        loaded = load_lora(pipe, path)
+        got = _deltas(pipe.transformer, "pixelsmile")
+        assert sorted(got) == sorted(expected) and len(loaded.matched) == len(expected) and not loaded.unmatched, name
+        assert all(torch.allclose(got[m], expected[m], atol=1e-5) for m in expected), name
+    assert "reference" in load_lora(load_pipeline(tiny_model), tmp_path / "reference.safetensors").scale_source
+
+
+def test_a_lora_with_modules_the_model_lacks_is_refused_or_loaded_when_allowed(tiny_model, trained_lora, tmp_path):
+    """Found: a file whose modules only partly exist in the model loaded with no word (1 of 3 applied)."""
+    state, expected = trained_lora
+    extra = {**state, **{k.replace("transformer_blocks.0", "transformer_blocks.7"): v for k, v in state.items()
+                         if k.startswith("transformer_blocks.0.")}}  # fmt: skip
+    path = _write(tmp_path / "partial.safetensors", extra)
+    with pytest.raises(LoraError, match=r"partial.safetensors: \d+ of \d+ module\(s\) are not in this transformer"):
+        load_lora(load_pipeline(tiny_model), path)
+    loaded = load_lora(load_pipeline(tiny_model), path, allow_unmatched=True)
+    assert len(loaded.matched) == len(expected) and len(loaded.unmatched) == len(extra) // 2 - len(expected)
+
+
+def test_a_lora_that_changes_nothing_says_so(tiny_model, trained_lora, tmp_path, capsys):
+    """Found: a LoRA whose up-weights are all zero was accepted and edited nothing, silently."""
+    state, _ = trained_lora
+    zero = _write(tmp_path / "zero.safetensors", {k: torch.zeros_like(v) if ".lora_B." in k else v
+                                                  for k, v in state.items()})  # fmt: skip
+    with pytest.warns(UserWarning, match="up-weights are all zero: it edits nothing"):
+        assert load_lora(load_pipeline(tiny_model), zero).zero_update
 
 
 def test_wrong_folders_and_lora_files_are_one_clear_error(tiny_model, tmp_path):

@@ -304,7 +304,7 @@ def git_commit() -> str | None:
 
 def bench_and_record(layout, version: str, run_id: str, model: str, editor: Editor, judge: Judge,
                      config: BenchConfig = BenchConfig(), *, kind: str = "measured", progress: bool = True,
-                     baseline_id: str | None = None) -> dict:  # fmt: skip
+                     baseline_id: str | None = None, notes: str | None = None) -> dict:  # fmt: skip
     """Run the bench of `editor` on release `version` into runs/<version>/<run_id>/bench and record
     the leaderboard row; a run that fails is recorded as failed with its reason (and re-raised).
     A measured run is drawn beside the release's no-edit run with the same judge and config, which
@@ -322,7 +322,7 @@ def bench_and_record(layout, version: str, run_id: str, model: str, editor: Edit
         baseline = layout.runs / version / found["run_id"] / "bench"
     out = layout.runs / version / run_id / "bench"
     common = dict(release=version, model=model, kind=kind, judge=judge_id, config_hash=config.digest(),
-                  git_commit=commit)  # fmt: skip
+                  git_commit=commit, notes=notes)  # fmt: skip
     about = {"model": model, "release": version, "run_id": run_id, "commit": commit}
     try:
         result = run_bench(release_dir(layout, version), out, editor, judge, config, progress=progress, about=about,
