@@ -96,11 +96,13 @@ def faces_of_sample(doc: dict) -> list[Face]:
             for f in doc["faces"]]  # fmt: skip
 
 
-def image_to_tensor(im: Image.Image, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """An image -> float32 CHW tensor scaled to `value_range` ([-1, 1]: what diffusers' VAEs take)."""
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+def image_to_tensor(im: Image.Image | np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """An image (or HWC uint8 RGB array) -> float32 CHW tensor scaled to `value_range` ([-1, 1]:
+    what diffusers' VAEs take)."""
+    arr = im if isinstance(im, np.ndarray) else np.array(im.convert("RGB"))  # writable, as torch wants
     lo, hi = value_range
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() * ((hi - lo) / 255.0) + lo
+    chw = torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # bytes move once, before the float copy
+    return chw.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo)
 
 
 def tensor_to_image(pixels: torch.Tensor) -> Image.Image:
@@ -109,8 +111,32 @@ def tensor_to_image(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@functools.cache
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _rgb8_png(data: bytes, resolution: int) -> np.ndarray | None:
+    """An 8-bit RGB PNG of `resolution` px (what releases hold) decoded by libpng through OpenCV:
+    the same pixels as Pillow in about 3/4 of the time (benches/shards.py). None for anything else."""
+    # IHDR: width, height at bytes 16-24, then bit depth 8 and colour type 2 (RGB, no alpha)
+    if data[:8] != _PNG or data[24:26] != b"\x08\x02" or data[16:24] != resolution.to_bytes(4, "big") * 2:
+        return None
+    cv2 = _cv2()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def decode_image(data: bytes, resolution: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """PNG/JPEG bytes -> float32 CHW tensor of `resolution` px, scaled to `value_range`."""
+    """PNG/JPEG bytes -> float32 CHW tensor of `resolution` px, scaled to `value_range`. OSError
+    when the bytes are not an image Pillow can read."""
+    if (rgb := _rgb8_png(data, resolution)) is not None:
+        return image_to_tensor(rgb, value_range)
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
         if im.size != (resolution, resolution):
@@ -146,6 +172,8 @@ class TripletStream(torch.utils.data.IterableDataset):
         manifest); `verify`: check each sample and crop hash before using it (see the module doc)."""
         super().__init__()
         self.shards = list(shards)
+        if not self.shards:
+            raise ValueError("no shards to read (a release split with no faces, or a wrong path?)")
         self.pairs = [tuple(p) for p in pairs]
         self.resolution, self.shuffle_buffer, self.seed = resolution, shuffle_buffer, seed
         self.max_per_pair, self.decode, self.value_range = max_per_pair, decode, value_range

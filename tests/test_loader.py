@@ -214,3 +214,32 @@ def test_a_malformed_sample_yields_nothing_and_names_shard_and_key(shared_shards
         for item in ds:
             got.append(item["identity_id"])
     assert first_key.split("/")[-1] not in got  # nothing from the damaged sample
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_decoding_gives_pillows_pixels_for_every_png_kind(mode):
+    """Release crops (8-bit RGB) take libpng's faster path; every other kind goes through Pillow;
+    both give Pillow's RGB pixels exactly, at the size asked for."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from storage.loader import _rgb8_png, decode_image, image_to_tensor
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint16))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    data = buf.getvalue()
+    assert (_rgb8_png(data, 48) is not None) == (mode == "RGB")
+    with Image.open(io.BytesIO(data)) as ref:
+        expected = image_to_tensor(ref.convert("RGB"))
+    assert torch.equal(decode_image(data, 48), expected)
+    assert decode_image(data, 24).shape == (3, 24, 24)
+
+
+def test_an_empty_shard_list_is_a_clear_error():
+    with pytest.raises(ValueError, match="no shards"):
+        TripletStream([], [("happy", "sad")])
