@@ -2,8 +2,10 @@
 
 Every call retries with backoff while the server is down or restarting; a refused token or an
 unreachable server ends in one clear `LabelStudioError`. The token is never logged. Values coming
-back are validated here (Label Studio checks none of them): a malformed annotation is quarantined
-with its reason instead of entering `annotations`.
+back are validated here (Label Studio checks none of them): a malformed annotation (a value that is
+not a number, off the step or outside 0-1, a `"value": null` item, an unreadable time) is
+quarantined with its reason, naming task and annotation, instead of entering `annotations`; the
+others sync as usual. A slider left untouched is "not rated" for its category only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from annotation.project import STEP, UNUSABLE_CHOICE, UNUSABLE_CONTROL, instructions, label_config, validate_config
+from annotation.project import (
+    STEP,
+    UNUSABLE_CHOICE,
+    UNUSABLE_CONTROL,
+    instructions,
+    label_config,
+    on_step,
+    validate_config,
+)
 from storage.schemas import CATEGORIES
 
 T = TypeVar("T")
@@ -136,8 +146,41 @@ def task_key(data: dict) -> str:
     return data.get("key") or data.get("face_id")
 
 
-def pushed_keys(ls, project_id: int, settings: ServerSettings) -> set[str]:
-    return {task_key(t.data) for t in _all_tasks(ls, project_id, settings, fields="task_only")}
+@dataclass(frozen=True)
+class Task:
+    """A task as the project holds it: its id, key (face_id or gold copy key) and annotation count."""
+
+    id: int
+    key: str
+    face_id: str
+    annotations: int
+
+
+def project_tasks(ls, project_id: int, settings: ServerSettings) -> list[Task]:
+    """Every task of the project, without annotations or predictions (the cheap listing)."""
+    return [
+        Task(t.id, task_key(t.data), t.data.get("face_id", ""),
+             (t.total_annotations or 0) + (getattr(t, "cancelled_annotations", 0) or 0))
+        for t in _all_tasks(ls, project_id, settings, fields="task_only")
+    ]  # fmt: skip
+
+
+def several_tasks(tasks: Iterable[Task]) -> dict[str, list[Task]]:
+    """Keys held by more than one task (a push that raced another), their tasks oldest first."""
+    by_key: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_key.setdefault(t.key, []).append(t)
+    return {k: sorted(ts, key=lambda t: t.id) for k, ts in by_key.items() if len(ts) > 1}
+
+
+def remove_unannotated_copies(ls, tasks: list[Task], settings: ServerSettings) -> tuple[list[Task], list[Task]]:
+    """Delete the later copies of a key that nobody has annotated (the oldest task stays); return
+    (the tasks left, the tasks deleted). Copies that hold annotations stay: sync reports them."""
+    removed = [t for copies in several_tasks(tasks).values() for t in copies[1:] if t.annotations == 0]
+    for t in removed:
+        retrying(lambda t=t: ls.tasks.delete(id=str(t.id)), f"delete duplicate task {t.id}", settings)
+    gone = {t.id for t in removed}
+    return [t for t in tasks if t.id not in gone], removed
 
 
 def task_payload(
@@ -155,7 +198,7 @@ def task_payload(
                 "from_name": c,
                 "to_name": "image",
                 "type": "number",
-                "value": {"number": round(prelabel[c] / STEP) * STEP},
+                "value": {"number": on_step(prelabel[c])},  # 0.35, not 0.35000000000000003
             }
             for c in CATEGORIES
         ]
@@ -163,14 +206,34 @@ def task_payload(
     return payload
 
 
-def push_tasks(ls, project_id: int, payloads: Iterable[dict], settings: ServerSettings) -> int:
-    """Import tasks whose key the project does not hold yet, in batches; return how many."""
-    have = pushed_keys(ls, project_id, settings)
+def push_tasks(
+    ls, project_id: int, payloads: Iterable[dict], settings: ServerSettings, *, skip: Iterable[str] = ()
+) -> int:
+    """Import tasks whose key the project does not hold yet (listed right before the import) and
+    that are not in `skip`, in batches; return how many."""
+    have = {t.key for t in project_tasks(ls, project_id, settings)} | set(skip)
     new = [p for p in payloads if task_key(p["data"]) not in have]
+    import_tasks(ls, project_id, new, settings)
+    return len(new)
+
+
+def import_tasks(ls, project_id: int, new: list[dict], settings: ServerSettings) -> list[Task] | None:
+    """Import `new` in batches of `settings.batch_size`; the tasks made, or None where the server
+    does not say (editions that import asynchronously)."""
+    made: list[Task] | None = []
     for i in range(0, len(new), settings.batch_size):
         chunk = new[i : i + settings.batch_size]
-        retrying(lambda chunk=chunk: ls.projects.import_tasks(id=project_id, request=chunk), "import tasks", settings)
-    return len(new)
+        answer = retrying(
+            lambda chunk=chunk: ls.projects.import_tasks(id=project_id, request=chunk, return_task_ids=True),
+            "import tasks", settings,
+        )  # fmt: skip
+        ids = getattr(answer, "task_ids", None)
+        if made is not None and ids is not None and len(ids) == len(chunk):
+            made += [Task(int(n), task_key(p["data"]), p["data"]["face_id"], 0)
+                     for n, p in zip(ids, chunk, strict=True)]  # fmt: skip
+        else:
+            made = None
+    return made
 
 
 @dataclass
@@ -178,17 +241,27 @@ class Pulled:
     rows: list[dict]  # for the annotations table
     quarantined: list[dict]  # (item, reason, detail) of malformed annotations
     gold: list[dict]  # ratings given on gold tasks (same shape as rows)
+    tasks: list[Task]  # every task of the project (listed beside the export)
+    annotation_ids: set[int]  # every annotation the export held, usable or not
 
 
-def _parse(result: list[dict]) -> tuple[str, dict[str, float | None], list[str]]:
-    """(status, scores, problems) of one annotation's result."""
+def _parse(result: list) -> tuple[str, dict[str, float | None], list[str]]:
+    """(status, scores, problems) of one annotation's result. A slider left untouched is not rated
+    (None) for its category only; with none set and no "unusable face", the status is `empty`."""
     scores: dict[str, float | None] = dict.fromkeys(CATEGORIES)
     unusable = False
     problems = []
+    if not isinstance(result, list):
+        return "submitted", scores, [f"result is {type(result).__name__}, not a list"]
     for item in result:
-        name, value = item.get("from_name"), item.get("value", {})
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            what = item.get("from_name", "?") if isinstance(item, dict) else "?"
+            problems.append(f"{what}: value is {(item.get('value') if isinstance(item, dict) else item)!r}")
+            continue
+        name, value = item.get("from_name"), item["value"]
         if name == UNUSABLE_CONTROL:
-            unusable = unusable or UNUSABLE_CHOICE in value.get("choices", [])
+            choices = value.get("choices")
+            unusable = unusable or (isinstance(choices, list) and UNUSABLE_CHOICE in choices)
         elif name in scores:
             number = value.get("number")
             if not isinstance(number, (int, float)) or isinstance(number, bool) or math.isnan(number):
@@ -203,9 +276,8 @@ def _parse(result: list[dict]) -> tuple[str, dict[str, float | None], list[str]]
             problems.append(f"unknown control {name!r}")
     if unusable:
         return "unusable", dict.fromkeys(CATEGORIES), []
-    missing = [c for c in CATEGORIES if scores[c] is None and not any(p.startswith(f"{c}:") for p in problems)]
-    if missing:
-        problems.append(f"no value for {', '.join(missing)}")
+    if not problems and all(v is None for v in scores.values()):
+        return "empty", scores, []
     return "submitted", scores, problems
 
 
@@ -226,14 +298,39 @@ def _annotator(completed_by: Any, users: dict[int, str]) -> str:
     return users.get(completed_by, f"user-{completed_by}")
 
 
+class _Malformed(ValueError):
+    pass
+
+
+def _row(task: dict, ann: dict, face_id: str, users: dict[int, str]) -> dict:
+    """One annotation as an `annotations` row; _Malformed saying what is wrong."""
+    if ann.get("was_cancelled"):
+        status, scores, problems = "skipped", dict.fromkeys(CATEGORIES), []
+    else:
+        status, scores, problems = _parse(ann.get("result") or [])
+    if problems:
+        raise _Malformed("; ".join(problems))
+    try:
+        updated = datetime.fromisoformat(str(ann["updated_at"]).replace("Z", "+00:00")).astimezone(UTC)
+    except (KeyError, ValueError) as err:
+        raise _Malformed(f"updated_at is not a time ({err})") from None
+    lead = ann.get("lead_time")
+    return dict(face_id=face_id, annotator=_annotator(ann.get("completed_by"), users), task_id=int(task["id"]),
+                annotation_id=int(ann["id"]), status=status, updated_at=updated,
+                lead_time_s=float(lead) if isinstance(lead, (int, float)) else None, **scores)  # fmt: skip
+
+
 def pull_annotations(ls, project_id: int, known_faces: set[str], settings: ServerSettings) -> Pulled:
     """Every annotation of the project, validated: one row per annotator per face (their latest)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1) as pool:  # the user list loads while the export runs
+    with ThreadPoolExecutor(2) as pool:  # the user and task lists load while the export runs
         user_list = pool.submit(retrying, lambda: list(ls.users.list()), "list users", settings)
+        task_list = pool.submit(project_tasks, ls, project_id, settings)
         exported = export_annotated(ls, project_id, settings)
         users = {u.id: u.email or u.username for u in user_list.result()}
+        tasks = task_list.result()
+    seen = {a["id"] for t in exported for a in t.get("annotations") or [] if isinstance(a, dict) and "id" in a}
     latest: dict[tuple[str, str], dict] = {}
     gold: dict[tuple[str, str], dict] = {}
     quarantined = []
@@ -242,28 +339,26 @@ def pull_annotations(ls, project_id: int, known_faces: set[str], settings: Serve
         face_id = data.get("face_id")
         target = gold if data.get("gold") else latest
         for ann in task.get("annotations") or []:
-            item = f"task {task['id']} annotation {ann['id']}"
-            annotator = _annotator(ann.get("completed_by"), users)
+            item = f"task {task.get('id')} annotation {ann.get('id') if isinstance(ann, dict) else '?'}"
             if face_id not in known_faces:
                 quarantined.append(
                     dict(item=item, reason="unknown_face", detail=f"face_id {face_id!r} is not in faces")
                 )
                 continue
-            if ann.get("was_cancelled"):
-                status, scores, problems = "skipped", dict.fromkeys(CATEGORIES), []
-            else:
-                status, scores, problems = _parse(ann.get("result") or [])
-            if problems:
-                quarantined.append(dict(item=item, reason="malformed_annotation", detail="; ".join(problems)))
+            try:  # anything Label Studio stored but we cannot read is this annotation's problem only
+                row = _row(task, ann, face_id, users)
+            except _Malformed as err:
+                quarantined.append(dict(item=item, reason="malformed_annotation", detail=str(err)))
                 continue
-            updated = datetime.fromisoformat(ann["updated_at"].replace("Z", "+00:00")).astimezone(UTC)
-            row = dict(face_id=face_id, annotator=annotator, task_id=task["id"], annotation_id=ann["id"], status=status,
-                       lead_time_s=ann.get("lead_time"), updated_at=updated, **scores)  # fmt: skip
-            key = (task_key(data), annotator)
-            if key not in target or target[key]["updated_at"] <= updated:
+            except Exception as err:
+                quarantined.append(dict(item=item, reason="malformed_annotation",
+                                        detail=f"{type(err).__name__}: {err}"))  # fmt: skip
+                continue
+            key = (task_key(data), row["annotator"])
+            if key not in target or target[key]["updated_at"] <= row["updated_at"]:
                 target[key] = row
 
     def ordered(rows: dict) -> list[dict]:
         return sorted(rows.values(), key=lambda r: (r["face_id"], r["annotator"], r["task_id"]))
 
-    return Pulled(rows=ordered(latest), quarantined=quarantined, gold=ordered(gold))
+    return Pulled(rows=ordered(latest), quarantined=quarantined, gold=ordered(gold), tasks=tasks, annotation_ids=seen)

@@ -13,6 +13,7 @@ import html
 from storage.schemas import CATEGORIES
 
 STEP = 0.05
+STEP_DECIMALS = 2  # 0.05 has two: a value on the step is written with at most two decimals
 UNUSABLE_CONTROL = "usable"
 UNUSABLE_CHOICE = "unusable face"
 
@@ -31,6 +32,12 @@ ANCHORS: dict[str, tuple[str, str]] = {
     "sleepy": ("heavy, half-closed eyelids", "eyes nearly or fully closed, or a yawn"),
     "anxious": ("inner brows raised, lips tense", "worried brows, tense stretched or bitten lips"),
 }
+
+
+def on_step(value: float) -> float:
+    """`value` in [0, 1] at the nearest STEP, as the float its decimal spells: 0.35, never
+    0.35000000000000003 (what 7 * 0.05 is in floating point), so a slider shows what it holds."""
+    return round(min(1.0, max(0.0, round(value / STEP) * STEP)), STEP_DECIMALS)
 
 
 def label_config() -> str:
@@ -59,6 +66,8 @@ def instructions() -> str:
         "<p>Rate how strongly the face shows each expression, from 0 to 1 in steps of 0.05. Rate every "
         "category on its own: a face can be 0.6 happy and 0.3 shy. The model's guess is filled in; "
         "correct it. Mark <b>unusable face</b> when the crop is not a single clear face.</p>"
+        "<p>Set every slider: 0 when the face shows no sign of the expression. A slider you leave "
+        "untouched is recorded as <i>not rated</i> for that expression, and your other ratings count.</p>"
         "<p>Fear and surprise, anger and disgust look alike: fear draws the brows together and stretches "
         "the lips; surprise raises the brows and drops the jaw. Anger lowers the brows; disgust wrinkles "
         "the nose and raises the upper lip.</p>"

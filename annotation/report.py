@@ -14,6 +14,8 @@ from storage.layout import Layout
 from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
 
+STATUSES = ("submitted", "skipped", "unusable", "empty")  # of an annotations row
+
 
 def annotation_report(layout: Layout) -> dict:
     human = human_ratings(layout)
@@ -24,11 +26,11 @@ def annotation_report(layout: Layout) -> dict:
     alpha = {c: a.value for c, a in details.items()}
     per_annotator: dict[str, dict] = {}
     for r in rows:
-        a = per_annotator.setdefault(r["annotator"], {"submitted": 0, "skipped": 0, "unusable": 0, "errors": []})
+        a = per_annotator.setdefault(r["annotator"], {**dict.fromkeys(STATUSES, 0), "errors": []})
         a[r["status"]] += 1
         face = scores.get(r["face_id"])
         if r["status"] == "submitted" and face is not None and face["source"] == "human":
-            a["errors"].extend(abs(r[c] - face[c]) for c in CATEGORIES)
+            a["errors"].extend(abs(r[c] - face[c]) for c in CATEGORIES if r[c] is not None)
     annotators = {
         name: {k: v for k, v in a.items() if k != "errors"}
         | {"mean_abs_diff_from_consensus": round(float(np.mean(a["errors"])), 4) if a["errors"] else None}
@@ -39,16 +41,33 @@ def annotation_report(layout: Layout) -> dict:
         "eligible_faces": eligible,
         "faces_with_human_scores": len(human),
         "annotations": len(rows),
-        "by_status": {s: sum(r["status"] == s for r in rows) for s in ("submitted", "skipped", "unusable")},
+        "by_status": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
+        # submitted annotations with that slider left untouched (not rated: the others count)
+        "not_rated": {c: sum(r["status"] == "submitted" and r[c] is None for r in rows) for c in CATEGORIES},
+        # what was submitted but not usable, and why (sync's `failures`: malformed, several tasks ...)
+        "not_usable": not_usable(layout, rows),
         "alpha": {c: (None if math.isnan(a) else round(a, 4)) for c, a in alpha.items()},
         # why an alpha is undefined or not evaluable, with n raters, n pairable values and their variance
         "alpha_detail": {c: a.as_dict() for c, a in details.items()},
         "icc2_two_busiest": {c: (None if math.isnan(v) else round(v, 4)) for c, v in icc2.items()},
         # an undefined ICC: no two annotators share two faces, or their scores do not vary
-        "icc2_reason": {c: (None if not math.isnan(v) else "too_few_shared_faces" if details[c].raters < 2
-                            else "no_variance") for c, v in icc2.items()},  # fmt: skip
+        "icc2_reason": {
+            c: (None if not math.isnan(v) else "too_few_shared_faces" if details[c].raters < 2 else "no_variance")
+            for c, v in icc2.items()
+        },  # fmt: skip
         "annotators": annotators,
     }
+
+
+def not_usable(layout: Layout, rows: list[dict]) -> dict[str, int]:
+    """Counts of annotation work that does not enter the scores, by reason: `empty` (submitted
+    with no slider set), and each reason sync put in `failures` (malformed_annotation,
+    unknown_face, several_tasks)."""
+    out = {"empty": sum(r["status"] == "empty" for r in rows)}
+    for f in tables.read_table(layout, "failures", columns=["stage", "reason"]).to_pylist():
+        if f["stage"] == "annotations":
+            out[f["reason"]] = out.get(f["reason"], 0) + 1
+    return out
 
 
 def plot_distributions(layout: Layout, path: Path) -> Path:

@@ -104,7 +104,7 @@ class ScoreReport:
 
 
 def human_ratings(layout: Layout) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """face_id -> [(annotator, 12 scores)] for submitted annotations."""
+    """face_id -> [(annotator, 12 scores, NaN where that slider was not rated)] for submitted annotations."""
     out: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
     for r in tables.read_table(layout, "annotations").to_pylist():
         if r["status"] == "submitted":
@@ -130,6 +130,11 @@ def build_affect_scores(layout: Layout, reliability: dict[str, float] | None = N
             matrix = np.stack([s for _, s in raters])
             weights = np.array([(reliability or {}).get(a, 1.0) for a, _ in raters])
             centre = consensus(matrix, weights)
+            unrated = np.isnan(centre)  # no annotator set that slider: the pre-label's value stands
+            if unrated.any():
+                if pre is None:
+                    continue  # nothing to fill it with: not scored until someone rates it
+                centre[unrated] = [pre[c] for c, u in zip(CATEGORIES, unrated, strict=True) if u]
             spread = float(np.nanmean(np.abs(matrix - centre)))
             rows.append(dict(face_id=face_id, source="human", n_annotators=len(raters),
                              agreement=1.0 - spread, model_version=version,

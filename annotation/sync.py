@@ -1,9 +1,16 @@
 """Between the work folder and Label Studio: push new faces as tasks, pull annotations.
 
-Both are idempotent: a face is pushed once (its face_id is looked up in the project), and a pull
-rewrites the `annotations` table from the server's state (one row per annotator per face, the
-latest edit), so rerunning either changes nothing. Malformed annotations go to `failures`
-(stage `annotations`) with the reason.
+Both are idempotent: a face is pushed once (its face_id is looked up in the project right before
+the import), and a pull rewrites the `annotations` table from the server's state (one row per
+annotator per face, the latest edit), so rerunning either changes nothing. Malformed annotations
+go to `failures` (stage `annotations`) with the reason.
+
+Push and sync of one work folder take turns (a lock in `<workdir>/locks/`): a person's `ffe
+annotate push` waits while `ffe ui`'s runs the same. Copies of a task that a push from elsewhere
+raced in are deleted by the next push while nobody has annotated them; those holding annotations
+are reported by sync (`failures`, reason `several_tasks`). `label_studio_tasks` remembers what
+was pushed: a task deleted in Label Studio is recorded (and its annotations' last versions are
+kept in `annotation_history` as `deleted`), and is pushed again only when asked.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from annotation import labelstudio as lsapi
 from annotation.scores import ALL
 from storage import tables
 from storage.layout import Layout
+from storage.locks import work_lock
 from storage.releases.plan import release_eligible
 from storage.schemas import CATEGORIES
 
@@ -61,9 +69,14 @@ def setup(layout: Layout, settings: lsapi.ServerSettings) -> int:
     return lsapi.ensure_project(ls, settings)
 
 
-def push(layout: Layout, settings: lsapi.ServerSettings) -> dict:
-    ls = lsapi.connect(settings)
-    project_id = lsapi.ensure_project(ls, settings)
+def _turn(layout: Layout):
+    """The work folder's Label Studio lock: one push or sync at a time."""
+    return work_lock(layout, "label-studio", what="a Label Studio push or sync of this work folder")
+
+
+def push(layout: Layout, settings: lsapi.ServerSettings, *, recreate_deleted: bool = False) -> dict:
+    """Push every release-eligible face (and the gold copies asked for) that the project does not
+    hold; faces whose task was deleted in Label Studio only with `recreate_deleted`."""
     faces = eligible_faces(layout)
     payloads = [
         lsapi.task_payload(
@@ -74,9 +87,53 @@ def push(layout: Layout, settings: lsapi.ServerSettings) -> dict:
         )
         for f in faces
     ]
-    gold = gold_payloads(layout, settings, n_regular=len(payloads))
-    pushed = lsapi.push_tasks(ls, project_id, payloads + gold, settings)
-    return {"project_id": project_id, "eligible_faces": len(faces), "gold_tasks": len(gold), "pushed": pushed}
+    payloads += gold_payloads(layout, settings, n_regular=len(payloads))
+    with _turn(layout):
+        ls = lsapi.connect(settings)
+        project_id = lsapi.ensure_project(ls, settings)
+        now = datetime.now(UTC)
+        tasks, removed = lsapi.remove_unannotated_copies(ls, lsapi.project_tasks(ls, project_id, settings), settings)
+        record = task_record(layout, project_id, tasks, now)
+        deleted = {k for k, r in record.items() if r["deleted_at"] is not None}
+        have = {t.key for t in tasks} | (set() if recreate_deleted else deleted)
+        new = [p for p in payloads if lsapi.task_key(p["data"]) not in have]
+        made = lsapi.import_tasks(ls, project_id, new, settings)
+        pushed = len(new)
+        if new:  # the ids Label Studio gave them, or (if it does not say) a fresh listing
+            tasks = tasks + made if made is not None else lsapi.project_tasks(ls, project_id, settings)
+        write_task_record(layout, project_id, task_record(layout, project_id, tasks, now))
+    wanted = {lsapi.task_key(p["data"]) for p in payloads}
+    return {"project_id": project_id, "eligible_faces": len(faces), "gold_tasks": len(payloads) - len(faces),
+            "pushed": pushed, "duplicates_removed": len(removed),
+            "recreated": len(deleted & {lsapi.task_key(p["data"]) for p in new}),
+            "deleted_not_pushed": 0 if recreate_deleted else len(deleted & wanted)}  # fmt: skip
+
+
+def task_record(layout: Layout, project_id: int, tasks: list[lsapi.Task], now: datetime) -> dict[str, dict]:
+    """`label_studio_tasks` of the project brought up to `tasks` (the server's state): keys gone
+    from the server are marked deleted (from `now`, if not already), keys present are live."""
+    rows = tables.read_table(layout, "label_studio_tasks").to_pylist()
+    before = {r["key"]: r for r in rows if r["project_id"] == project_id}
+    oldest: dict[str, lsapi.Task] = {}
+    for t in sorted(tasks, key=lambda t: t.id):
+        oldest.setdefault(t.key, t)
+    record = {}
+    for key, r in before.items():
+        if key not in oldest:
+            record[key] = dict(r, deleted_at=r["deleted_at"] or now,
+                               deletions=r["deletions"] + (r["deleted_at"] is None))  # fmt: skip
+    for key, t in oldest.items():
+        r = before.get(key)
+        record[key] = dict(project_id=project_id, key=key, face_id=t.face_id, task_id=t.id,
+                           first_seen_at=r["first_seen_at"] if r else now, deleted_at=None,
+                           deletions=r["deletions"] if r else 0)  # fmt: skip
+    return record
+
+
+def write_task_record(layout: Layout, project_id: int, record: dict[str, dict]) -> None:
+    others = [r for r in tables.read_table(layout, "label_studio_tasks").to_pylist() if r["project_id"] != project_id]
+    rows = others + sorted(record.values(), key=lambda r: r["key"])
+    tables.write_partition(layout, "label_studio_tasks", ALL, sorted(rows, key=lambda r: (r["project_id"], r["key"])))
 
 
 def gold_payloads(layout: Layout, settings: lsapi.ServerSettings, n_regular: int) -> list[dict]:
@@ -105,12 +162,17 @@ def annotator_quality(layout: Layout, gold_ratings: list[dict]) -> list[dict]:
     errors: dict[str, list[float]] = {}
     for r in gold_ratings:
         if r["status"] == "submitted" and r["face_id"] in known:
-            errors.setdefault(r["annotator"], []).extend(abs(r[c] - known[r["face_id"]][c]) for c in CATEGORIES)
+            errors.setdefault(r["annotator"], []).extend(
+                abs(r[c] - known[r["face_id"]][c])
+                for c in CATEGORIES
+                if r[c] is not None  # not rated: no error
+            )
     raw = {a: 1.0 / (RELIABILITY_FLOOR + sum(e) / len(e)) for a, e in errors.items()}
     mean = sum(raw.values()) / len(raw) if raw else 1.0
     annotators = {r["annotator"] for r in tables.read_table(layout, "annotations").to_pylist()} | set(errors)
     return [
-        dict(annotator=a, gold_ratings=len(errors.get(a, [])) // len(CATEGORIES),
+        dict(annotator=a, gold_ratings=sum(r["annotator"] == a and r["status"] == "submitted" and r["face_id"] in known
+                                           for r in gold_ratings),
              gold_mae=(sum(errors[a]) / len(errors[a])) if a in errors else None,
              reliability=raw[a] / mean if a in raw else 1.0)
         for a in sorted(annotators)
@@ -118,31 +180,58 @@ def annotator_quality(layout: Layout, gold_ratings: list[dict]) -> list[dict]:
 
 
 def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
-    ls = lsapi.connect(settings)
-    project_id = lsapi.ensure_project(ls, settings)
-    known = set(tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist())
-    pulled = lsapi.pull_annotations(ls, project_id, known, settings)
-    now = datetime.now(UTC)
-    # History first: a version is kept before the table that replaces it is written.
-    seen = {
-        (r["annotation_id"], r["updated_at"])
-        for r in tables.read_table(layout, "annotation_history", columns=["annotation_id", "updated_at"]).to_pylist()
-    }
-    changed = [dict(r, synced_at=now) for r in pulled.rows if (r["annotation_id"], r["updated_at"]) not in seen]
-    if changed:
-        tables.write_partition(layout, "annotation_history", now.strftime("%Y%m%dT%H%M%S%fZ"), changed)
-    tables.write_partition(layout, "annotations", ALL, pulled.rows)
-    tables.write_partition(layout, "annotator_quality", ALL, annotator_quality(layout, pulled.gold))
-    tables.write_partition(
-        layout, "failures", tables.failures_partition(STAGE, ALL),
-        [dict(q, stage=STAGE, partition=ALL, at=now) for q in pulled.quarantined],
-    )  # fmt: skip
+    """Pull every annotation into `annotations` (history first), record deleted tasks and
+    annotations, and report keys held by several tasks and malformed annotations in `failures`."""
+    with _turn(layout):
+        ls = lsapi.connect(settings)
+        project_id = lsapi.ensure_project(ls, settings)
+        known = set(tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist())
+        pulled = lsapi.pull_annotations(ls, project_id, known, settings)
+        now = datetime.now(UTC)
+        changed, deleted = record_history(layout, pulled, now)  # before the table it replaces is written
+        tables.write_partition(layout, "annotations", ALL, pulled.rows)
+        tables.write_partition(layout, "annotator_quality", ALL, annotator_quality(layout, pulled.gold))
+        record = task_record(layout, project_id, pulled.tasks, now)
+        write_task_record(layout, project_id, record)
+        several = lsapi.several_tasks(pulled.tasks)
+        problems = pulled.quarantined + [
+            dict(item=f"face {copies[0].face_id}" if not key.startswith("gold:") else key, reason="several_tasks",
+                 detail=f"{len(copies)} tasks ({', '.join(str(t.id) for t in copies)}): delete all but one in "
+                        "Label Studio (`ffe annotate push` deletes the copies nobody annotated)")
+            for key, copies in sorted(several.items())
+        ]  # fmt: skip
+        tables.write_partition(
+            layout, "failures", tables.failures_partition(STAGE, ALL),
+            [dict(q, stage=STAGE, partition=ALL, at=now) for q in problems],
+        )  # fmt: skip
     by_status: dict[str, int] = {}
     for r in pulled.rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     return {"project_id": project_id, "annotations": len(pulled.rows), "by_status": by_status,
-            "new_versions": len(changed), "gold_ratings": len(pulled.gold),
+            "not_rated": not_rated(pulled.rows), "new_versions": len(changed), "deleted_annotations": len(deleted),
+            "deleted_tasks": sum(r["deleted_at"] is not None for r in record.values()),
+            "faces_with_several_tasks": len(several), "gold_ratings": len(pulled.gold),
             "quarantined": len(pulled.quarantined)}  # fmt: skip
+
+
+def record_history(layout: Layout, pulled: lsapi.Pulled, now: datetime) -> tuple[list[dict], list[dict]]:
+    """Append to `annotation_history` every new version in `pulled` and, marked `deleted`, the last
+    version of every annotation the server no longer holds; return (new versions, deletions)."""
+    history = tables.read_table(layout, "annotation_history", columns=["annotation_id", "updated_at"]).to_pylist()
+    seen = {(r["annotation_id"], r["updated_at"]) for r in history}
+    changed = [dict(r, synced_at=now) for r in pulled.rows if (r["annotation_id"], r["updated_at"]) not in seen]
+    held = tables.read_table(layout, "annotations").to_pylist()
+    gone = [r for r in held if r["annotation_id"] not in pulled.annotation_ids]
+    deleted = [dict(r, status="deleted", synced_at=now) for r in gone]
+    if changed or deleted:
+        tables.write_partition(layout, "annotation_history", now.strftime("%Y%m%dT%H%M%S%fZ"), changed + deleted)
+    return changed, deleted
+
+
+def not_rated(rows: list[dict]) -> dict[str, int]:
+    """Per category, submitted annotations whose slider was left untouched (only those with any)."""
+    counts = {c: sum(r["status"] == "submitted" and r[c] is None for r in rows) for c in CATEGORIES}
+    return {c: n for c, n in counts.items() if n}
 
 
 def import_gold(layout: Layout, csv_path: Path) -> int:

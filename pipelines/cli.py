@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gold-rate", type=float, default=None, help="push: hidden gold tasks per task (label_studio.gold_rate)"
     )
+    p.add_argument("--recreate-deleted", action="store_true",
+                   help="push: push again the faces whose task was deleted in Label Studio")  # fmt: skip
 
     p = sub.add_parser("settings", help="how the work folder is built: show, set or unset a setting")
     p.add_argument("action", choices=["show", "set", "unset"])
@@ -292,12 +294,28 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.action == "setup":
         print(f"project {sync.setup(layout, settings)} ready on {settings.url}")
     elif args.action == "push":
-        info = sync.push(layout, settings)
+        info = sync.push(layout, settings, recreate_deleted=args.recreate_deleted)
         n, of, project = info["pushed"], info["eligible_faces"], info["project_id"]
         print(f"pushed {n} new task(s) of {of} eligible faces to project {project}")
+        if info["recreated"]:
+            print(f"  {info['recreated']} of them had been deleted in Label Studio (--recreate-deleted)")
+        if info["deleted_not_pushed"]:
+            print(f"  {info['deleted_not_pushed']} face(s) whose task was deleted in Label Studio were not pushed "
+                  "again (--recreate-deleted pushes them)")  # fmt: skip
+        if info["duplicates_removed"]:
+            print(f"  {info['duplicates_removed']} duplicate task(s) nobody had annotated were deleted")
     else:
         info = sync.sync(layout, settings)
         print(f"synced {info['annotations']} annotation(s) {info['by_status']}; quarantined {info['quarantined']}")
+        for key, what in (("faces_with_several_tasks", "face(s) with more than one task"),
+                          ("deleted_annotations", "annotation(s) deleted in Label Studio (kept in annotation_history)"),
+                          ("deleted_tasks", "task(s) deleted in Label Studio")):  # fmt: skip
+            if info[key]:
+                print(f"  {info[key]} {what}")
+        if info["not_rated"]:
+            print(f"  sliders left untouched (not rated): {info['not_rated']}")
+        if info["quarantined"] or info["faces_with_several_tasks"]:
+            print(f"  each one named: ffe query \"select * from failures where stage = '{sync.STAGE}'\"")
     return 0
 
 
@@ -313,12 +331,16 @@ def render_report(info: dict) -> str:
         var = "-" if d["variance"] is None else f"{d['variance']:.4f}"
         lines.append(f"{c:<11} {'-' if a is None else f'{a:.3f}':>6}   {'-' if i is None else f'{i:.3f}':>6}    "
                      f"{d['raters']:>6}  {d['pairable']:>8}  {var:>8}  {d['reason'] or ''}")  # fmt: skip
-    lines += ["", "annotator                  submitted  skipped  unusable  mean |diff| from consensus"]
+    if any(info["not_rated"].values()):
+        lines += ["", "not rated (slider left untouched): "
+                  + ", ".join(f"{c} {n}" for c, n in info["not_rated"].items() if n)]  # fmt: skip
+    if any(info["not_usable"].values()):
+        lines += ["not usable: " + ", ".join(f"{r} {n}" for r, n in info["not_usable"].items() if n)]
+    lines += ["", "annotator                  submitted  skipped  unusable  empty  mean |diff| from consensus"]
     for name, a in info["annotators"].items():
         diff = a["mean_abs_diff_from_consensus"]
-        lines.append(
-            f"{name:<26} {a['submitted']:>9} {a['skipped']:>8} {a['unusable']:>9}  {'-' if diff is None else diff}"
-        )
+        lines.append(f"{name:<26} {a['submitted']:>9} {a['skipped']:>8} {a['unusable']:>9} {a['empty']:>6}  "
+                     f"{'-' if diff is None else diff}")  # fmt: skip
     lines += ["", f"score distributions: {info['plot']}"]
     return "\n".join(lines)
 

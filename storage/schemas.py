@@ -190,8 +190,10 @@ ANNOTATIONS = pa.schema(
         pa.field("annotator", pa.string(), nullable=False),
         pa.field("task_id", pa.int64(), nullable=False),
         pa.field("annotation_id", pa.int64(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # submitted | skipped | unusable
-        *_category_fields(nullable=True),  # null when skipped or unusable
+        # submitted | skipped | unusable | empty (submitted with no slider set); in annotation_history
+        # also deleted (gone from Label Studio: the last version seen, kept)
+        pa.field("status", pa.string(), nullable=False),
+        *_category_fields(nullable=True),  # null when skipped, unusable or empty; or that slider was left untouched
         pa.field("lead_time_s", _F32),
         pa.field("updated_at", _TIMESTAMP, nullable=False),
     ]
@@ -199,6 +201,21 @@ ANNOTATIONS = pa.schema(
 
 # Every version of every annotation a sync saw (append-only: one file per sync that saw changes).
 ANNOTATION_HISTORY = pa.schema([*ANNOTATIONS, pa.field("synced_at", _TIMESTAMP, nullable=False)])
+
+# The Label Studio tasks a work folder pushed, per project: one row per task key (a face_id, or a
+# gold copy's key). A task deleted in Label Studio keeps its row with `deleted_at` (when a push or
+# sync first saw it gone), and push does not make it again unless asked (--recreate-deleted).
+LABEL_STUDIO_TASKS = pa.schema(
+    [
+        pa.field("project_id", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("task_id", pa.int64(), nullable=False),  # the oldest task of the key
+        pa.field("first_seen_at", _TIMESTAMP, nullable=False),
+        pa.field("deleted_at", _TIMESTAMP),
+        pa.field("deletions", pa.int16(), nullable=False),  # times it was found deleted (recreated since)
+    ]
+)
 
 # Faces whose scores are known (a reviewed reference set): asked again as hidden gold tasks.
 GOLD_SCORES = pa.schema(
@@ -309,6 +326,7 @@ TABLES: dict[str, pa.Schema] = {
     "prelabels": PRELABELS,
     "annotations": ANNOTATIONS,
     "annotation_history": ANNOTATION_HISTORY,
+    "label_studio_tasks": LABEL_STUDIO_TASKS,
     "gold_scores": GOLD_SCORES,
     "annotator_quality": ANNOTATOR_QUALITY,
     "affect_scores": AFFECT_SCORES,

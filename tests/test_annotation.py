@@ -151,6 +151,15 @@ def test_human_annotations_override_the_model_with_a_robust_consensus(tmp_path, 
     assert first["happy"] == pytest.approx(0.21, abs=0.03)  # ... and barely moves the consensus
     assert by_face[face_ids[5]]["source"] == "model"  # "unusable" is no rating
 
+    # Sliders left untouched are not rated for that category only: the pre-label fills them.
+    partial = dict.fromkeys(CATEGORIES) | {"happy": 0.9}
+    tables.write_partition(layout, "annotations", "sync-3", [_annotation(face_ids[6], "ann1", partial)])
+    build_affect_scores(layout)
+    by_face = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
+    pre = {r["face_id"]: r for r in tables.read_table(layout, "prelabels").to_pylist()}[face_ids[6]]
+    assert by_face[face_ids[6]]["source"] == "human" and by_face[face_ids[6]]["happy"] == pytest.approx(0.9)
+    assert by_face[face_ids[6]]["sad"] == pytest.approx(pre["sad"])
+
 
 def test_blocking_coverage_check_stops_a_batch_without_labels(tmp_path, capsys):
     from PIL import Image
@@ -201,3 +210,46 @@ def test_a_category_almost_always_zero_does_not_block_a_release(tmp_path):
     assert details["contempt"].reason == "low_variance" and not details["contempt"].evaluable
     assert details["contempt"].value < 0.1  # what used to fail the gate
     assert all(details[c].evaluable and details[c].value > 0.9 for c in CATEGORIES if c != "contempt")
+
+
+def test_prelabels_reach_the_slider_as_exact_step_values():
+    """Found: round(x / 0.05) * 0.05 sent 0.35000000000000003 (126 of 3,192 values)."""
+    from annotation.labelstudio import task_payload
+    from annotation.project import on_step
+
+    assert [on_step(k * 0.05) for k in range(21)] == [k / 20 for k in range(21)]
+    assert [repr(on_step(x)) for x in (0.35, 0.349, 0.3749, 0.7, 1.2, -0.1)] == [
+        "0.35", "0.35", "0.35", "0.7", "1.0", "0.0"]  # fmt: skip
+    values = [k / 1000 for k in range(1001)]
+    sent = [on_step(v) for v in values]
+    assert all(len(repr(v)) <= 4 for v in sent)  # at most "0.35": never float noise
+    payload = task_payload("f1", "/data/local-files/?d=x.png", dict.fromkeys(CATEGORIES, 0.35), "v1")
+    assert {r["value"]["number"] for r in payload["predictions"][0]["result"]} == {0.35}
+
+
+@pytest.mark.parametrize(
+    "result, problem",
+    [
+        ([{"from_name": "happy", "to_name": "image", "type": "number", "value": None}], "happy: value is None"),
+        (["happy"], "?: value is 'happy'"),
+        ({"happy": 0.5}, "result is dict"),
+        ([{"from_name": "happy", "value": {"number": "0.5"}}], "happy: not a number"),
+        ([{"from_name": "mood", "value": {"number": 0.5}}], "unknown control 'mood'"),
+    ],
+)
+def test_a_malformed_result_is_named_not_fatal(result, problem):
+    from annotation.labelstudio import _parse
+
+    _status, _scores, problems = _parse(result)
+    assert any(problem in p for p in problems), problems
+
+
+def test_untouched_sliders_are_not_rated_for_their_category_only():
+    from annotation.labelstudio import _parse
+
+    status, scores, problems = _parse([{"from_name": "happy", "value": {"number": 0.4}}])
+    assert (status, problems, scores["happy"]) == ("submitted", [], 0.4)
+    assert [c for c, v in scores.items() if v is None] == [c for c in CATEGORIES if c != "happy"]
+    assert _parse([])[0] == "empty"  # submitted with nothing set: counted, not scored
+    unusable = [{"from_name": "usable", "value": {"choices": ["unusable face"]}}]
+    assert _parse(unusable)[0] == "unusable"

@@ -220,3 +220,99 @@ def test_gold_tasks_measure_annotators_and_weight_the_consensus(built, label_stu
     scores = {r["face_id"]: r for r in tables.read_table(layout, "affect_scores").to_pylist()}
     assert scores[target.data["face_id"]]["happy"] > 0.7  # the reliable annotator carries the consensus
     assert set(scores) >= set(faces)  # gold copies add no rows of their own
+
+
+def test_round_trips_never_lose_or_duplicate(built, label_studio, capsys, monkeypatch):
+    """Issue 17: two pushes at once, exact slider values, a `"value": null` annotation, untouched
+    sliders, copies raced in from elsewhere, and a task deleted in Label Studio."""
+    import contextlib
+    import threading
+
+    layout = built
+    settings = _settings(layout, label_studio, "FFE round trips")
+    faces = [f["face_id"] for f in sync.eligible_faces(layout)]
+
+    # 1. Two pushes at once (a person and `ffe ui`): each face gets one task.
+    barrier, results = threading.Barrier(2), []
+
+    def push():
+        barrier.wait()
+        results.append(sync.push(layout, settings)["pushed"])
+
+    threads = [threading.Thread(target=push) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, len(faces)]
+    ls = lsapi.connect(settings)
+    project = lsapi.ensure_project(ls, settings)
+    tasks = lsapi._all_tasks(ls, project, settings)
+    per_face = {f: sum(t.data["face_id"] == f for t in tasks) for f in faces}
+    assert set(per_face.values()) == {1}
+
+    # 2. Pre-labels reach the slider as the step's exact decimal.
+    numbers = [r["value"]["number"] for t in tasks for p in t.predictions for r in p.result]
+    assert len(numbers) == 12 * len(faces) and all(len(repr(v)) <= 4 and v == round(v, 2) for v in numbers)
+
+    org = ls.users.whoami().active_organization
+    ann = {n: ls.users.create(username=n, email=f"{n}@ffe.local", active_organization=org).id for n in ("a1", "a2")}
+    by_face = {t.data["face_id"]: t for t in tasks}
+    base = dict.fromkeys(CATEGORIES, 0.0)
+    ls.annotations.create(id=by_face[faces[0]].id, result=_result(base | {"happy": 0.5}), completed_by=ann["a1"])
+    # 3. One result item with "value": null: Label Studio may answer 500, but it stores it.
+    with contextlib.suppress(Exception):  # the server's answer varies; what it stored is what counts
+        ls.annotations.create(id=by_face[faces[1]].id, completed_by=ann["a1"],
+                              result=[{"from_name": "happy", "to_name": "image", "type": "number", "value": None}],
+                              request_options={"max_retries": 0})  # fmt: skip
+    # 4. Sliders left untouched: only happy set; and one with nothing set at all.
+    ls.annotations.create(id=by_face[faces[2]].id, result=_result({"happy": 0.7}), completed_by=ann["a1"])
+    ls.annotations.create(id=by_face[faces[3]].id, result=[], completed_by=ann["a2"])
+    info = sync.sync(layout, settings)
+    failed = [f for f in tables.read_table(layout, "failures").to_pylist() if f["stage"] == "annotations"]
+    assert len(failed) == 1, failed
+    (bad,) = failed
+    null_ann = [a for a in ls.annotations.list(id=by_face[faces[1]].id)]
+    assert bad["reason"] == "malformed_annotation" and "happy: value is None" in bad["detail"]
+    assert bad["item"] == f"task {by_face[faces[1]].id} annotation {null_ann[0].id}"
+    assert info["by_status"] == {"submitted": 2, "empty": 1} and info["quarantined"] == 1  # the rest synced
+    assert info["not_rated"] == {c: 1 for c in CATEGORIES if c != "happy"}
+    rows = {r["face_id"]: r for r in tables.read_table(layout, "annotations").to_pylist()}
+    assert rows[faces[2]]["happy"] == pytest.approx(0.7) and rows[faces[2]]["sad"] is None
+
+    # 1b. Copies raced in from another machine: the unannotated one is deleted by the next push,
+    # an annotated one stays and is reported by sync.
+    copies = [lsapi.task_payload(f, by_face[f].data["image"], None, "") for f in (faces[4], faces[5])]
+    lsapi.import_tasks(ls, project, copies, settings)
+    copy5 = max(t.id for t in lsapi._all_tasks(ls, project, settings) if t.data["face_id"] == faces[5])
+    ls.annotations.create(id=copy5, result=_result(base), completed_by=ann["a2"])
+    info = sync.sync(layout, settings)
+    assert info["faces_with_several_tasks"] == 2
+    again = sync.push(layout, settings)
+    assert again["pushed"] == 0 and again["duplicates_removed"] == 1
+    info = sync.sync(layout, settings)
+    several = [f for f in tables.read_table(layout, "failures").to_pylist() if f["reason"] == "several_tasks"]
+    assert info["faces_with_several_tasks"] == 1 and several[0]["item"] == f"face {faces[5]}"
+    assert str(copy5) in several[0]["detail"]
+
+    # 5. A task deleted in Label Studio: recorded (with its annotation's last version), not pushed
+    # again unless asked.
+    ls.tasks.delete(id=str(by_face[faces[0]].id))
+    info = sync.sync(layout, settings)
+    assert info["deleted_tasks"] == 1 and info["deleted_annotations"] == 1
+    history = [r for r in tables.read_table(layout, "annotation_history").to_pylist() if r["status"] == "deleted"]
+    assert [(r["face_id"], r["happy"]) for r in history] == [(faces[0], 0.5)]
+    record = {r["face_id"]: r for r in tables.read_table(layout, "label_studio_tasks").to_pylist()}
+    assert record[faces[0]]["deleted_at"] is not None and record[faces[0]]["deletions"] == 1
+    info = sync.push(layout, settings)
+    assert info["pushed"] == 0 and info["deleted_not_pushed"] == 1
+    monkeypatch.setenv("FFE_LABEL_STUDIO_URL", label_studio[0])
+    monkeypatch.setenv("FFE_LABEL_STUDIO_TOKEN", label_studio[1])
+    capsys.readouterr()
+    work = ["--workdir", str(layout.root), "--settings", str(layout.root / "round-trips.yaml")]
+    (layout.root / "round-trips.yaml").write_text("label_studio:\n  project_title: FFE round trips\n")
+    assert main(["annotate", "push", *work, "--recreate-deleted"]) == 0
+    out = capsys.readouterr().out
+    assert "pushed 1 new task(s)" in out and "1 of them had been deleted in Label Studio" in out
+    record = {r["face_id"]: r for r in tables.read_table(layout, "label_studio_tasks").to_pylist()}
+    assert record[faces[0]]["deleted_at"] is None and record[faces[0]]["deletions"] == 1

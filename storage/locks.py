@@ -1,0 +1,55 @@
+"""Locks on a work folder: one writer at a time for work that two processes must not do together.
+
+`py-filelock` (a well-kept library; an OS lock, so a killed holder releases it at once) does the
+locking. Beside each lock a small JSON says who holds it (pid, host, command, since), so a caller
+who waits too long is told whom it waited for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from filelock import FileLock, Timeout
+
+from storage.layout import Layout
+
+
+class Busy(Exception):
+    """Another process holds the lock for longer than the caller waits."""
+
+
+def _holder(path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"pid {h['pid']} on {h['host']} ({h['command']}), since {h['since']}"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def work_lock(layout: Layout, name: str, *, what: str, timeout_s: float = 600.0) -> Iterator[None]:
+    """Hold `<workdir>/locks/<name>.lock` for the block, waiting up to `timeout_s` seconds for it.
+
+    `what` says what the lock guards (for the error). Raises `Busy` naming the holder if it is not
+    free in time."""
+    folder = layout.root / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(folder / f"{name}.lock"), folder / f"{name}.holder.json"
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise Busy(f"{what}: {_holder(holder)} is at it in {layout.root}; waited {timeout_s:g} s") from None
+    try:
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "command": " ".join(sys.argv[:3]) or "python",
+                                      "since": datetime.now(UTC).isoformat(timespec="seconds")}))  # fmt: skip
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
