@@ -68,20 +68,27 @@ def krippendorff_alpha_interval(data: np.ndarray) -> float:
 
     alpha = 1 - D_o / D_e, from the coincidences of pairable values: units with at least two values
     (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability"). NaN when undefined (fewer
-    than two pairable values, or no variation at all)."""
-    data = np.asarray(data, dtype=np.float64)
-    units = [row[~np.isnan(row)] for row in data]
-    units = [u for u in units if len(u) >= 2]
-    n = sum(len(u) for u in units)
+    than two pairable values, or no variation at all).
+
+    With squared differences both sums over pairs have a closed form through sums of squares,
+    sum_{i,j} (x_i - x_j)^2 = 2 m SS (m values, SS their squared deviations from their mean), so
+    D_o = sum_u 2 m_u SS_u / (m_u - 1) / n and D_e = 2 SS / (n - 1): linear time and memory in the
+    ratings (a pairwise matrix of 20,000 units x 3 raters needed 21 GiB)."""
+    data = np.atleast_2d(np.asarray(data, dtype=np.float64))
+    rated = ~np.isnan(data)
+    m = rated.sum(axis=1)
+    data, rated, m = data[m >= 2], rated[m >= 2], m[m >= 2]
+    n = int(m.sum())
     if n < 2:
         return math.nan
-    # Observed disagreement: within units, each pair weighted by 1 / (m_u - 1).
-    d_o = sum(((u[:, None] - u[None, :]) ** 2).sum() / (len(u) - 1) for u in units) / n
-    values = np.concatenate(units)
-    # Expected disagreement: between all pairable values.
-    d_e = ((values[:, None] - values[None, :]) ** 2).sum() / (n * (n - 1))
-    if d_e == 0:
+    x = np.where(rated, data, 0.0)
+    unit_mean = x.sum(axis=1) / m
+    ss_units = (np.where(rated, data - unit_mean[:, None], 0.0) ** 2).sum(axis=1)
+    d_o = float((2.0 * m * ss_units / (m - 1)).sum()) / n
+    values = data[rated]
+    if np.ptp(values) == 0:  # no variation at all (tested exactly: a mean's rounding is not variation)
         return math.nan
+    d_e = 2.0 * float(((values - values.mean()) ** 2).sum()) / (n - 1)
     return float(1.0 - d_o / d_e)
 
 

@@ -109,22 +109,27 @@ def push(layout: Layout, settings: lsapi.ServerSettings, *, recreate_deleted: bo
             "deleted_not_pushed": 0 if recreate_deleted else len(deleted & wanted)}  # fmt: skip
 
 
-def task_record(layout: Layout, project_id: int, tasks: list[lsapi.Task], now: datetime) -> dict[str, dict]:
-    """`label_studio_tasks` of the project brought up to `tasks` (the server's state): keys gone
-    from the server are marked deleted (from `now`, if not already), keys present are live."""
+def task_record(layout: Layout, project_id: int, tasks: list[lsapi.Task] | None, now: datetime) -> dict[str, dict]:
+    """`label_studio_tasks` of the project (key -> row), brought up to `tasks` (the server's state)
+    when given: keys gone from the server are marked deleted (from `now`, if not already), keys
+    present are live."""
     rows = tables.read_table(layout, "label_studio_tasks").to_pylist()
     before = {r["key"]: r for r in rows if r["project_id"] == project_id}
+    if tasks is None:
+        return before
     oldest: dict[str, lsapi.Task] = {}
+    copies: dict[str, int] = {}
     for t in sorted(tasks, key=lambda t: t.id):
         oldest.setdefault(t.key, t)
+        copies[t.key] = copies.get(t.key, 0) + 1
     record = {}
     for key, r in before.items():
         if key not in oldest:
-            record[key] = dict(r, deleted_at=r["deleted_at"] or now,
+            record[key] = dict(r, tasks=0, deleted_at=r["deleted_at"] or now,
                                deletions=r["deletions"] + (r["deleted_at"] is None))  # fmt: skip
     for key, t in oldest.items():
         r = before.get(key)
-        record[key] = dict(project_id=project_id, key=key, face_id=t.face_id, task_id=t.id,
+        record[key] = dict(project_id=project_id, key=key, face_id=t.face_id, task_id=t.id, tasks=copies[key],
                            first_seen_at=r["first_seen_at"] if r else now, deleted_at=None,
                            deletions=r["deletions"] if r else 0)  # fmt: skip
     return record
@@ -186,14 +191,22 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
         ls = lsapi.connect(settings)
         project_id = lsapi.ensure_project(ls, settings)
         known = set(tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist())
-        pulled = lsapi.pull_annotations(ls, project_id, known, settings)
+        recorded = task_record(layout, project_id, None, datetime.now(UTC))
+        # The whole task list only when the count says something changed (a task deleted, made or
+        # copied elsewhere), while copies are known, or when an annotation we held is gone.
+        copies = any(r["tasks"] > 1 for r in recorded.values())
+        known_tasks = None if copies else sum(r["tasks"] for r in recorded.values())
+        pulled = lsapi.pull_annotations(ls, project_id, known, settings, known_tasks=known_tasks)
+        if pulled.tasks is None and held_annotations(layout) - pulled.annotation_ids:
+            pulled.tasks = lsapi.project_tasks(ls, project_id, settings)
         now = datetime.now(UTC)
         changed, deleted = record_history(layout, pulled, now)  # before the table it replaces is written
         tables.write_partition(layout, "annotations", ALL, pulled.rows)
         tables.write_partition(layout, "annotator_quality", ALL, annotator_quality(layout, pulled.gold))
-        record = task_record(layout, project_id, pulled.tasks, now)
-        write_task_record(layout, project_id, record)
-        several = lsapi.several_tasks(pulled.tasks)
+        if pulled.tasks is not None:
+            recorded = task_record(layout, project_id, pulled.tasks, now)
+            write_task_record(layout, project_id, recorded)
+        several = lsapi.several_tasks(pulled.tasks if pulled.tasks is not None else pulled.annotated_tasks)
         problems = pulled.quarantined + [
             dict(item=f"face {copies[0].face_id}" if not key.startswith("gold:") else key, reason="several_tasks",
                  detail=f"{len(copies)} tasks ({', '.join(str(t.id) for t in copies)}): delete all but one in "
@@ -209,9 +222,13 @@ def sync(layout: Layout, settings: lsapi.ServerSettings) -> dict:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     return {"project_id": project_id, "annotations": len(pulled.rows), "by_status": by_status,
             "not_rated": not_rated(pulled.rows), "new_versions": len(changed), "deleted_annotations": len(deleted),
-            "deleted_tasks": sum(r["deleted_at"] is not None for r in record.values()),
+            "deleted_tasks": sum(r["deleted_at"] is not None for r in recorded.values()),
             "faces_with_several_tasks": len(several), "gold_ratings": len(pulled.gold),
             "quarantined": len(pulled.quarantined)}  # fmt: skip
+
+
+def held_annotations(layout: Layout) -> set[int]:
+    return set(tables.read_table(layout, "annotations", columns=["annotation_id"]).column("annotation_id").to_pylist())
 
 
 def record_history(layout: Layout, pulled: lsapi.Pulled, now: datetime) -> tuple[list[dict], list[dict]]:

@@ -4,8 +4,10 @@ payload, in the same run, on a real server started here (from `make label-studio
 - push: our `push_tasks` (looks up which face_ids the project holds, imports the rest in batches,
   with 12 pre-label predictions per task) vs one `import_tasks` call with every task, into a fresh
   project each.
-- sync: our `pull_annotations` (the server's JSON export of the annotated tasks, then every
-  annotation validated and reduced to one row per annotator per face) vs that export alone.
+- sync: what `ffe annotate sync` asks of the server (the project's task count, the JSON export of
+  the annotated tasks, then every annotation validated and reduced to one row per annotator per
+  face) vs that export alone. A sync that finds the task count changed also lists every task
+  (deletions, copies): reported as `sync_with_task_list_ratio`, no target.
 Target: at least 0.8x the server's own rate for both. Prints one JSON line; writes
 benches/results/annotation[-quick].json.
 
@@ -88,9 +90,11 @@ def main() -> int:
                 ls.annotations.create(id=task.id, result=result, completed_by=me.id)
             known = {t.data["face_id"] for t in tasks}
 
-            def pull(ours_id=ours_id, known=known, ours=ours):
+            def pull(ours_id=ours_id, known=known, ours=ours, list_tasks=False):
+                """What a sync asks of the server: the export and the task count (and the whole
+                task list when the count changed since the last sync)."""
                 t0 = time.perf_counter()
-                got = lsapi.pull_annotations(ls, ours_id, known, ours)
+                got = lsapi.pull_annotations(ls, ours_id, known, ours, known_tasks=-1 if list_tasks else n)
                 return time.perf_counter() - t0, got
 
             def export(ours_id=ours_id):
@@ -105,14 +109,17 @@ def main() -> int:
             else:
                 (t_pull, pulled), (t_export, exported) = pull(), export()
             assert len(pulled.rows) == n // 3 and len(json.loads(exported)) == n // 3
-            rounds.append((t_push, t_bulk_import, t_pull, t_export))
+            t_listing, listed = pull(list_tasks=True)
+            assert len(listed.tasks) == n
+            rounds.append((t_push, t_bulk_import, t_pull, t_export, t_listing))
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    push_ratio = statistics.median(b / p for p, b, _, _ in rounds)
-    sync_ratio = statistics.median(e / s for _, _, s, e in rounds)
-    best = [min(r[i] for r in rounds) for i in range(4)]
+    push_ratio = statistics.median(r[1] / r[0] for r in rounds)
+    sync_ratio = statistics.median(r[3] / r[2] for r in rounds)
+    listing_ratio = statistics.median(r[3] / r[4] for r in rounds)
+    best = [min(r[i] for r in rounds) for i in range(5)]
     result = {
         "benchmark": "annotation",
         "quick": args.quick,
@@ -125,6 +132,9 @@ def main() -> int:
         "sync_annotations_per_s": round(n // 3 / best[2], 1),
         "bulk_export_annotations_per_s": round(n // 3 / best[3], 1),
         "sync_ratio": round(sync_ratio, 3),
+        # a sync after tasks were deleted, made or copied in Label Studio also lists every task
+        "sync_with_task_list_annotations_per_s": round(n // 3 / best[4], 1),
+        "sync_with_task_list_ratio": round(listing_ratio, 3),
         "round_seconds": [[round(t, 3) for t in r] for r in rounds],
         "target_ratio": TARGET,
         "meets_target": push_ratio >= TARGET and sync_ratio >= TARGET,

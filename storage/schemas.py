@@ -211,6 +211,7 @@ LABEL_STUDIO_TASKS = pa.schema(
         pa.field("key", pa.string(), nullable=False),
         pa.field("face_id", pa.string(), nullable=False),
         pa.field("task_id", pa.int64(), nullable=False),  # the oldest task of the key
+        pa.field("tasks", pa.int32(), nullable=False),  # tasks holding the key (copies count; 0 once deleted)
         pa.field("first_seen_at", _TIMESTAMP, nullable=False),
         pa.field("deleted_at", _TIMESTAMP),
         pa.field("deletions", pa.int16(), nullable=False),  # times it was found deleted (recreated since)
