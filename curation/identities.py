@@ -80,6 +80,47 @@ class _Identity:
         return self.total / self.count
 
 
+class _Centres:
+    """Every identity's centre as rows of one matrix, in the order identities were made: the
+    nearest centre to a vector is one vectorised pass (the Python loop over identities it replaces
+    cost 73 s for 8,000 faces), with the same tie-break (the earliest identity)."""
+
+    def __init__(self, ids: dict[str, _Identity]):
+        self.idents: list[_Identity] = []
+        self.row: dict[str, int] = {}
+        self.matrix: np.ndarray | None = None
+        self.sq_norms = np.zeros(0)
+        for ident in ids.values():
+            self.update(ident)
+
+    def update(self, ident: _Identity) -> None:
+        """Add `ident`, or move its row to its current centre."""
+        if ident.id not in self.row:
+            if self.matrix is None:
+                self.matrix, self.sq_norms = np.zeros((16, len(ident.centre))), np.zeros(16)
+            elif len(self.idents) == len(self.matrix):  # grow by doubling: amortised O(1) per identity
+                self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
+                self.sq_norms = np.concatenate([self.sq_norms, np.zeros_like(self.sq_norms)])
+            self.row[ident.id] = len(self.idents)
+            self.idents.append(ident)
+        row, centre = self.row[ident.id], ident.centre
+        self.matrix[row], self.sq_norms[row] = centre, centre @ centre
+
+    def nearest(self, vec: np.ndarray) -> tuple[_Identity | None, float]:
+        """The identity whose centre is nearest to `vec` and that distance (Euclidean); (None, inf)
+        when there are none."""
+        if self.matrix is None:
+            return None, float("inf")
+        live = self.matrix[: len(self.idents)]
+        # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product. Its rounding can reorder
+        # near-ties, so the few within 1e-9 of the best are measured exactly, the earliest winning.
+        approx = self.sq_norms[: len(self.idents)] - 2.0 * (live @ vec)
+        close = np.flatnonzero(approx <= approx.min() + 1e-9)
+        exact = [float(np.linalg.norm(self.idents[i].centre - vec)) for i in close]
+        k = int(np.argmin(exact))
+        return self.idents[int(close[k])], exact[k]
+
+
 def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identity], str | None]:
     """Identities as the already-assigned batches left them."""
     ids: dict[str, _Identity] = {}
@@ -126,6 +167,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
     """Assign every waiting batch; returns counts for the run's metadata."""
     assigned, waiting = pending_batches(layout)
     ids, model = _load_state(layout, assigned)
+    centres = _Centres(ids)
     labels = labels_by_face(layout, assigned)  # scores of earlier originals, for the duplicate test
     new_faces = new_ids = dups = drifted = 0
     for batch in waiting:
@@ -172,10 +214,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
                 dist = 0.0 if best is None else float(np.linalg.norm(best.centre - vec))
                 same_person = best is not None
             else:
-                for ident in ids.values():
-                    d = float(np.linalg.norm(ident.centre - vec))
-                    if d < dist:
-                        best, dist = ident, d
+                best, dist = centres.nearest(vec)
                 same_person = best is not None and dist <= same
             duplicate_of = None
             if same_person:
@@ -193,6 +232,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
                 new_ids += 1
             if duplicate_of is None:
                 ident.add(face_id, vec, hashes[face_id])
+                centres.update(ident)
             else:
                 dups += 1
             rows.append(

@@ -144,3 +144,26 @@ def test_bad_arcface_model_paths_are_clear_errors(tmp_path):
     bad.write_bytes(b"garbage" * 50)
     with pytest.raises(ModelError, match=r"face_embeddings.arcface_model: .*bad.onnx is not a valid insightface"):
         ArcFaceEmbedder(str(bad))
+
+
+def test_nearest_centre_is_the_exhaustive_answer_ties_included():
+    """The vectorised search picks what a loop over every identity picks (the earliest of equals),
+    while identities are made and their centres move."""
+    import numpy as np
+
+    from curation.identities import _Centres, _Identity
+
+    rng = np.random.default_rng(0)
+    people = rng.normal(0, 0.05, (60, 128))
+    ids: dict[str, _Identity] = {}
+    centres = _Centres(ids)
+    for k in range(600):
+        vec = people[k % 60] + (0 if k % 7 == 0 else rng.normal(0, 0.01, 128))  # exact repeats: ties
+        best, dist = centres.nearest(vec)
+        loop = min(ids.values(), key=lambda i: float(np.linalg.norm(i.centre - vec)), default=None)
+        assert best is loop and (loop is None or dist == float(np.linalg.norm(loop.centre - vec)))
+        if best is None or dist > 0.2:
+            best = ids[f"i{k}"] = _Identity(f"i{k}")
+        best.add(str(k), vec, 0)
+        centres.update(best)
+    assert 55 <= len(ids) <= 65  # merges happened: the centres moved under the search
