@@ -57,6 +57,7 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path) -> Path:
 #   <m>.lora_A.default_0.weight                          DiffSynth-Studio (peft adapter names in the key)
 #   transformer.<m>.lora_down.weight / lora_up.weight / alpha    kohya-style, dotted
 #   base_model.model.<m>.lora_A.weight + adapter_config.json     a peft adapter folder
+#   lora_transformer_<m with _ for .>.lora_down.weight / ...     kohya-style, flat
 _PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.", "model.")
 DIFFUSERS, REFERENCE, KOHYA, NAMED = ("lora_A/lora_B", "lora.down/lora.up (the reference)",
                                      "lora_down/lora_up (kohya-style)", "named adapters (DiffSynth)")  # fmt: skip
@@ -65,6 +66,10 @@ _SUFFIXES = {  # key ending -> (which weight, layout)
     ".lora.down.weight": ("A", REFERENCE), ".lora.up.weight": ("B", REFERENCE),
     ".lora_down.weight": ("A", KOHYA), ".lora_up.weight": ("B", KOHYA), ".alpha": ("alpha", None),
 }  # fmt: skip
+# kohya's flat names (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`): the
+# module path with dots as underscores; resolved against the model's own names when loading.
+_FLAT_PREFIXES, FLAT = ("lora_transformer_", "lora_unet_"), "flat:"
+KOHYA_FLAT = "lora_down/lora_up, flat names (kohya)"
 REFERENCE_SCALE = 128 / 64  # the reference trains rank 64, alpha 128 and writes neither into its file
 
 
@@ -82,8 +87,8 @@ class LoraFile:
 
     @property
     def zero_update(self) -> bool:
-        """Every up-weight is zero: the LoRA changes nothing (an untrained adapter)."""
-        return all(not torch.any(m["B"]) for m in self.modules.values())
+        """Every module's update is zero (up-weights all zero, or alpha 0): the LoRA changes nothing."""
+        return all(not torch.any(m["B"]) or self.scales[n] == 0 for n, m in self.modules.items())
 
 
 @dataclass
@@ -96,14 +101,17 @@ class LoraLoad:
     unmatched: list[str]
     scale_source: str
     zero_update: bool
+    ignored_keys: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         text = (f"LoRA {self.path.name} ({self.layout}): {len(self.matched)} module(s) adapted, scale from "
                 f"{self.scale_source}")  # fmt: skip
         if self.unmatched:
             text += f"; {len(self.unmatched)} not in this model (e.g. {self.unmatched[0]})"
+        if self.ignored_keys:
+            text += f"; {len(self.ignored_keys)} key(s) of no LoRA layout ignored (e.g. {self.ignored_keys[0]})"
         if self.zero_update:
-            text += "; its up-weights are all zero: it edits nothing"
+            text += "; its update is zero (up-weights all zero, or alpha 0): it edits nothing"
         return text
 
 
@@ -127,7 +135,11 @@ def _resolve(path: Path) -> tuple[Path, dict | None]:
 
 
 def read_lora(path: str | Path) -> LoraFile:
-    """Read a LoRA file of any layout above; LoraError naming the file and the reason otherwise."""
+    """Read a LoRA file of any layout above; LoraError naming the file and the reason otherwise: not
+    safetensors, no LoRA keys, two layouts in one file, a module given twice (under two prefixes),
+    a module without its down or up weight, ranks of down and up that differ, weights that are not
+    finite, alpha keys on some modules only, an alpha that is not one number, adapter metadata that
+    is not JSON or a lora_alpha that is not a number."""
     from safetensors import SafetensorError, safe_open
 
     file, peft_config = _resolve(Path(path))
@@ -139,51 +151,98 @@ def read_lora(path: str | Path) -> LoraFile:
         detail = " ".join(str(err).split())[:200]
         raise LoraError(f"cannot load LoRA {file}: not a safetensors file ({detail})") from None
     modules: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[tuple[str, str], str] = {}
     unknown, layouts = [], set()
     for key, tensor in tensors.items():
-        parts = key.split(".")
-        if len(parts) > 3 and parts[-3] in ("lora_A", "lora_B") and parts[-1] == "weight":
-            # peft adapter names inside the key: <m>.lora_A.<adapter>.weight (DiffSynth's default_0)
-            module, part, layout = ".".join(parts[:-3]), parts[-3][-1], NAMED
-        elif suffix := next((sfx for sfx in _SUFFIXES if key.endswith(sfx)), None):
-            module, (part, layout) = key[: -len(suffix)], _SUFFIXES[suffix]
-        else:
+        if (parsed := _parse_key(key)) is None:
             unknown.append(key)
             continue
-        for prefix in _PREFIXES:
-            module = module.removeprefix(prefix)
+        module, part, layout = parsed
+        if (module, part) in keys:
+            raise LoraError(f"LoRA {file}: module {module} is given twice ({keys[module, part]} and {key})")
+        keys[module, part] = key
         modules.setdefault(module, {})[part] = tensor
         layouts.add(layout)
+    layouts.discard(None)
     if not modules:
-        raise LoraError(f"LoRA {file} holds no LoRA weights (keys such as {', '.join(list(tensors)[:3]) or 'none'})")
+        raise LoraError(f"LoRA {file} holds no LoRA weights (keys such as {', '.join(list(tensors)[:3]) or 'none'}): "
+                        "an unsupported key style?")  # fmt: skip
+    if layouts == {REFERENCE, DIFFUSERS}:  # the reference renames attention layers only, the rest stay lora_A/B
+        layouts = {REFERENCE}
+    if len(layouts) > 1:
+        raise LoraError(f"LoRA {file} mixes key layouts ({'; '.join(sorted(layouts))}): two files merged by hand?")
+    _check_modules(file, modules)
+    scales, source = _scales(file, modules, metadata, peft_config, layouts)
+    return LoraFile(file, ", ".join(sorted(layouts)), modules, scales, source, unknown)
+
+
+def _parse_key(key: str) -> tuple[str, str, str | None] | None:
+    """A key -> (module without prefix, A | B | alpha, layout), or None for a key of no layout."""
+    parts = key.split(".")
+    if len(parts) > 3 and parts[-3] in ("lora_A", "lora_B") and parts[-1] == "weight":
+        # peft adapter names inside the key: <m>.lora_A.<adapter>.weight (DiffSynth's default_0)
+        module, part, layout = ".".join(parts[:-3]), parts[-3][-1], NAMED
+    elif suffix := next((sfx for sfx in _SUFFIXES if key.endswith(sfx)), None):
+        module, (part, layout) = key[: -len(suffix)], _SUFFIXES[suffix]
+    else:
+        return None
+    if "." not in module and module.startswith(_FLAT_PREFIXES):  # kohya's flat names: dots as underscores
+        module = FLAT + module.split("_", 2)[2]
+        layout = KOHYA_FLAT if layout else None
+    for prefix in _PREFIXES:
+        module = module.removeprefix(prefix)
+    return module, part, layout
+
+
+def _check_modules(file: Path, modules: dict[str, dict[str, torch.Tensor]]) -> None:
     if incomplete := sorted(m for m, w in modules.items() if "A" not in w or "B" not in w):
         missing = "down (A)" if "A" not in modules[incomplete[0]] else "up (B)"
         raise LoraError(f"LoRA {file}: module {incomplete[0]} has no {missing} weight ({len(incomplete)} such "
                         "module(s)): a damaged or partial file")  # fmt: skip
-    scales, source = _scales(modules, metadata, peft_config, layouts)
-    return LoraFile(file, ", ".join(sorted(x for x in layouts if x)), modules, scales, source, unknown)
+    for m, w in sorted(modules.items()):
+        a, b = w["A"], w["B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise LoraError(f"LoRA {file}: module {m}: down {tuple(a.shape)} and up {tuple(b.shape)} do not make a "
+                            "LoRA (down is rank x in, up is out x rank, the same rank)")  # fmt: skip
+        if "alpha" in w and w["alpha"].numel() != 1:
+            raise LoraError(f"LoRA {file}: module {m}: alpha has shape {tuple(w['alpha'].shape)}, not one number")
+        if bad := next((p for p, t in w.items() if not torch.isfinite(t.float()).all()), None):
+            raise LoraError(f"LoRA {file}: module {m}: its {'alpha' if bad == 'alpha' else bad + ' weight'} "
+                            "holds NaN or infinity (a diverged training run?)")  # fmt: skip
+    with_alpha = [m for m, w in modules.items() if "alpha" in w]
+    if with_alpha and len(with_alpha) != len(modules):
+        without = sorted(set(modules) - set(with_alpha))
+        raise LoraError(f"LoRA {file}: alpha keys for {len(with_alpha)} of {len(modules)} modules (none for e.g. "
+                        f"{without[0]}): their scale cannot be known")  # fmt: skip
 
 
-def _scales(modules: dict, metadata: dict, peft_config: dict | None, layouts: set[str]) -> tuple[dict, str]:
+def _scales(file: Path, modules: dict, metadata: dict, peft_config: dict | None, layouts: set[str]) -> tuple[dict, str]:
     """alpha / r per module: from `.alpha` keys, diffusers' adapter metadata or peft's adapter config;
     else the reference's 128 / 64 for its own layout, else 1 (diffusers' default: alpha = rank)."""
     if any("alpha" in w for w in modules.values()):
-        return {m: float(w["alpha"]) / w["A"].shape[0] if "alpha" in w else 1.0
-                for m, w in modules.items()}, "the file's alpha keys"  # fmt: skip
+        return {m: float(w["alpha"]) / w["A"].shape[0] for m, w in modules.items()}, "the file's alpha keys"
     config, where = None, ""
     if "lora_adapter_metadata" in metadata:
-        raw = json.loads(metadata["lora_adapter_metadata"])
-        config, where = {k.removeprefix("transformer."): v for k, v in raw.items()}, "the file's adapter metadata"
+        try:
+            raw = json.loads(metadata["lora_adapter_metadata"])
+            config = {k.removeprefix("transformer."): v for k, v in raw.items()}
+        except (ValueError, AttributeError) as err:
+            raise LoraError(f"LoRA {file}: its lora_adapter_metadata is not a JSON object ({err})") from None
+        where = "the file's adapter metadata"
     elif peft_config is not None:
         config, where = peft_config, "adapter_config.json"
     if config is not None and config.get("lora_alpha") is not None:
-        alpha, patterns = float(config["lora_alpha"]), config.get("alpha_pattern") or {}
-        ranks = config.get("rank_pattern") or {}
-        scales = {}
-        for m, w in modules.items():
-            a = next((float(v) for k, v in patterns.items() if m.endswith(k)), alpha)
-            r = next((int(v) for k, v in ranks.items() if m.endswith(k)), w["A"].shape[0])
-            scales[m] = a / r
+        try:
+            alpha, patterns = float(config["lora_alpha"]), config.get("alpha_pattern") or {}
+            ranks = config.get("rank_pattern") or {}
+            scales = {}
+            for m, w in modules.items():
+                a = next((float(v) for k, v in patterns.items() if m.endswith(k)), alpha)
+                r = next((int(v) for k, v in ranks.items() if m.endswith(k)), w["A"].shape[0])
+                scales[m] = a / r
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
+            raise LoraError(f"LoRA {file}: {where} has a lora_alpha, alpha_pattern or rank_pattern that is not a "
+                            f"number ({type(err).__name__}: {err})") from None  # fmt: skip
         return scales, where
     if REFERENCE in layouts:
         return dict.fromkeys(modules, REFERENCE_SCALE), "the reference's training (alpha 128, rank 64)"
@@ -197,9 +256,14 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = AD
 
     Every module of the file must exist in the transformer: otherwise LoraError names them (a file
     for another model, or a partial one), unless `allow_unmatched`. A LoRA whose up-weights are all
-    zero is loaded with a warning (it edits nothing). Returns what was loaded."""
+    zero (or whose alpha is 0) is loaded with a warning: it edits nothing. Returns what was loaded."""
     lora = read_lora(path)
-    names = {n for n, _ in pipe.transformer.named_modules()}
+    layers = dict(pipe.transformer.named_modules())
+    names = set(layers)
+    if lora.layout == KOHYA_FLAT:  # flat names -> the model's dotted ones
+        flat = {FLAT + n.replace(".", "_"): n for n in names}
+        lora.modules = {flat.get(m, m.removeprefix(FLAT)): w for m, w in lora.modules.items()}
+        lora.scales = {flat.get(m, m.removeprefix(FLAT)): v for m, v in lora.scales.items()}
     matched = sorted(m for m in lora.modules if m in names)
     unmatched = sorted(m for m in lora.modules if m not in names)
     if not matched:
@@ -210,7 +274,11 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = AD
                         f"transformer (e.g. {unmatched[0]}); load anyway with allow_unmatched")  # fmt: skip
     state = {}
     for m in matched:
-        w = lora.modules[m]
+        w, layer = lora.modules[m], layers[m]
+        want = (getattr(layer, "in_features", w["A"].shape[1]), getattr(layer, "out_features", w["B"].shape[0]))
+        if (w["A"].shape[1], w["B"].shape[0]) != want:
+            raise LoraError(f"LoRA {lora.path}: module {m} is {w['A'].shape[1]} -> {w['B'].shape[0]}, the model's "
+                            f"layer {want[0]} -> {want[1]}: made for another model size?")  # fmt: skip
         state[f"transformer.{m}.lora_A.weight"] = w["A"]
         state[f"transformer.{m}.lora_B.weight"] = w["B"] * lora.scales[m]  # loaded with alpha = rank
     try:
@@ -222,7 +290,8 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = AD
     if missed := sorted(set(matched) - adapted):
         raise LoraError(f"LoRA {lora.path}: {len(missed)} module(s) were not adapted by the loader (e.g. {missed[0]})")
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
-    result = LoraLoad(lora.path, lora.layout, matched, unmatched, lora.scale_source, lora.zero_update)
+    result = LoraLoad(lora.path, lora.layout, matched, unmatched, lora.scale_source, lora.zero_update,
+                      lora.unknown_keys)
     if result.zero_update:
         warnings.warn(result.describe(), stacklevel=2)
     return result

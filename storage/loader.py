@@ -36,32 +36,62 @@ from PIL import Image
 from storage.releases.shards import shard_names, shard_paths
 from storage.releases.triplets import Face, identity_triplets
 from storage.schemas import CATEGORIES
-from storage.tarstream import iter_samples
+from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_samples
 
 
 class ShardError(ValueError):
     """A shard or one of its samples is not as the release wrote it: named, never trained on."""
 
 
-def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None) -> Iterator[dict]:
+def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None,
+                expected_faces: dict[str, dict[str, tuple[str, ...]]] | None = None) -> Iterator[dict]:
     """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}.
-    `expected`: samples per shard name (the manifest's), checked when each shard ends; a sample
-    key that comes back later in its shard (members out of order, a repeated key) is refused."""
+    `expected`: samples per shard name (the manifest's), checked when each shard ends;
+    `expected_faces`: per shard name, each sample key's face ids (the release's index.parquet): a
+    key the release did not write in that shard (a shard swapped for another) is refused, and the
+    ids travel with the sample as `__faces__` for `check_sample`. A sample key that comes back
+    later in its shard (members out of order, a repeated key) is refused. Every error, a damaged
+    tar included, is a ShardError naming the shard."""
     for source in streams:
         url = source["url"]
         name = _shard_name(url)
         seen: set[str] = set()
+        keys = (expected_faces or {}).get(name)
         try:
             for key, members in iter_samples(source["stream"], name):
                 if key in seen:
                     raise ShardError(f"{name}: sample {key} appears twice (members out of order or a repeated key)")
+                if keys is not None and key not in keys:
+                    raise ShardError(f"{name}: sample {key} is not one the release wrote in this shard (a shard "
+                                     "replaced by another? `ffe release verify` names what changed)")  # fmt: skip
                 seen.add(key)
-                yield {"__key__": key, "__url__": url, **{ext.lower(): data for ext, data in members.items()}}
+                sample = {"__key__": key, "__url__": url, **{ext.lower(): data for ext, data in members.items()}}
+                if keys is not None:
+                    sample["__faces__"] = keys[key]
+                yield sample
+        except (TruncatedTarError, UnsafeTarError) as err:
+            raise ShardError(str(err)) from None
+        except OSError as err:  # the stream itself: a pipe that failed, a file gone mid-read
+            raise ShardError(f"{name}: cannot be read: {err}") from None
         finally:
             source["stream"].close()
-        if expected is not None and name in expected and len(seen) != expected[name]:
-            raise ShardError(f"{name}: {len(seen)} samples where the release wrote {expected[name]} (a cut or "
-                             "damaged shard: `ffe release verify` names what changed)")  # fmt: skip
+        written = expected.get(name) if expected else (len(keys) if keys is not None else None)
+        if written is not None and len(seen) != written:
+            missing = sorted(set(keys) - seen)[:3] if keys is not None else []
+            raise ShardError(f"{name}: {len(seen)} samples where the release wrote {written}"
+                             + (f" (missing: {', '.join(missing)})" if missing else "")
+                             + " (a cut or damaged shard: `ffe release verify` names what changed)")  # fmt: skip
+
+
+def _faces_by_shard(index: Path, split: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """shards/index.parquet -> {shard name: {sample key: face ids}} of one split."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for row in pq.read_table(index, columns=["shard", "key", "split", "face_ids"]).to_pylist():
+        if row["split"] == split:
+            out.setdefault(row["shard"], {})[row["key"]] = tuple(row["face_ids"])
+    return out
 
 
 def _shard_name(url: str) -> str:
@@ -70,25 +100,48 @@ def _shard_name(url: str) -> str:
 
 
 def check_sample(sample: dict) -> dict:
-    """The sample's json document, once every face it lists is there with the bytes the release
-    recorded (sha256); else ShardError naming shard, key and what is wrong."""
+    """The sample's json document, once it is whole: its identity is the sample key, every face
+    has a member with the bytes the release recorded (sha256), scores in [0, 1] for all 12
+    categories, no member that no face lists, and the face ids the release's index lists for the
+    key (`__faces__`, when known). Else ShardError naming shard, key and what is wrong."""
     where = f"{_shard_name(sample.get('__url__', ''))}: sample {sample.get('__key__')}"
+    members = {k for k in sample if not k.startswith("__")}
     if "json" not in sample:
-        raise ShardError(f"{where}: no json member (members: {', '.join(k for k in sample if not k.startswith('__'))})")
+        raise ShardError(f"{where}: no json member (members: {', '.join(sorted(members))})")
     try:
         doc = json.loads(sample["json"])
         faces = doc["faces"]
-    except (ValueError, KeyError, TypeError) as err:
+        identity, listed = doc["identity_id"], [(f["face_id"], f["member"].lower()) for f in faces]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ShardError(f"{where}: its json cannot be read ({type(err).__name__}: {err})") from None
-    for face in faces:
-        data = sample.get(face["member"].lower())
+    if identity != sample.get("__key__", identity).rsplit("/", 1)[-1]:
+        raise ShardError(f"{where}: its json is of identity {identity}")
+    if "__faces__" in sample and sorted(f for f, _ in listed) != sorted(sample["__faces__"]):
+        raise ShardError(f"{where}: its json lists faces {sorted(f for f, _ in listed)}, the release's index "
+                         f"{sorted(sample['__faces__'])}")  # fmt: skip
+    if extra := members - {"json"} - {m for _, m in listed}:
+        raise ShardError(f"{where}: members no face lists: {', '.join(sorted(extra))}")
+    for face, (face_id, member) in zip(faces, listed, strict=True):
+        data = sample.get(member)
         if data is None:
-            raise ShardError(f"{where}: face {face['face_id']} has no member {face['member']}")
+            raise ShardError(f"{where}: face {face_id} has no member {face['member']}")
         digest = face.get("crop_sha256")
         if digest and hashlib.sha256(data).hexdigest() != digest:
-            raise ShardError(f"{where}: face {face['face_id']}: the crop's sha256 is not the one the release "
+            raise ShardError(f"{where}: face {face_id}: the crop's sha256 is not the one the release "
                              "recorded (damaged bytes)")  # fmt: skip
+        _check_face(where, face)
     return doc
+
+
+def _check_face(where: str, face: dict) -> None:
+    scores = face.get("scores")
+    bad = "no scores" if not isinstance(scores, dict) else next(
+        (f"{c}={scores.get(c)!r}" for c in CATEGORIES
+         if not isinstance(scores.get(c), int | float) or not 0.0 <= scores[c] <= 1.0), None)  # fmt: skip
+    if bad:
+        raise ShardError(f"{where}: face {face['face_id']}: {bad} (scores are in [0, 1] for each of the 12 categories)")
+    if face.get("category") not in (None, *CATEGORIES):  # None: a face with no category of its own
+        raise ShardError(f"{where}: face {face['face_id']}: unknown category {face['category']!r}")
 
 
 def faces_of_sample(doc: dict) -> list[Face]:
@@ -166,10 +219,13 @@ class TripletStream(torch.utils.data.IterableDataset):
         decode: bool = True,
         value_range: tuple[float, float] = (-1.0, 1.0),
         expected_samples: dict[str, int] | None = None,
+        expected_faces: dict[str, dict[str, tuple[str, ...]]] | None = None,
         verify: bool = True,
     ):
         """`expected_samples`: samples per shard file name (`from_release` takes them from the
-        manifest); `verify`: check each sample and crop hash before using it (see the module doc)."""
+        manifest); `expected_faces`: per shard file name, each sample key's face ids (`from_release`
+        takes them from shards/index.parquet when the folder has it); `verify`: check each sample and
+        crop hash before using it (see the module doc)."""
         super().__init__()
         self.shards = list(shards)
         if not self.shards:
@@ -177,7 +233,7 @@ class TripletStream(torch.utils.data.IterableDataset):
         self.pairs = [tuple(p) for p in pairs]
         self.resolution, self.shuffle_buffer, self.seed = resolution, shuffle_buffer, seed
         self.max_per_pair, self.decode, self.value_range = max_per_pair, decode, value_range
-        self.expected_samples, self.verify = expected_samples, verify
+        self.expected_samples, self.expected_faces, self.verify = expected_samples, expected_faces, verify
         self.epoch = 0
 
     @classmethod
@@ -200,6 +256,8 @@ class TripletStream(torch.utils.data.IterableDataset):
         else:
             urls = [shard_url.format(version=manifest["version"], name=n) for n in shard_names(manifest, split)]
         kw.setdefault("expected_samples", {r["name"]: r["samples"] for r in manifest["shards"].get(split, [])})
+        if (index := folder / "shards" / "index.parquet").exists():
+            kw.setdefault("expected_faces", _faces_by_shard(index, split))
         return cls(urls, pairs, **kw)
 
     def set_epoch(self, epoch: int) -> None:
@@ -254,7 +312,7 @@ class TripletStream(torch.utils.data.IterableDataset):
             wds.split_by_node,
             wds.split_by_worker,
             wds.tariterators.url_opener,  # gopen: local paths, pipe:, http(s)
-            functools.partial(tar_samples, expected=self.expected_samples),
+            functools.partial(tar_samples, expected=self.expected_samples, expected_faces=self.expected_faces),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=rng),
             self._triplets,
         ]

@@ -243,3 +243,86 @@ def test_decoding_gives_pillows_pixels_for_every_png_kind(mode):
 def test_an_empty_shard_list_is_a_clear_error():
     with pytest.raises(ValueError, match="no shards"):
         TripletStream([], [("happy", "sad")])
+
+
+def test_a_shard_replaced_by_another_of_the_release_is_refused(release_folder, tmp_path):
+    """Found: a shard overwritten by a copy of another shard with as many samples trained silently
+    (those identities twice, the others never); the release's index says which keys each shard holds."""
+    import shutil
+
+    from storage.loader import ShardError
+
+    copy = tmp_path / release_folder.name
+    shutil.copytree(release_folder, copy)
+    first, second = sorted((copy / "shards").glob("train-*.tar"))[:2]
+    shutil.copyfile(second, first)
+    with pytest.raises(ShardError, match=rf"{first.name}: sample \S+ is not one the release wrote in this shard"):
+        _drain(copy)
+
+
+def _rewrite_first_json(shard, change):
+    """The shard with its first sample's json document changed by `change(doc)` (extra members kept)."""
+    members = [(m.name, d) for m, d in _members(shard)]
+    k = next(i for i, (n, _) in enumerate(members) if n.endswith(".json"))
+    doc = json.loads(members[k][1])
+    change(doc)
+    members[k] = (members[k][0], json.dumps(doc).encode())
+    _write_tar(shard, members)
+    return members[k][0].split(".")[0], doc
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("score_out_of_range", r"happy=5\.0 \(scores are in \[0, 1\]"),
+        ("score_missing", r"sad=None"),
+        ("face_dropped", r"its json lists faces .* the release's index"),
+        ("no_member_field", r"its json cannot be read \(KeyError: 'member'\)"),
+        ("other_identity", r"its json is of identity someone-else"),
+    ],
+)
+def test_a_damaged_sample_json_is_refused(shared_shards, tmp_path, damage, expected):
+    """Found: the sample json was not checked: a score of 5.0 trained, a face dropped from the json
+    (its png still there) was ignored, a face without `member` raised a bare KeyError."""
+    from storage.loader import ShardError
+
+    copy, shard = _copy_release(shared_shards, tmp_path)
+
+    def change(doc):
+        face = doc["faces"][0]
+        if damage == "score_out_of_range":
+            face["scores"]["happy"] = 5.0
+        elif damage == "score_missing":
+            del face["scores"]["sad"]
+        elif damage == "face_dropped":
+            doc["faces"] = doc["faces"][1:]
+        elif damage == "no_member_field":
+            del face["member"]
+        else:
+            doc["identity_id"] = "someone-else"
+
+    key, _ = _rewrite_first_json(shard, change)
+    with pytest.raises(ShardError, match=rf"{shard.name}: sample {key}: .*{expected}"):
+        _drain(copy)
+
+
+def test_a_face_the_json_does_not_list_is_refused_without_the_index(shared_shards, tmp_path):
+    """Shards read from elsewhere (no index.parquet beside them): a png no face lists is still refused."""
+    from storage.loader import ShardError
+
+    copy, shard = _copy_release(shared_shards, tmp_path)
+    key, doc = _rewrite_first_json(shard, lambda d: d.update(faces=d["faces"][1:]))
+    (copy / "shards" / "index.parquet").unlink()
+    with pytest.raises(ShardError, match=rf"{shard.name}: sample {key}: members no face lists: \S+\.png"):
+        _drain(copy)
+
+
+def test_a_shard_cut_inside_a_member_is_a_shard_error(shared_shards, tmp_path):
+    """Found: a tar cut inside a member raised TruncatedTarError, which is not a ShardError."""
+    from storage.loader import ShardError
+
+    copy, shard = _copy_release(shared_shards, tmp_path)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(ShardError, match=rf"{shard.name}: ends inside"):
+        _drain(copy)

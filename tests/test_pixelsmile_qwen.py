@@ -103,11 +103,14 @@ def _layouts(state: dict, tmp_path) -> dict:
     from diffusers.utils import convert_state_dict_to_diffusers
 
     reference = convert_state_dict_to_diffusers(state)  # <m>.lora.down/up.weight, no alpha anywhere
-    kohya = {}
+    kohya, flat = {}, {}
     for k, v in state.items():
         m = k.removesuffix(".lora_A.weight").removesuffix(".lora_B.weight")
         kohya[f"transformer.{m}.{'lora_down' if '.lora_A.' in k else 'lora_up'}.weight"] = v
         kohya[f"transformer.{m}.alpha"] = torch.tensor(8.0)
+        flat_m = "lora_transformer_" + m.replace(".", "_")
+        flat[f"{flat_m}.{'lora_down' if '.lora_A.' in k else 'lora_up'}.weight"] = v
+        flat[f"{flat_m}.alpha"] = torch.tensor(8.0)
     peft_dir = tmp_path / "peft-adapter"
     _write(peft_dir / "adapter_model.safetensors", {f"base_model.model.{k}": v for k, v in state.items()})
     (peft_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
@@ -120,6 +123,7 @@ def _layouts(state: dict, tmp_path) -> dict:
             for k, v in state.items()}, metadata),
         "dotted lora_down/lora_up/alpha with transformer. prefix": _write(tmp_path / "kohya.safetensors", kohya),
         "a peft adapter folder": peft_dir,
+        "kohya flat names (lora_transformer_..._to_q.lora_down)": _write(tmp_path / "flat.safetensors", flat),
     }  # fmt: skip
 
 
@@ -154,8 +158,69 @@ def test_a_lora_that_changes_nothing_says_so(tiny_model, trained_lora, tmp_path,
     state, _ = trained_lora
     zero = _write(tmp_path / "zero.safetensors", {k: torch.zeros_like(v) if ".lora_B." in k else v
                                                   for k, v in state.items()})  # fmt: skip
-    with pytest.warns(UserWarning, match="up-weights are all zero: it edits nothing"):
+    with pytest.warns(UserWarning, match=r"its update is zero \(up-weights all zero, or alpha 0\): it edits nothing"):
         assert load_lora(load_pipeline(tiny_model), zero).zero_update
+    alpha0 = {**state, **{k.replace(".lora_A.weight", ".alpha"): torch.tensor(0.0) for k in state if ".lora_A." in k}}
+    with pytest.warns(UserWarning, match="it edits nothing"):
+        assert load_lora(load_pipeline(tiny_model), _write(tmp_path / "alpha0.safetensors", alpha0)).zero_update
+
+
+def _damaged(state: dict, kind: str) -> tuple[dict, dict | None]:
+    """The trained LoRA's state dict (diffusers names) damaged one way, and its metadata."""
+    a_keys = sorted(k for k in state if ".lora_A." in k)
+    if kind == "alpha_on_some_modules":
+        return {**state, a_keys[0].replace(".lora_A.weight", ".alpha"): torch.tensor(8.0)}, None
+    if kind == "two_layouts":
+        b = a_keys[0].replace(".lora_A.", ".lora_B.")
+        rest = {k: v for k, v in state.items() if k not in (a_keys[0], b)}
+        m = a_keys[0].removesuffix(".lora_A.weight")
+        return {**rest, f"{m}.lora_down.weight": state[a_keys[0]], f"{m}.lora_up.weight": state[b]}, None
+    if kind == "module_twice":
+        return {**state, "transformer." + a_keys[0]: state[a_keys[0]]}, None
+    if kind == "metadata_not_json":
+        return state, {"lora_adapter_metadata": "{not json"}
+    if kind == "alpha_not_a_number":
+        return state, {"lora_adapter_metadata": '{"transformer.lora_alpha": "eight", "transformer.r": 4}'}
+    if kind == "alpha_of_two_numbers":
+        return {**state, **{k.replace(".lora_A.weight", ".alpha"): torch.tensor([8.0, 8.0]) for k in a_keys}}, None
+    if kind == "nan_up_weight":
+        b = a_keys[0].replace(".lora_A.", ".lora_B.")
+        return {**state, b: torch.full_like(state[b], float("nan"))}, None
+    if kind == "ranks_differ":
+        return {**state, a_keys[0]: torch.cat([state[a_keys[0]], state[a_keys[0]][:1]])}, None
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("alpha_on_some_modules", r"alpha keys for 1 of \d+ modules \(none for e\.g\. \S+\): their scale cannot"),
+        ("two_layouts", r"mixes key layouts \(lora_A/lora_B; lora_down/lora_up \(kohya-style\)\)"),
+        ("module_twice", r"module \S+ is given twice \(\S+ and \S+\)"),
+        ("metadata_not_json", r"its lora_adapter_metadata is not a JSON object"),
+        ("alpha_not_a_number", r"the file's adapter metadata has a lora_alpha.* not a number \(ValueError"),
+        ("alpha_of_two_numbers", r"alpha has shape \(2,\), not one number"),
+        ("nan_up_weight", r"its B weight holds NaN or infinity"),
+        ("ranks_differ", r"down \(5, \d+\) and up \(\d+, 4\) do not make a LoRA"),
+    ],
+)
+def test_a_lora_file_that_cannot_be_read_as_trained_names_the_file_and_why(tiny_model, trained_lora, tmp_path,
+                                                                          kind, message):  # fmt: skip
+    """Found by a new user: these loaded with a silent scale of 1.0 or the wrong module, or raised a
+    raw JSONDecodeError / ValueError / a peft error blaming lora_A."""
+    state, _ = trained_lora
+    tensors, metadata = _damaged(state, kind)
+    path = _write(tmp_path / f"{kind}.safetensors", tensors, metadata)
+    with pytest.raises(LoraError, match=rf"LoRA \S*{kind}\.safetensors.*{message}"):
+        load_lora(load_pipeline(tiny_model), path)
+
+
+def test_keys_of_no_lora_layout_are_named_in_the_description(tiny_model, trained_lora, tmp_path):
+    state, expected = trained_lora
+    path = _write(tmp_path / "extra.safetensors", {**state, "text_encoder.some_embedding": torch.zeros(3)})
+    loaded = load_lora(load_pipeline(tiny_model), path)
+    assert loaded.ignored_keys == ["text_encoder.some_embedding"] and len(loaded.matched) == len(expected)
+    assert "1 key(s) of no LoRA layout ignored (e.g. text_encoder.some_embedding)" in loaded.describe()
 
 
 def test_wrong_folders_and_lora_files_are_one_clear_error(tiny_model, tmp_path):
