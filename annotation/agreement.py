@@ -7,6 +7,7 @@ it saw:
     single_rater              no unit has two ratings: nobody rated a face someone else rated
     too_few_pairable_values   fewer than two values in units with two or more ratings
     no_variance               every pairable value is the same: agreement is perfect but unmeasurable
+    not_finite                a score is infinite (a broken import): nothing is computed
     low_variance              the values hardly vary (variance < MIN_VARIANCE, e.g. a category almost
                               always 0): alpha is computed, but a gate must not read it (it is the
                               ratio of two tiny numbers: raters who agree on "0" score about 0)
@@ -42,8 +43,13 @@ class Agreement:
 
 
 def alpha_interval(data: np.ndarray) -> Agreement:
-    """Krippendorff's alpha (interval), with why it is undefined (see the module doc)."""
+    """Krippendorff's alpha (interval) of a units x raters matrix (NaN: not rated), with why it is
+    undefined (see the module doc). ValueError for anything but a 2-D matrix."""
     data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"agreement needs a units x raters matrix, got shape {data.shape}")
+    if np.isinf(data).any():
+        return Agreement(math.nan, "not_finite", 0, 0, math.nan)
     rated = ~np.isnan(data)
     pairable_units = rated.sum(axis=1) >= 2
     raters = int(rated[pairable_units].any(axis=0).sum()) if data.ndim == 2 and data.size else 0

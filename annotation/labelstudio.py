@@ -259,7 +259,8 @@ def _parse(result: list) -> tuple[str, dict[str, float | None], list[str]]:
     (None) for its category only; with none set and no "unusable face", the status is `empty`."""
     scores: dict[str, float | None] = dict.fromkeys(CATEGORIES)
     unusable = False
-    problems = []
+    problems: list[str] = []
+    rated: set[str] = set()
     if not isinstance(result, list):
         return "submitted", scores, [f"result is {type(result).__name__}, not a list"]
     for item in result:
@@ -268,19 +269,24 @@ def _parse(result: list) -> tuple[str, dict[str, float | None], list[str]]:
             problems.append(f"{what}: value is {(item.get('value') if isinstance(item, dict) else item)!r}")
             continue
         name, value = item.get("from_name"), item["value"]
-        if name == UNUSABLE_CONTROL:
+        if name is None:
+            problems.append(f"an item has no from_name (value {value!r})")
+        elif name == UNUSABLE_CONTROL:
             choices = value.get("choices")
             unusable = unusable or (isinstance(choices, list) and UNUSABLE_CHOICE in choices)
         elif name in scores:
             number = value.get("number")
-            if not isinstance(number, (int, float)) or isinstance(number, bool) or math.isnan(number):
+            if name in rated:
+                problems.append(f"{name} set twice ({scores[name]} and {number!r})")
+            elif not isinstance(number, (int, float)) or isinstance(number, bool) or math.isnan(number):
                 problems.append(f"{name}: not a number ({number!r})")
             elif not 0.0 <= number <= 1.0:
                 problems.append(f"{name}: {number} is outside 0-1")
             elif abs(number / STEP - round(number / STEP)) > 1e-6:
                 problems.append(f"{name}: {number} is off the {STEP} step")
             else:
-                scores[name] = float(number)
+                scores[name] = float(number) + 0.0  # -0.0 -> 0.0
+                rated.add(name)
         else:
             problems.append(f"unknown control {name!r}")
     if unusable:

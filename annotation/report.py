@@ -46,6 +46,8 @@ def annotation_report(layout: Layout) -> dict:
         "not_rated": {c: sum(r["status"] == "submitted" and r[c] is None for r in rows) for c in CATEGORIES},
         # what was submitted but not usable, and why (sync's `failures`: malformed, several tasks ...)
         "not_usable": not_usable(layout, rows),
+        # what happened in Label Studio: tasks deleted there, annotations gone, faces with copies
+        "label_studio": label_studio_changes(layout),
         "alpha": {c: (None if math.isnan(a) else round(a, 4)) for c, a in alpha.items()},
         # why an alpha is undefined or not evaluable, with n raters, n pairable values and their variance
         "alpha_detail": {c: a.as_dict() for c, a in details.items()},
@@ -68,6 +70,19 @@ def not_usable(layout: Layout, rows: list[dict]) -> dict[str, int]:
         if f["stage"] == "annotations":
             out[f["reason"]] = out.get(f["reason"], 0) + 1
     return out
+
+
+def label_studio_changes(layout: Layout) -> dict[str, int]:
+    """Counts from `label_studio_tasks` and `annotation_history`: tasks deleted in Label Studio (and
+    not re-created), annotations deleted there (their last version kept in the history), and keys
+    (faces or gold copies) with more than one task at the last sync that listed tasks."""
+    tasks = tables.read_table(layout, "label_studio_tasks", columns=["tasks", "deleted_at"]).to_pylist()
+    history = tables.read_table(layout, "annotation_history", columns=["annotation_id", "status"]).to_pylist()
+    return {
+        "deleted_tasks": sum(t["deleted_at"] is not None for t in tasks),
+        "deleted_annotations": len({h["annotation_id"] for h in history if h["status"] == "deleted"}),
+        "faces_with_several_tasks": sum(t["deleted_at"] is None and (t["tasks"] or 0) > 1 for t in tasks),
+    }
 
 
 def plot_distributions(layout: Layout, path: Path) -> Path:

@@ -336,6 +336,9 @@ def render_report(info: dict) -> str:
                   + ", ".join(f"{c} {n}" for c, n in info["not_rated"].items() if n)]  # fmt: skip
     if any(info["not_usable"].values()):
         lines += ["not usable: " + ", ".join(f"{r} {n}" for r, n in info["not_usable"].items() if n)]
+    if any(info["label_studio"].values()):
+        lines += ["in Label Studio: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in info["label_studio"].items()
+                                                  if n)]  # fmt: skip
     lines += ["", "annotator                  submitted  skipped  unusable  empty  mean |diff| from consensus"]
     for name, a in info["annotators"].items():
         diff = a["mean_abs_diff_from_consensus"]

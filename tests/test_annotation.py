@@ -175,11 +175,20 @@ def test_blocking_coverage_check_stops_a_batch_without_labels(tmp_path, capsys):
     assert "FAILED all batches" in out and "affect_scores: coverage" in out
 
 
+def test_a_matrix_of_one_dimension_is_a_clear_error():
+    """Found: a 1-D array raised numpy's AxisError."""
+    from annotation.agreement import alpha_interval
+
+    with pytest.raises(ValueError, match=r"units x raters matrix, got shape \(3,\)"):
+        alpha_interval(np.array([0.1, 0.2, 0.3]))
+
+
 @pytest.mark.parametrize(("data", "reason", "raters", "pairable"), [
     (np.array([[0.5, NA], [NA, 0.2]]), "single_rater", 0, 0),  # nobody's faces overlap
     (np.full((3, 2), 0.4), "no_variance", 2, 6),
     (np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.05], [0.0, 0.0]]), "low_variance", 2, 8),
     (np.array([[0.1, 0.2], [0.8, 0.7], [0.4, 0.5]]), None, 2, 6),
+    (np.array([[0.1, np.inf], [0.8, 0.7], [0.4, 0.5]]), "not_finite", 0, 0),  # found: value None, reason None
 ])  # fmt: skip
 def test_an_undefined_alpha_says_why(data, reason, raters, pairable):
     """Found: an undefined alpha or ICC was NaN with no reason."""
@@ -235,6 +244,9 @@ def test_prelabels_reach_the_slider_as_exact_step_values():
         ({"happy": 0.5}, "result is dict"),
         ([{"from_name": "happy", "value": {"number": "0.5"}}], "happy: not a number"),
         ([{"from_name": "mood", "value": {"number": 0.5}}], "unknown control 'mood'"),
+        ([{"value": {"number": 0.5}}], "an item has no from_name (value {'number': 0.5})"),
+        ([{"from_name": "happy", "value": {"number": 0.4}}, {"from_name": "happy", "value": {"number": 0.6}}],
+         "happy set twice (0.4 and 0.6)"),
     ],
 )
 def test_a_malformed_result_is_named_not_fatal(result, problem):
@@ -251,6 +263,8 @@ def test_untouched_sliders_are_not_rated_for_their_category_only():
     assert (status, problems, scores["happy"]) == ("submitted", [], 0.4)
     assert [c for c, v in scores.items() if v is None] == [c for c in CATEGORIES if c != "happy"]
     assert _parse([])[0] == "empty"  # submitted with nothing set: counted, not scored
+    _status, scores, _ = _parse([{"from_name": "sad", "value": {"number": -0.0}}])
+    assert repr(scores["sad"]) == "0.0"  # never -0.0 in the table
     unusable = [{"from_name": "usable", "value": {"choices": ["unusable face"]}}]
     assert _parse(unusable)[0] == "unusable"
 

@@ -304,6 +304,11 @@ def test_round_trips_never_lose_or_duplicate(built, label_studio, capsys, monkey
     assert [(r["face_id"], r["happy"]) for r in history] == [(faces[0], 0.5)]
     record = {r["face_id"]: r for r in tables.read_table(layout, "label_studio_tasks").to_pylist()}
     assert record[faces[0]]["deleted_at"] is not None and record[faces[0]]["deletions"] == 1
+    from annotation.report import annotation_report
+
+    report = annotation_report(layout)  # what `ffe annotate report` shows
+    assert report["label_studio"] == {"deleted_tasks": 1, "deleted_annotations": 1, "faces_with_several_tasks": 1}
+    assert report["not_usable"]["several_tasks"] == 1 and report["not_usable"]["malformed_annotation"] == 1
     info = sync.push(layout, settings)
     assert info["pushed"] == 0 and info["deleted_not_pushed"] == 1
     monkeypatch.setenv("FFE_LABEL_STUDIO_URL", label_studio[0])
