@@ -9,10 +9,11 @@ shards (shuffled per epoch, the same order on every node)
 
 Each shard goes to exactly one (node, worker), so each identity is read exactly once per epoch.
 Nothing damaged is trained on: a sample is checked whole before any triplet of it is yielded (its
-json, a png for each of its faces, each crop's sha256 as the json records it, its key not seen
-before in the shard), and a shard that ends with fewer samples than the release's manifest says is
-an error (a shard cut at a sample boundary is otherwise a valid tar). Errors name the shard and the
-sample key (`ShardError`).
+json of the key's identity with the face ids the release's index lists, a png for each face and
+none more, each crop's sha256 as the json records it, scores in [0, 1], its key not seen before in
+the shard and one the release wrote there), and a shard that ends with fewer samples than the
+release's manifest says is an error (a shard cut at a sample boundary is otherwise a valid tar), as
+is a damaged tar. Errors name the shard and the sample key (`ShardError`); docs/releases.md.
 Call `set_epoch(e)` before each epoch (as with a DistributedSampler; with `persistent_workers` the
 workers keep the epoch they started with). Shard URLs may be local paths or anything webdataset's
 `gopen` reads (`pipe:aws s3 cp s3://bucket/train-000000.tar -`, https://...): docs/scale.md.
