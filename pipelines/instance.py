@@ -12,6 +12,7 @@ import dagster as dg
 from pipelines.errors import FFEError
 from storage.atomic import atomic_write_bytes
 from storage.layout import Layout
+from storage.locks import work_lock
 
 INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 GPU_POOL = "gpu"
@@ -48,7 +49,10 @@ def dagster_home_env(home: Path) -> Iterator[None]:
 def open_instance(layout: Layout) -> Iterator[dg.DagsterInstance]:
     home = prepare_dagster_home(layout)
     with dagster_home_env(home):
-        instance = dg.DagsterInstance.from_config(str(home))
+        # Two commands on a fresh folder would both create the instance's SQLite tables ("table
+        # alembic_version already exists"): creation takes turns; opening an existing one is cheap.
+        with work_lock(layout, "dagster-instance", what="create the Dagster instance", timeout_s=300):
+            instance = dg.DagsterInstance.from_config(str(home))
         try:
             ensure_gpu_pool(instance)
             yield instance

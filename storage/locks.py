@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -24,6 +25,11 @@ class Busy(Exception):
     """Another process holds the lock for longer than the caller waits."""
 
 
+def _safe(name: str) -> str:
+    """A lock name as a file name: partition keys may hold any character."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def _holder(path) -> str:
     try:
         h = json.loads(path.read_text())
@@ -33,16 +39,22 @@ def _holder(path) -> str:
 
 
 @contextmanager
-def work_lock(layout: Layout, name: str, *, what: str, timeout_s: float = 600.0) -> Iterator[None]:
+def work_lock(layout: Layout, name: str, *, what: str, timeout_s: float = 600.0,
+              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:  # fmt: skip
     """Hold `<workdir>/locks/<name>.lock` for the block, waiting up to `timeout_s` seconds for it.
 
-    `what` says what the lock guards (for the error). Raises `Busy` naming the holder if it is not
-    free in time."""
+    `what` says what the lock guards (for the error); `on_wait(holder)` is called once when the lock
+    is taken and the caller must wait. Raises `Busy` naming the holder if it is not free in time."""
     folder = layout.root / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    lock, holder = FileLock(folder / f"{name}.lock"), folder / f"{name}.holder.json"
+    lock, holder = FileLock(folder / f"{_safe(name)}.lock"), folder / f"{_safe(name)}.holder.json"
     try:
-        lock.acquire(timeout=timeout_s)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait(_holder(holder))
+            lock.acquire(timeout=timeout_s)
     except Timeout:
         raise Busy(f"{what}: {_holder(holder)} is at it in {layout.root}; waited {timeout_s:g} s") from None
     try:

@@ -18,6 +18,7 @@ from pipelines.defs.automation import after_upstream
 from pipelines.defs.curation import faces, identities
 from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.metadata import tidy
+from pipelines.defs.writers import one_writer
 from pipelines.resources import FFEStorage, LabelStudioResource, PrelabelScorerResource
 
 NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-label"
@@ -31,6 +32,7 @@ NO_SERVER = "no Label Studio URL configured: every face is labelled by its pre-l
     description="12 category scores per face: its imported label, else the configured scorer's (default: "
     "blendshapes through a FACS-based mapping + the expression classifier; or a VLM: docs/annotation.md).",
 )
+@one_writer
 def prelabels(
     context: dg.AssetExecutionContext, ffe: FFEStorage, prelabel_scorer: PrelabelScorerResource
 ) -> dg.MaterializeResult:
@@ -46,6 +48,7 @@ def prelabels(
     description="Release-eligible faces pushed to Label Studio as tasks, pre-labels as predictions "
     "(idempotent by face_id).",
 )
+@one_writer
 def annotation_tasks(
     context: dg.AssetExecutionContext, ffe: FFEStorage, label_studio: LabelStudioResource
 ) -> dg.MaterializeResult:
@@ -65,6 +68,7 @@ def annotation_tasks(
     description="Annotations pulled from Label Studio: one row per annotator per face (the latest edit); "
     "malformed ones quarantined in `failures`.",
 )
+@one_writer
 def annotations(
     context: dg.AssetExecutionContext, ffe: FFEStorage, label_studio: LabelStudioResource
 ) -> dg.MaterializeResult:
@@ -113,6 +117,7 @@ AGREEMENT = "agreement"
                           "category whose alpha is undefined or whose scores hardly vary is reported, not judged."),
     ],
 )  # fmt: skip
+@one_writer
 def affect_scores(
     context: dg.AssetExecutionContext, config: AffectScoresConfig, ffe: FFEStorage
 ) -> dg.MaterializeResult:

@@ -20,6 +20,7 @@ from curation.quality import QualityThresholds
 from pipelines.defs.automation import after_upstream
 from pipelines.defs.ingest import ingest_batches, raw_images
 from pipelines.defs.metadata import tidy
+from pipelines.defs.writers import one_writer
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage import tables
@@ -74,6 +75,7 @@ CROPS_EXIST = "crops_exist"
         dg.AssetCheckSpec(CROPS_EXIST, asset="faces", description="Every face's crop file exists."),
     ],
 )  # fmt: skip
+@one_writer
 def faces(context: dg.AssetExecutionContext, config: FacesConfig, ffe: FFEStorage) -> dg.MaterializeResult:
     layout, batch = ffe.layout, context.partition_key
     with progress_reporter(context, f"faces {batch}", unit="image") as report:
@@ -118,6 +120,7 @@ class EmbeddingsConfig(dg.Config):
     kinds={"parquet", "python"},
     description="An identity vector per face that passed quality (dlib 128-d, or ArcFace from a local model).",
 )
+@one_writer
 def face_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingsConfig, ffe: FFEStorage
 ) -> dg.MaterializeResult:
@@ -150,6 +153,7 @@ ONE_IDENTITY_PER_FACE = "one_identity_per_face"
                           description="No face is assigned twice; every duplicate points into its own identity."),
     ],
 )  # fmt: skip
+@one_writer
 def identities(context: dg.AssetExecutionContext, config: IdentitiesConfig, ffe: FFEStorage) -> dg.MaterializeResult:
     settings = IdentitySettings(config.same_person_distance, config.duplicate_distance, config.duplicate_hash_bits,
                                 config.max_variant_drift)  # fmt: skip

@@ -14,6 +14,7 @@ from curation.generation import GenerationSettings, generate_variants
 from pipelines.defs.curation import identities
 from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.metadata import tidy
+from pipelines.defs.writers import one_writer
 from pipelines.instance import GPU_POOL
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage, GeneratorResource
@@ -47,6 +48,7 @@ class GenerationConfig(dg.Config):
     description="Expression variants of the batch's usable faces (`generated/<batch>/`, table `variants`), "
     "registered as a new ingest batch with provenance `generated`.",
 )
+@one_writer
 def expression_variants(
     context: dg.AssetExecutionContext, config: GenerationConfig, ffe: FFEStorage, generator: GeneratorResource
 ) -> dg.MaterializeResult:

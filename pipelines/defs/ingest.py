@@ -16,6 +16,7 @@ from curation.batches import load_manifest, manifests, register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
 from curation.labels import import_labels
 from pipelines.defs.metadata import tidy
+from pipelines.defs.writers import one_writer
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage import tables
@@ -64,6 +65,7 @@ EVERY_FILE_ACCOUNTED = "every_file_accounted_for"
         )
     ],
 )
+@one_writer
 def raw_images(context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFEStorage) -> dg.MaterializeResult:
     layout, batch = ffe.layout, context.partition_key
     with progress_reporter(context, f"ingest {batch}") as report:

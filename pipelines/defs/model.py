@@ -22,6 +22,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from pipelines import model
 from pipelines.defs.metadata import tidy
 from pipelines.defs.release import ffe_shards, releases, shards_verified
+from pipelines.defs.writers import one_writer
 from pipelines.errors import FFEError
 from pipelines.instance import GPU_POOL
 from pipelines.resources import FFEStorage, PixelSmileResource
@@ -59,6 +60,7 @@ def _nothing_to_train(manifest: dict | None, recipe: dict) -> str | None:
     description="PixelSmile trained on the release (`runs/<version>/train-<recipe>/final/`), in its own "
     "process through Dagster Pipes; resumes from its latest checkpoint.",
 )
+@one_writer
 def pixelsmile_lora(
     context: dg.AssetExecutionContext,
     ffe: FFEStorage,
@@ -99,6 +101,7 @@ def pixelsmile_lora(
     description="FFE-Bench of the release's trained model on its bench split: `runs/<version>/<run>/bench/` "
     "(metrics, plots, report.html) and a `bench_runs` row, which the leaderboard ranks.",
 )
+@one_writer
 def ffe_bench(
     context: dg.AssetExecutionContext, ffe: FFEStorage, pixelsmile: PixelSmileResource
 ) -> dg.MaterializeResult:

@@ -16,6 +16,7 @@ from pipelines.defs.annotation import affect_scores
 from pipelines.defs.automation import after_upstream
 from pipelines.defs.curation import identities
 from pipelines.defs.metadata import tidy
+from pipelines.defs.writers import one_writer
 from pipelines.progress import progress_reporter
 from pipelines.resources import FFEStorage
 from storage.releases.build import build_release, read_manifest
@@ -69,6 +70,7 @@ class ReleaseSettings(dg.Config):
     description="The release version the current labels give (a hash of faces, scores and config); "
     "writes its plan when the version is new.",
 )
+@one_writer
 def release_plan(context: dg.AssetExecutionContext, config: ReleaseSettings, ffe: FFEStorage) -> dg.MaterializeResult:
     plan = plan_release(ffe.layout, config.release_config())
     if plan.faces.num_rows == 0:
@@ -95,6 +97,7 @@ def release_plan(context: dg.AssetExecutionContext, config: ReleaseSettings, ffe
     kinds={"parquet", "json"},
     description="`releases/<version>/`: images, splits.parquet, triplets.jsonl (PixelSmile format), dataset card.",
 )
+@one_writer
 def ffe_release(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.MaterializeResult:
     version = context.partition_key
     with progress_reporter(context, f"release {version} images", unit="image") as report:
@@ -122,6 +125,7 @@ def ffe_release(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.Materi
     description="WebDataset shards of the release (one sample per identity), index.parquet, _stats.json; "
     "completes manifest.json.",
 )
+@one_writer
 def ffe_shards(context: dg.AssetExecutionContext, ffe: FFEStorage) -> dg.MaterializeResult:
     version = context.partition_key
     with progress_reporter(context, f"release {version} shards", unit="shard") as report:

@@ -1,0 +1,108 @@
+"""Runs that overlap on one work folder end in exactly what one clean build gives (issue 18).
+
+Found: two `ffe build` started together on one work folder wrote the same staging folder and each
+deleted it under the other: every row twice, or 40 of 168 faces with a release marked complete, or
+nothing at all with both exiting 0; on a fresh folder the second died creating the Dagster
+instance. Now each asset holds its partition's lock (pipelines/defs/writers.py) and the instance is
+created under a lock (pipelines/instance.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import tables
+from storage.layout import Layout
+
+FFE = str(Path(sys.executable).parent / "ffe")
+ROUNDS = int(os.environ.get("FFE_CONCURRENCY_ROUNDS", "10"))
+
+
+def _argv(work: Path, inp: Path) -> list[str]:
+    return [FFE, "build", "--workdir", str(work), "--input", str(inp), "--pre-cropped", "--select", "+ffe_shards"]
+
+
+def _start(work: Path, inp: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(_argv(work, inp), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def fingerprint(work: Path) -> dict:
+    """What a build leaves that matters: rows per table, face and identity ids, each release's
+    version, completeness and shard bytes (sha256)."""
+    layout = Layout.at(work)
+    faces = tables.read_table(layout, "faces", columns=["face_id"]).column("face_id").to_pylist()
+    identities = tables.read_table(layout, "identities").to_pylist()
+    releases = {}
+    for manifest in sorted((work / "releases").glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        releases[m["version"]] = (m.get("complete"), sorted((s["name"], s["sha256"])
+                                                             for split in m["shards"].values() for s in split))  # fmt: skip
+    return {
+        "images": tables.read_table(layout, "images").num_rows,
+        "faces": sorted(faces),
+        "embeddings": tables.read_table(layout, "face_embeddings").num_rows,
+        "identities": sorted((r["face_id"], r["identity_id"], r["duplicate_of"] or "", r["batch"]) for r in identities),
+        "affect_scores": tables.read_table(layout, "affect_scores").num_rows,
+        "failures": tables.read_table(layout, "failures").num_rows,
+        "releases": releases,
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The synthetic world's input (8 people x 5 faces) and what one clean build of it gives."""
+    from pixelsmile.synthetic import write_world_input
+
+    root = tmp_path_factory.mktemp("concurrency")
+    inp = root / "input"
+    write_world_input(inp, people=8, faces_per_person=5)
+    clean = subprocess.run(_argv(root / "clean", inp), capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    expected = fingerprint(root / "clean")
+    assert expected["images"] == 40 and len(expected["faces"]) > 30 and len(expected["releases"]) == 1
+    assert next(iter(expected["releases"].values()))[0] is True
+    return inp, expected
+
+
+@pytest.mark.slow
+def test_concurrent_builds_end_in_the_clean_build(world, tmp_path):
+    """2, 3 or 4 builds at once, ROUNDS times, alternately on a fresh folder and on one whose
+    instance exists: every build exits 0, and the folder holds the clean build's rows, ids,
+    release version and shard bytes; a build after them has nothing to do."""
+    inp, expected = world
+    for i in range(ROUNDS):
+        work, runs = tmp_path / f"round-{i}", 2 + i % 3
+        if i % 2:  # an existing work folder: its instance made before
+            assert subprocess.run([FFE, "status", "--workdir", str(work)], capture_output=True).returncode in (0, 1)
+        procs = [_start(work, inp, tmp_path / f"round-{i}-{k}.log") for k in range(runs)]
+        codes = [p.wait(timeout=900) for p in procs]
+        logs = [(tmp_path / f"round-{i}-{k}.log").read_text()[-3000:] for k in range(runs)]
+        assert codes == [0] * runs, f"round {i}: {codes}\n" + "\n---\n".join(logs)
+        assert fingerprint(work) == expected, f"round {i} ({runs} builds)"
+        again = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "0 run(s)" in again.stdout, again.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_one_of_two_concurrent_builds_killed_then_a_rerun_ends_in_the_clean_build(world, tmp_path):
+    inp, expected = world
+    work = tmp_path / "work"
+    first, second = _start(work, inp, tmp_path / "a.log"), _start(work, inp, tmp_path / "b.log")
+    deadline = time.monotonic() + 120
+    while not list((work / "staging").glob("*/*")) and not (work / "tables" / "faces").exists():
+        assert time.monotonic() < deadline and first.poll() is None, "nothing was staged in time"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert second.wait(timeout=900) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    rerun = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert fingerprint(work) == expected
