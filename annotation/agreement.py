@@ -7,7 +7,9 @@ it saw:
     single_rater              no unit has two ratings: nobody rated a face someone else rated
     too_few_pairable_values   fewer than two values in units with two or more ratings
     no_variance               every pairable value is the same: agreement is perfect but unmeasurable
-    not_finite                a score is infinite (a broken import): nothing is computed
+    no_ratings                the matrix holds no rating at all
+    not_finite                a score is infinite, or the sums overflow (a broken import): nothing is computed
+    too_few_pairable_units    only one unit has two or more ratings: alpha is 0 whatever they are
     low_variance              the values hardly vary (variance < MIN_VARIANCE, e.g. a category almost
                               always 0): alpha is computed, but a gate must not read it (it is the
                               ratio of two tiny numbers: raters who agree on "0" score about 0)
@@ -45,28 +47,51 @@ class Agreement:
 def alpha_interval(data: np.ndarray) -> Agreement:
     """Krippendorff's alpha (interval) of a units x raters matrix (NaN: not rated), with why it is
     undefined (see the module doc). ValueError for anything but a 2-D matrix."""
-    data = np.asarray(data, dtype=np.float64)
+    raw = np.asarray(data, dtype=object if isinstance(data, list) else None)
+    if raw.dtype.kind not in "biuf" and not (raw.dtype == object and _all_numbers(raw)):
+        raise ValueError(f"agreement needs a units x raters matrix of numbers, got {raw.dtype} of shape {raw.shape}")
+    try:
+        data = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"agreement needs a units x raters matrix of numbers: {err}") from None
     if data.ndim != 2:
         raise ValueError(f"agreement needs a units x raters matrix, got shape {data.shape}")
     if np.isinf(data).any():
         return Agreement(math.nan, "not_finite", 0, 0, math.nan)
     rated = ~np.isnan(data)
+    if not rated.any():
+        return Agreement(math.nan, "no_ratings", 0, 0, math.nan)
     pairable_units = rated.sum(axis=1) >= 2
-    raters = int(rated[pairable_units].any(axis=0).sum()) if data.ndim == 2 and data.size else 0
-    values = data[pairable_units][rated[pairable_units]] if data.size else np.array([])
-    variance = float(values.var()) if len(values) else math.nan
-    value = krippendorff_alpha_interval(data)
+    raters = int(rated[pairable_units].any(axis=0).sum())
+    values = data[pairable_units][rated[pairable_units]]
+    with np.errstate(over="ignore", invalid="ignore"):
+        variance = float(values.var()) if len(values) else math.nan
+        value = krippendorff_alpha_interval(data)
     if not pairable_units.any():
         reason = "single_rater"
     elif len(values) < 2:
         reason = "too_few_pairable_values"
-    elif np.ptp(values) == 0:
+    elif values.min() == values.max():
         reason = "no_variance"
+    elif not (math.isfinite(value) and math.isfinite(variance)):
+        reason = "not_finite"
+    elif pairable_units.sum() < 2:
+        reason = "too_few_pairable_units"
     elif variance < MIN_VARIANCE:
         reason = "low_variance"
     else:
         reason = None
     return Agreement(value, reason, raters, len(values), variance)
+
+
+def _all_numbers(raw: np.ndarray) -> bool:
+    """An object array (a list of lists) of numbers only (ragged lists fail later, clearly)."""
+    try:
+        flat = np.array(raw.tolist(), dtype=object).ravel()
+    except ValueError:
+        return True  # ragged: the float conversion names it
+    return all(isinstance(v, int | float | np.number) and not isinstance(v, bool | complex) or v is None
+               for v in flat)  # fmt: skip
 
 
 def krippendorff_alpha_interval(data: np.ndarray) -> float:

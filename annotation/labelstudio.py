@@ -271,21 +271,25 @@ def _parse(result: list) -> tuple[str, dict[str, float | None], list[str]]:
         name, value = item.get("from_name"), item["value"]
         if name is None:
             problems.append(f"an item has no from_name (value {value!r})")
+        elif not isinstance(name, str):
+            problems.append(f"an item's from_name is {name!r}, not a control's name")
         elif name == UNUSABLE_CONTROL:
             choices = value.get("choices")
-            unusable = unusable or (isinstance(choices, list) and UNUSABLE_CHOICE in choices)
+            if not isinstance(choices, list) or any(c != UNUSABLE_CHOICE for c in choices):
+                problems.append(f"{name}: choices {choices!r} (the only choice is {UNUSABLE_CHOICE!r})")
+            unusable = unusable or choices == [UNUSABLE_CHOICE]
         elif name in scores:
             number = value.get("number")
             if name in rated:
                 problems.append(f"{name} set twice ({scores[name]} and {number!r})")
-            elif not isinstance(number, (int, float)) or isinstance(number, bool) or math.isnan(number):
+            elif not _finite_number(number):
                 problems.append(f"{name}: not a number ({number!r})")
             elif not 0.0 <= number <= 1.0:
                 problems.append(f"{name}: {number} is outside 0-1")
             elif abs(number / STEP - round(number / STEP)) > 1e-6:
                 problems.append(f"{name}: {number} is off the {STEP} step")
             else:
-                scores[name] = float(number) + 0.0  # -0.0 -> 0.0
+                scores[name] = on_step(number) + 0.0  # the step's decimal (1e-17 -> 0.0); -0.0 -> 0.0
                 rated.add(name)
         else:
             problems.append(f"unknown control {name!r}")
@@ -294,6 +298,15 @@ def _parse(result: list) -> tuple[str, dict[str, float | None], list[str]]:
     if not problems and all(v is None for v in scores.values()):
         return "empty", scores, []
     return "submitted", scores, problems
+
+
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def export_annotated(ls, project_id: int, settings: ServerSettings) -> list[dict]:

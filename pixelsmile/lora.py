@@ -5,6 +5,8 @@ kohya-style, peft adapter folders), loaded at the scale they were trained with."
 from __future__ import annotations
 
 import json
+import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +70,8 @@ _SUFFIXES = {  # key ending -> (which weight, layout)
 }  # fmt: skip
 # kohya's flat names (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`): the
 # module path with dots as underscores; resolved against the model's own names when loading.
-_FLAT_PREFIXES, FLAT = ("lora_transformer_", "lora_unet_"), "flat:"
+# `lora_te*_` keys are a text encoder's: they match no transformer layer (unmatched, named).
+_FLAT_PREFIXES, FLAT = ("lora_transformer_", "lora_unet_", "lora_te"), "flat:"
 KOHYA_FLAT = "lora_down/lora_up, flat names (kohya)"
 REFERENCE_SCALE = 128 / 64  # the reference trains rank 64, alpha 128 and writes neither into its file
 
@@ -120,18 +123,52 @@ def _resolve(path: Path) -> tuple[Path, dict | None]:
     peft adapter config beside it, if any."""
     path = Path(path).expanduser()
     if path.is_dir():
-        config = path / "adapter_config.json"
         if (path / "adapter_model.safetensors").is_file():
-            return path / "adapter_model.safetensors", json.loads(config.read_text()) if config.is_file() else None
+            return path / "adapter_model.safetensors", _adapter_config(path / "adapter_config.json")
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise LoraError(f"no .safetensors LoRA file in {path}")
-        path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() else files[0]
+        if (path / WEIGHTS_NAME).is_file():
+            path = path / WEIGHTS_NAME
+        elif len(files) == 1:
+            path = files[0]
+        else:
+            raise LoraError(f"{path} holds {len(files)} .safetensors files ({', '.join(f.name for f in files[:4])}) "
+                            f"and no {WEIGHTS_NAME}: name the file to load")  # fmt: skip
     if not path.is_file():
         raise LoraError(f"LoRA file {path} does not exist")
-    config = path.parent / "adapter_config.json"
-    return path, (json.loads(config.read_text()) if config.is_file() and path.name.startswith("adapter_model")
-                  else None)  # fmt: skip
+    adapter = path.name.startswith("adapter_model")
+    return path, _adapter_config(path.parent / "adapter_config.json") if adapter else None
+
+
+def _adapter_config(path: Path) -> dict | None:
+    """peft's adapter_config.json beside the weights (None if there is none); LoraError naming it
+    if it is not a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LoraError(f"cannot read {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise LoraError(f"{path} is a JSON {type(config).__name__}, not the object peft writes")
+    return config
+
+
+def _number(value, what: str) -> float:
+    """A finite number from adapter metadata (JSON allows NaN; bools and text are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _pattern_value(patterns: dict, module: str):
+    """peft's rule for alpha_pattern / rank_pattern keys: a regex matching the end of the module
+    name after a dot (`to_q`, `transformer_blocks\\.0\\..*`)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return None
 
 
 def read_lora(path: str | Path) -> LoraFile:
@@ -187,7 +224,7 @@ def _parse_key(key: str) -> tuple[str, str, str | None] | None:
     else:
         return None
     if "." not in module and module.startswith(_FLAT_PREFIXES):  # kohya's flat names: dots as underscores
-        module = FLAT + module.split("_", 2)[2]
+        module = FLAT + (module if module.startswith("lora_te") else module.split("_", 2)[2])
         layout = KOHYA_FLAT if layout else None
     for prefix in _PREFIXES:
         module = module.removeprefix(prefix)
@@ -201,6 +238,8 @@ def _check_modules(file: Path, modules: dict[str, dict[str, torch.Tensor]]) -> N
                         "module(s)): a damaged or partial file")  # fmt: skip
     for m, w in sorted(modules.items()):
         a, b = w["A"], w["B"]
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise LoraError(f"LoRA {file}: module {m}: weights of type {a.dtype} / {b.dtype}, not floating point")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise LoraError(f"LoRA {file}: module {m}: down {tuple(a.shape)} and up {tuple(b.shape)} do not make a "
                             "LoRA (down is rank x in, up is out x rank, the same rank)")  # fmt: skip
@@ -233,16 +272,21 @@ def _scales(file: Path, modules: dict, metadata: dict, peft_config: dict | None,
         config, where = peft_config, "adapter_config.json"
     if config is not None and config.get("lora_alpha") is not None:
         try:
-            alpha, patterns = float(config["lora_alpha"]), config.get("alpha_pattern") or {}
-            ranks = config.get("rank_pattern") or {}
+            alpha = _number(config["lora_alpha"], "lora_alpha")
+            patterns, ranks = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+            if not isinstance(patterns, dict) or not isinstance(ranks, dict):
+                raise ValueError("alpha_pattern and rank_pattern must be JSON objects")
             scales = {}
             for m, w in modules.items():
-                a = next((float(v) for k, v in patterns.items() if m.endswith(k)), alpha)
-                r = next((int(v) for k, v in ranks.items() if m.endswith(k)), w["A"].shape[0])
-                scales[m] = a / r
-        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
-            raise LoraError(f"LoRA {file}: {where} has a lora_alpha, alpha_pattern or rank_pattern that is not a "
-                            f"number ({type(err).__name__}: {err})") from None  # fmt: skip
+                a = _pattern_value(patterns, m)
+                a = alpha if a is None else _number(a, f"alpha_pattern for {m}")
+                rank = w["A"].shape[0]
+                r = _pattern_value(ranks, m)
+                if r is not None and _number(r, f"rank_pattern for {m}") != rank:
+                    raise ValueError(f"rank_pattern gives {m} rank {r}, its weights have rank {rank}")
+                scales[m] = a / rank
+        except (TypeError, ValueError, re.error) as err:
+            raise LoraError(f"LoRA {file}: {where}: {err}") from None
         return scales, where
     if REFERENCE in layouts:
         return dict.fromkeys(modules, REFERENCE_SCALE), "the reference's training (alpha 128, rank 64)"
@@ -280,7 +324,11 @@ def load_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: str = AD
             raise LoraError(f"LoRA {lora.path}: module {m} is {w['A'].shape[1]} -> {w['B'].shape[0]}, the model's "
                             f"layer {want[0]} -> {want[1]}: made for another model size?")  # fmt: skip
         state[f"transformer.{m}.lora_A.weight"] = w["A"]
-        state[f"transformer.{m}.lora_B.weight"] = w["B"] * lora.scales[m]  # loaded with alpha = rank
+        up = w["B"] * lora.scales[m]  # loaded with alpha = rank
+        if not torch.isfinite(up).all():
+            raise LoraError(f"LoRA {lora.path}: module {m}: its up-weights times its scale {lora.scales[m]:g} are "
+                            f"not finite in {up.dtype} (an alpha too large for the weights' precision)")  # fmt: skip
+        state[f"transformer.{m}.lora_B.weight"] = up
     try:
         pipe.load_lora_weights(state, adapter_name=adapter_name)
     except Exception as err:  # peft and diffusers raise several types for a file that does not fit

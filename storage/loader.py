@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from webdataset.gopen import gopen
 
 from storage.releases.shards import shard_names, shard_paths
 from storage.releases.triplets import Face, identity_triplets
@@ -58,6 +60,11 @@ def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None,
         name = _shard_name(url)
         seen: set[str] = set()
         keys = (expected_faces or {}).get(name)
+        known = set(expected or {}) | set(expected_faces or {})
+        if known and name not in known:  # else no check of the release would apply to it, silently
+            source["stream"].close()
+            raise ShardError(f"{url}: no shard of this release is named {name!r} (a shard URL must end in the "
+                             "shard's file name, e.g. pipe:aws s3 cp s3://bucket/train-000000.tar -)")  # fmt: skip
         try:
             for key, members in iter_samples(source["stream"], name):
                 if key in seen:
@@ -75,13 +82,23 @@ def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None,
         except OSError as err:  # the stream itself: a pipe that failed, a file gone mid-read
             raise ShardError(f"{name}: cannot be read: {err}") from None
         finally:
-            source["stream"].close()
+            _close(source["stream"], name)
         written = expected.get(name) if expected else (len(keys) if keys is not None else None)
         if written is not None and len(seen) != written:
             missing = sorted(set(keys) - seen)[:3] if keys is not None else []
             raise ShardError(f"{name}: {len(seen)} samples where the release wrote {written}"
                              + (f" (missing: {', '.join(missing)})" if missing else "")
                              + " (a cut or damaged shard: `ffe release verify` names what changed)")  # fmt: skip
+
+
+def _close(stream, name: str) -> None:
+    """Close a shard's stream; a `pipe:` command that failed says so here (its exit status). While
+    another error is on its way out, that one is the news."""
+    try:
+        stream.close()
+    except OSError as err:
+        if sys.exc_info()[0] is None:
+            raise ShardError(f"{name}: its stream failed ({' '.join(str(err).split())[:300]})") from None
 
 
 def _faces_by_shard(index: Path, split: str) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -96,8 +113,29 @@ def _faces_by_shard(index: Path, split: str) -> dict[str, dict[str, tuple[str, .
 
 
 def _shard_name(url: str) -> str:
-    """The shard's file name, also in a `pipe:` command or a URL."""
-    return Path(url.split()[-2] if url.startswith("pipe:") and len(url.split()) > 2 else url).name
+    """The shard's file name, also in a `pipe:` command (the word that names a .tar file: `pipe:aws
+    s3 cp s3://b/train-000000.tar -`, `pipe:curl -s -L https://h/train-000000.tar`) or a URL with
+    a query (`https://h/train-000000.tar?X-Amz-Signature=...`)."""
+    from urllib.parse import urlsplit
+
+    words = url.removeprefix("pipe:").split() if url.startswith("pipe:") else [url]
+    for word in reversed(words):
+        name = Path(urlsplit(word).path if "://" in word else word).name
+        if name.endswith(".tar") or name.endswith(".tar.gz"):
+            return name
+    return Path(urlsplit(url).path if "://" in url else url).name
+
+
+def open_shards(sources: Iterator[dict]) -> Iterator[dict]:
+    """webdataset's `url_opener`, with every failure to open (a missing file, a folder, a URL that
+    does not answer) a ShardError naming the shard."""
+    for source in sources:
+        url = source["url"]
+        try:
+            stream = gopen(url)
+        except OSError as err:
+            raise ShardError(f"{_shard_name(url)}: cannot be opened ({type(err).__name__}: {err})") from None
+        yield {**source, "stream": stream}
 
 
 def check_sample(sample: dict) -> dict:
@@ -126,23 +164,45 @@ def check_sample(sample: dict) -> dict:
         data = sample.get(member)
         if data is None:
             raise ShardError(f"{where}: face {face_id} has no member {face['member']}")
-        digest = face.get("crop_sha256")
-        if digest and hashlib.sha256(data).hexdigest() != digest:
+        _check_face(where, face)
+        if hashlib.sha256(data).hexdigest() != face["crop_sha256"]:
             raise ShardError(f"{where}: face {face_id}: the crop's sha256 is not the one the release "
                              "recorded (damaged bytes)")  # fmt: skip
-        _check_face(where, face)
     return doc
 
 
+def _score(value) -> bool:
+    """A number in [0, 1] (not a bool, not NaN)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def _check_face(where: str, face: dict) -> None:
+    """Every field the triplets use, as the release writes it; ShardError naming the field."""
+    face_id = face.get("face_id")
+    if not isinstance(face_id, str) or not face_id:
+        raise ShardError(f"{where}: a face has face_id {face_id!r}")
     scores = face.get("scores")
-    bad = "no scores" if not isinstance(scores, dict) else next(
-        (f"{c}={scores.get(c)!r}" for c in CATEGORIES
-         if not isinstance(scores.get(c), int | float) or not 0.0 <= scores[c] <= 1.0), None)  # fmt: skip
+    if not isinstance(scores, dict):
+        bad = "no scores"
+    elif extra := sorted(set(scores) - set(CATEGORIES)):
+        bad = f"unknown categories in scores: {', '.join(map(str, extra))}"
+    else:
+        bad = next((f"{c}={scores.get(c)!r}" for c in CATEGORIES if not _score(scores.get(c))), None)
     if bad:
-        raise ShardError(f"{where}: face {face['face_id']}: {bad} (scores are in [0, 1] for each of the 12 categories)")
-    if face.get("category") not in (None, *CATEGORIES):  # None: a face with no category of its own
-        raise ShardError(f"{where}: face {face['face_id']}: unknown category {face['category']!r}")
+        raise ShardError(f"{where}: face {face_id}: {bad} (scores are in [0, 1] for each of the 12 categories)")
+    problems = []
+    if "category" not in face or face["category"] not in (None, *CATEGORIES):  # None: no category of its own
+        problems.append(f"category {face.get('category', '(missing)')!r}")
+    if not _score(face.get("intensity")):
+        problems.append(f"intensity {face.get('intensity', '(missing)')!r}")
+    b = face.get("intensity_bin", "(missing)")
+    if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        problems.append(f"intensity_bin {b!r}")
+    digest = face.get("crop_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        problems.append(f"crop_sha256 {digest!r} (the release records each crop's)")
+    if problems:
+        raise ShardError(f"{where}: face {face_id}: {', '.join(problems)}")
 
 
 def faces_of_sample(doc: dict) -> list[Face]:
@@ -312,7 +372,7 @@ class TripletStream(torch.utils.data.IterableDataset):
             wds.SimpleShardList(self._shard_order()),
             wds.split_by_node,
             wds.split_by_worker,
-            wds.tariterators.url_opener,  # gopen: local paths, pipe:, http(s)
+            open_shards,  # gopen: local paths, pipe:, http(s)
             functools.partial(tar_samples, expected=self.expected_samples, expected_faces=self.expected_faces),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=rng),
             self._triplets,

@@ -189,6 +189,9 @@ def test_a_matrix_of_one_dimension_is_a_clear_error():
     (np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.05], [0.0, 0.0]]), "low_variance", 2, 8),
     (np.array([[0.1, 0.2], [0.8, 0.7], [0.4, 0.5]]), None, 2, 6),
     (np.array([[0.1, np.inf], [0.8, 0.7], [0.4, 0.5]]), "not_finite", 0, 0),  # found: value None, reason None
+    (np.array([[1e308, -1e308], [1e308, 1e308]]), "not_finite", 2, 4),  # the sums overflow
+    (np.array([[0.1, 0.6], [0.5, NA]]), "too_few_pairable_units", 2, 2),  # found: alpha 0.0 with no reason
+    (np.full((3, 2), NA), "no_ratings", 0, 0),
 ])  # fmt: skip
 def test_an_undefined_alpha_says_why(data, reason, raters, pairable):
     """Found: an undefined alpha or ICC was NaN with no reason."""
@@ -247,6 +250,10 @@ def test_prelabels_reach_the_slider_as_exact_step_values():
         ([{"value": {"number": 0.5}}], "an item has no from_name (value {'number': 0.5})"),
         ([{"from_name": "happy", "value": {"number": 0.4}}, {"from_name": "happy", "value": {"number": 0.6}}],
          "happy set twice (0.4 and 0.6)"),
+        ([{"from_name": ["happy"], "value": {"number": 0.5}}], "from_name is ['happy'], not a control's name"),
+        ([{"from_name": "happy", "value": {"number": 10**400}}], "happy: not a number"),
+        ([{"from_name": "usable", "value": {"choices": "unusable face"}}], "usable: choices 'unusable face'"),
+        ([{"from_name": "usable", "value": {"choices": ["Unusable Face"]}}], "usable: choices ['Unusable Face']"),
     ],
 )
 def test_a_malformed_result_is_named_not_fatal(result, problem):
@@ -265,6 +272,9 @@ def test_untouched_sliders_are_not_rated_for_their_category_only():
     assert _parse([])[0] == "empty"  # submitted with nothing set: counted, not scored
     _status, scores, _ = _parse([{"from_name": "sad", "value": {"number": -0.0}}])
     assert repr(scores["sad"]) == "0.0"  # never -0.0 in the table
+    values = [{"from_name": "sad", "value": {"number": 1e-17}}, {"from_name": "fear", "value": {"number": 7 * 0.05}}]
+    _status, scores, _ = _parse(values)
+    assert (repr(scores["sad"]), repr(scores["fear"])) == ("0.0", "0.35")  # the step's decimal, as pushed
     unusable = [{"from_name": "usable", "value": {"choices": ["unusable face"]}}]
     assert _parse(unusable)[0] == "unusable"
 

@@ -43,8 +43,8 @@ def fingerprint(work: Path) -> dict:
     releases = {}
     for manifest in sorted((work / "releases").glob("*/manifest.json")):
         m = json.loads(manifest.read_text())
-        releases[m["version"]] = (m.get("complete"), sorted((s["name"], s["sha256"])
-                                                             for split in m["shards"].values() for s in split))  # fmt: skip
+        shards = sorted((s["name"], s["sha256"]) for split in m["shards"].values() for s in split)
+        releases[m["version"]] = (m.get("complete"), shards)
     return {
         "images": tables.read_table(layout, "images").num_rows,
         "faces": sorted(faces),

@@ -279,6 +279,11 @@ def _rewrite_first_json(shard, change):
         ("face_dropped", r"its json lists faces .* the release's index"),
         ("no_member_field", r"its json cannot be read \(KeyError: 'member'\)"),
         ("other_identity", r"its json is of identity someone-else"),
+        ("score_bool", r"happy=True"),
+        ("intensity_missing", r"intensity '\(missing\)'"),
+        ("intensity_bin_text", r"intensity_bin 'a'"),
+        ("no_crop_sha256", r"crop_sha256 None"),
+        ("unknown_score_key", r"unknown categories in scores: joy"),
     ],
 )
 def test_a_damaged_sample_json_is_refused(shared_shards, tmp_path, damage, expected):
@@ -298,6 +303,16 @@ def test_a_damaged_sample_json_is_refused(shared_shards, tmp_path, damage, expec
             doc["faces"] = doc["faces"][1:]
         elif damage == "no_member_field":
             del face["member"]
+        elif damage == "score_bool":
+            face["scores"]["happy"] = True
+        elif damage == "intensity_missing":
+            del face["intensity"]
+        elif damage == "intensity_bin_text":
+            face["intensity_bin"] = "a"
+        elif damage == "no_crop_sha256":
+            face["crop_sha256"] = None
+        elif damage == "unknown_score_key":
+            face["scores"]["joy"] = 5
         else:
             doc["identity_id"] = "someone-else"
 
@@ -325,4 +340,38 @@ def test_a_shard_cut_inside_a_member_is_a_shard_error(shared_shards, tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(ShardError, match=rf"{shard.name}: ends inside"):
+        _drain(copy)
+
+
+def test_shards_read_through_commands_are_checked_and_their_failures_named(shared_shards, tmp_path):
+    """Found: a failing `pipe:` command raised a bare OSError (from closing the pipe), and a URL
+    whose last word was not the shard (`pipe:cat -- PATH`, `curl -s -L URL`) switched every
+    release check off: a cut shard trained silently."""
+    from storage.loader import ShardError
+
+    copy, shard = _copy_release(shared_shards, tmp_path)
+    members = _members(shard)
+    last_key = members[-1][0].name.split(".")[0]
+    _write_tar(shard, [(m.name, d) for m, d in members if not m.name.startswith(last_key)])
+    through_cat = TripletStream.from_release(copy, resolution=16, shard_url=f"pipe:cat -- {copy}/shards/{{name}}")
+    with pytest.raises(ShardError, match=rf"{shard.name}: \d+ samples where the release wrote \d+"):
+        sum(1 for _ in through_cat)
+    failing = TripletStream.from_release(copy, resolution=16, shard_url="pipe:false {name}")
+    with pytest.raises(ShardError, match=r"train-\d+\.tar: (cannot be read|its stream failed).*exit 1"):
+        sum(1 for _ in failing)
+    unnamed = TripletStream.from_release(copy, resolution=16, shard_url=f"pipe:cat {copy}/shards/$(echo {{name}})")
+    with pytest.raises(ShardError, match=r"no shard of this release is named '\$\(echo train-\d+\.tar\)'"):
+        sum(1 for _ in unnamed)
+
+
+def test_a_missing_shard_file_is_a_shard_error(shared_shards, tmp_path):
+    """Found: FileNotFoundError (IsADirectoryError for a folder) from webdataset's opener."""
+    from storage.loader import ShardError
+
+    copy, shard = _copy_release(shared_shards, tmp_path)
+    shard.unlink()
+    with pytest.raises(ShardError, match=rf"{shard.name}: cannot be opened \(FileNotFoundError"):
+        _drain(copy)
+    shard.mkdir()
+    with pytest.raises(ShardError, match=rf"{shard.name}: cannot be opened \(IsADirectoryError"):
         _drain(copy)

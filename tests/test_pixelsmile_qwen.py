@@ -3,6 +3,9 @@ blend, LoRA round trip, and clear errors for wrong folders and files."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from PIL import Image
 
 from pixelsmile.cli import main
 from pixelsmile.infer import EditSettings, conditioning, edit, parse_sweep
-from pixelsmile.lora import LoraError, add_lora, load_lora, save_lora
+from pixelsmile.lora import LoraError, add_lora, load_lora, read_lora, save_lora
 from pixelsmile.qwen import ModelFolderError, build_tiny, load_pipeline
 
 TINY = EditSettings(steps=2, size=64, condition_area=56 * 56)
@@ -165,6 +168,39 @@ def test_a_lora_that_changes_nothing_says_so(tiny_model, trained_lora, tmp_path,
         assert load_lora(load_pipeline(tiny_model), _write(tmp_path / "alpha0.safetensors", alpha0)).zero_update
 
 
+def test_lora_folders_and_adapter_configs_that_do_not_say_what_to_load(tiny_model, trained_lora, tmp_path):
+    """Found: a folder with two .safetensors files loaded the first in sort order; a bad
+    adapter_config.json raised JSONDecodeError or AttributeError without naming the file."""
+    state, _ = trained_lora
+    two = tmp_path / "two"
+    _write(two / "a.safetensors", state)
+    _write(two / "b.safetensors", state)
+    with pytest.raises(LoraError, match=r"two holds 2 \.safetensors files \(a.safetensors, b.safetensors\)"):
+        read_lora(two)
+    for text, message in [("{not json", r"cannot read \S+adapter_config.json"), ("[1, 2]", r"is a JSON list")]:
+        folder = tmp_path / f"peft-{len(text)}"
+        _write(folder / "adapter_model.safetensors", {f"base_model.model.{k}": v for k, v in state.items()})
+        (folder / "adapter_config.json").write_text(text)
+        with pytest.raises(LoraError, match=message):
+            read_lora(folder)
+
+
+def test_kohya_text_encoder_keys_are_modules_this_model_lacks(tiny_model, trained_lora, tmp_path):
+    """Found: a kohya file with `lora_te1_` keys beside the transformer's was refused as two layouts."""
+    state, expected = trained_lora
+    flat = {}
+    for k, v in state.items():
+        m = "lora_transformer_" + k.removesuffix(".lora_A.weight").removesuffix(".lora_B.weight").replace(".", "_")
+        flat[f"{m}.{'lora_down' if '.lora_A.' in k else 'lora_up'}.weight"] = v
+    flat["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(4, 8)
+    flat["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] = torch.zeros(8, 4)
+    path = _write(tmp_path / "with-te.safetensors", flat)
+    with pytest.raises(LoraError, match=r"1 of \d+ module\(s\) are not in this transformer \(e\.g\. lora_te1_text"):
+        load_lora(load_pipeline(tiny_model), path)
+    loaded = load_lora(load_pipeline(tiny_model), path, allow_unmatched=True)
+    assert len(loaded.matched) == len(expected) and loaded.unmatched == ["lora_te1_text_model_encoder_layers_0_mlp_fc1"]
+
+
 def _damaged(state: dict, kind: str) -> tuple[dict, dict | None]:
     """The trained LoRA's state dict (diffusers names) damaged one way, and its metadata."""
     a_keys = sorted(k for k in state if ".lora_A." in k)
@@ -188,6 +224,18 @@ def _damaged(state: dict, kind: str) -> tuple[dict, dict | None]:
         return {**state, b: torch.full_like(state[b], float("nan"))}, None
     if kind == "ranks_differ":
         return {**state, a_keys[0]: torch.cat([state[a_keys[0]], state[a_keys[0]][:1]])}, None
+    if kind == "nan_alpha_in_metadata":  # json.dumps writes NaN
+        return state, {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": math.nan})}
+    if kind == "alpha_a_bool":
+        return state, {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": True})}
+    if kind == "rank_pattern_disagrees":
+        meta = {"transformer.r": 4, "transformer.lora_alpha": 8, "transformer.rank_pattern": {"to_q": 8}}
+        return state, {"lora_adapter_metadata": json.dumps(meta)}
+    if kind == "integer_weights":
+        return {k: (v * 100).to(torch.int64) for k, v in state.items()}, None
+    if kind == "alpha_too_large_for_fp16":
+        half = {k: v.half() for k, v in state.items()}
+        return {**half, **{k.replace(".lora_A.weight", ".alpha"): torch.tensor(1e9) for k in a_keys}}, None
     raise AssertionError(kind)
 
 
@@ -198,10 +246,15 @@ def _damaged(state: dict, kind: str) -> tuple[dict, dict | None]:
         ("two_layouts", r"mixes key layouts \(lora_A/lora_B; lora_down/lora_up \(kohya-style\)\)"),
         ("module_twice", r"module \S+ is given twice \(\S+ and \S+\)"),
         ("metadata_not_json", r"its lora_adapter_metadata is not a JSON object"),
-        ("alpha_not_a_number", r"the file's adapter metadata has a lora_alpha.* not a number \(ValueError"),
+        ("alpha_not_a_number", r"the file's adapter metadata: lora_alpha is 'eight', not a finite number"),
         ("alpha_of_two_numbers", r"alpha has shape \(2,\), not one number"),
         ("nan_up_weight", r"its B weight holds NaN or infinity"),
         ("ranks_differ", r"down \(5, \d+\) and up \(\d+, 4\) do not make a LoRA"),
+        ("nan_alpha_in_metadata", r"lora_alpha is nan, not a finite number"),
+        ("alpha_a_bool", r"lora_alpha is True, not a finite number"),
+        ("rank_pattern_disagrees", r"rank_pattern gives \S+to_q rank 8, its weights have rank 4"),
+        ("integer_weights", r"weights of type torch.int64 / torch.int64, not floating point"),
+        ("alpha_too_large_for_fp16", r"times its scale 2.5e\+08 are not finite in torch.float16"),
     ],
 )
 def test_a_lora_file_that_cannot_be_read_as_trained_names_the_file_and_why(tiny_model, trained_lora, tmp_path,
