@@ -16,6 +16,7 @@ import dagster as dg
 from curation.batches import manifests, register_new_batch
 from curation.sample import write_sample
 from pipelines import settings as ffe_settings
+from pipelines.check import RELEASE_ASSET, broken_partitions, check, set_aside
 from pipelines.definitions import JOBS, build_definitions
 from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.model import model_job, shards_passed
@@ -46,6 +47,9 @@ class BuildReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+RELEASE_FILES = {"ffe_release", "ffe_shards"}  # what rebuilds a release folder's files
 
 
 def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -187,6 +191,8 @@ def build(
                     return
                 if not run_job(partition, job_name, keys):
                     return
+                for k in keys:  # rebuilt: not broken any more (later rounds skip it)
+                    broken.pop((k.to_user_string(), partition), None)
 
         def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
             label = partition or "all batches"
@@ -212,13 +218,22 @@ def build(
                 echo(f"FAILED {label}: {report.failed[label]}")
             return result.success
 
+        # What Dagster records as built but the folder no longer holds (pipelines/check.py) is
+        # built again, from upstream; an unreadable file is moved aside first.
+        broken = broken_partitions(set_aside(layout, check(layout, instance), echo))
+        for (asset, partition), why in broken.items():
+            echo(f"rebuilding {asset}{' ' + partition if partition else ''}: {why.split(': ', 1)[-1]}")
+
+        def gone_file(k: dg.AssetKey, p: str | None) -> bool:
+            return (k.to_user_string(), p) in broken
+
         def per_partition(partitions: list[str], selected: list[dg.AssetKey], up: list[dg.AssetKey],
-                          gone: Callable[[str], bool] = lambda p: False) -> None:  # fmt: skip
+                          gone: Callable[[dg.AssetKey, str], bool] = gone_file) -> None:  # fmt: skip
             """Run each partition where a selected asset, or one it needs upstream, is not built
             (per Dagster, or `gone`: its files were deleted since)."""
             done = {k: instance.get_materialized_partitions(k) for k in selected + up}
             for p in partitions:
-                todo = sorted({k for k in selected + up if p not in done[k] or gone(p)}, key=str)
+                todo = sorted({k for k in selected + up if p not in done[k] or gone(k, p)}, key=str)
                 if todo:
                     run(p, todo)
                 elif p not in report.skipped:
@@ -235,7 +250,8 @@ def build(
             _add_partitions(instance, ingest_batches, batches)
             if early or ((whole + per_release + late) and early_up):
                 per_partition(batches, early, early_up)
-            never_built = [k for k in whole_up if instance.get_latest_materialization_event(k) is None]
+            never_built = [k for k in whole_up
+                           if instance.get_latest_materialization_event(k) is None or gone_file(k, None)]  # fmt: skip
             if whole or never_built:
                 run(None, sorted(set(whole) | set(never_built), key=str))
             if late:
@@ -246,7 +262,9 @@ def build(
             versions = planned_versions(layout)
             _add_partitions(instance, releases, versions)
             per_partition(versions, per_release, per_release_up,
-                          gone=lambda v: not (read_manifest(layout, v) or {}).get("complete"))  # fmt: skip
+                          gone=lambda k, v: k.to_user_string() in RELEASE_FILES and (
+                              not (read_manifest(layout, v) or {}).get("complete")
+                              or gone_file(dg.AssetKey(RELEASE_ASSET), v)))
             report.releases = versions
 
     catalog.connect(layout).close()  # persist fresh views for outside tools

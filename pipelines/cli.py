@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     _workdir_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("check", help="compare Dagster's records with the work folder's files; --repair rebuilds")
+    _workdir_arg(p)
+    p.add_argument("--repair", action="store_true", help="rebuild what is missing or unreadable (an `ffe build`)")
+    _settings_arg(p)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("query", help="run SQL on the DuckDB catalog (what it creates is not kept)")
     p.add_argument("sql")
     _workdir_arg(p)
@@ -229,6 +235,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     info = status(_existing_layout(args.workdir))
     print(json.dumps(info, indent=2) if args.json else render_status(info))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the folder holds everything Dagster recorded (after --repair: when the rebuild
+    restored it), else 1."""
+    from pipelines.check import as_rows, check
+    from pipelines.instance import open_instance
+
+    layout = _existing_layout(args.workdir)
+    with open_instance(layout) as instance:
+        problems = check(layout, instance)
+    if args.repair and problems:
+        from pipelines.build import build
+
+        effective = _effective_settings(args, save=False, require_input=False)
+        report = build(layout, register_input=False, settings=effective)
+        with open_instance(layout) as instance:
+            left = check(layout, instance)
+        if args.json:
+            print(json.dumps({"found": as_rows(problems), "left": as_rows(left), "failed": report.failed}, indent=2))
+        else:
+            print(f"found {len(problems)} problem(s); after the rebuild {len(left)} left")
+            for p in left:
+                print(f"  {p.describe()}")
+        return 0 if not left and report.ok else EXIT_ERROR
+    if args.json:
+        print(json.dumps(as_rows(problems), indent=2))
+    elif problems:
+        print(f"{len(problems)} problem(s) (`ffe check --repair` or `ffe build` rebuilds them):")
+        for p in problems:
+            print(f"  {p.describe()}")
+    else:
+        print(f"every table, crop, original and release file Dagster recorded is in {layout.root}")
+    return EXIT_ERROR if problems else 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -394,6 +434,7 @@ COMMANDS = {
     "annotate": cmd_annotate,
     "build": cmd_build,
     "status": cmd_status,
+    "check": cmd_check,
     "query": cmd_query,
     "settings": cmd_settings,
     "ui": cmd_ui,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from curation.batches import manifests
 from curation.ingest import batch_is_ingested
+from pipelines.check import check
+from pipelines.instance import open_instance
 from storage import catalog
 from storage.layout import Layout
 from storage.leaderboard import regression
@@ -61,6 +63,8 @@ def status(layout: Layout) -> dict:
             "SELECT release, model, status, reason, hes FROM bench_runs WHERE kind = 'measured' "
             'QUALIFY row_number() OVER (PARTITION BY release ORDER BY "at" DESC) = 1'
         ).fetchall()
+    with open_instance(layout) as instance:  # what Dagster says is built but the folder lacks
+        broken = [p.describe() for p in check(layout, instance)]
     batches = manifests(layout)
     not_ingested = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
     behind = _behind(layout, batches, not_ingested, unassigned)
@@ -73,6 +77,7 @@ def status(layout: Layout) -> dict:
         "near_duplicates": near_duplicates,  # faces marked as a copy of an earlier shot
         "quality": {"rejected": rejected, "by_reason": dict(quality)},
         "behind": behind,  # stage -> what it has not done yet
+        "broken": broken,  # built per Dagster, but files missing or unreadable (`ffe check`)
         "batches": {
             "registered": len(batches),
             "files": sum(len(m.files) for m in batches),
@@ -118,6 +123,11 @@ def render_status(info: dict) -> str:
                       f"{info['near_duplicates']} near-duplicate face(s) kept out of releases"]  # fmt: skip
     lines += ["", "failures by reason" if info["failures_by_reason"] else "failures: none"]
     lines += [f"  {f['stage']:<12} {f['reason']:<20} {f['count']:>5}" for f in info["failures_by_reason"]]
+    if info["broken"]:
+        n = len(info["broken"])
+        lines += ["", f"missing or unreadable ({n}; `ffe build` rebuilds them, `ffe check` lists all)"]
+        lines += [f"  {what}" for what in info["broken"][:10]]
+        lines += [f"  ... and {len(info['broken']) - 10} more"] if len(info["broken"]) > 10 else []
     if info["behind"]:
         lines += ["", "not up to date (run `ffe build`, or wait for `ffe ui`'s daemon)"]
         lines += [f"  {stage:<16} {what}" for stage, what in info["behind"].items()]

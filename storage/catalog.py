@@ -29,6 +29,16 @@ def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
+def _readable(path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:  # ArrowInvalid, OSError ...: whatever makes the file unreadable
+        return False
+
+
 def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
     folder = layout.table_dir(table)
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
@@ -37,7 +47,17 @@ def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
     select = f"SELECT * EXCLUDE (filename) FROM read_parquet({glob}, union_by_name=true, filename=true)"
     # Partitions written before a column was added lack it: the view has it, null there.
     typed = con.from_arrow(schema_of(table).empty_table())
-    present = set(con.sql(f"SELECT * FROM ({select}) LIMIT 0").columns)
+    try:
+        present = set(con.sql(f"SELECT * FROM ({select}) LIMIT 0").columns)
+    except duckdb.Error:
+        # A file Parquet cannot read (cut, overwritten): the view holds the readable ones and
+        # `ffe status` / `ffe check` name the rest (`ffe build` rebuilds them).
+        files = [f for f in sorted(folder.glob("*.parquet")) if _readable(f)]
+        if not files:
+            return _empty_select(con, table)
+        listed = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
+        select = f"SELECT * EXCLUDE (filename) FROM read_parquet({listed}, union_by_name=true, filename=true)"
+        present = set(con.sql(f"SELECT * FROM ({select}) LIMIT 0").columns)
     if missing := [(n, t) for n, t in zip(typed.columns, typed.types, strict=True) if n not in present]:
         nulls = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in missing)
         select = f"SELECT *, {nulls} FROM ({select})"
@@ -71,13 +91,27 @@ def _release_view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, view: str)
     relative, schema = {"release_faces": ("splits.parquet", RELEASE_FACES),
                         "release_shards": ("shards/index.parquet", SHARD_INDEX)}[view]  # fmt: skip
     if not any(root.glob(f"*/{relative}")):
-        empty = con.from_arrow(schema.empty_table())
-        cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in zip(empty.columns, empty.types, strict=True))
-        return f"SELECT NULL::VARCHAR AS version, {cols} WHERE false"
-    glob = _sql_str(str(root / "*" / relative))
+        return f"SELECT NULL::VARCHAR AS version, * FROM ({_empty_release(con, schema)})"
     pattern = _sql_str(f"([^/]+)/{relative.replace('.', '[.]')}$")
-    return (f"SELECT regexp_extract(filename, {pattern}, 1) AS version, * EXCLUDE (filename) "
-            f"FROM read_parquet({glob}, filename=true, union_by_name=true)")  # fmt: skip
+
+    def select(files: str) -> str:
+        return (f"SELECT regexp_extract(filename, {pattern}, 1) AS version, * EXCLUDE (filename) "
+                f"FROM read_parquet({files}, filename=true, union_by_name=true)")  # fmt: skip
+
+    sql = select(_sql_str(str(root / "*" / relative)))
+    try:
+        con.sql(f"SELECT * FROM ({sql}) LIMIT 0")
+    except duckdb.Error:  # a damaged release file: the readable ones (`ffe check` names the rest)
+        files = [f for f in sorted(root.glob(f"*/{relative}")) if _readable(f)]
+        sql = select("[" + ", ".join(_sql_str(str(f)) for f in files) + "]") if files else (
+            f"SELECT NULL::VARCHAR AS version, * FROM ({_empty_release(con, schema)})")
+    return sql
+
+
+def _empty_release(con: duckdb.DuckDBPyConnection, schema) -> str:
+    empty = con.from_arrow(schema.empty_table())
+    cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in zip(empty.columns, empty.types, strict=True))
+    return f"SELECT {cols} WHERE false"
 
 
 RELEASE_VIEWS = ("releases", "release_faces", "release_shards")

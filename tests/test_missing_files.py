@@ -1,0 +1,88 @@
+"""A work folder knows when its files are gone (issue 18, part 2).
+
+Found: with `tables/images/<batch>.parquet` deleted, `ffe status` said `images 0`, "failures: none",
+and `ffe build` rebuilt nothing (Dagster had the partition as materialised); the same for
+`affect_scores/all.parquet`; with `faces/<batch>.parquet` deleted every build failed in
+`identities` with a bare FileNotFoundError. Now `ffe status` and `ffe check` name each missing or
+unreadable file, and the next `ffe build` rebuilds it from upstream: the same rows as before.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_concurrency import fingerprint
+
+FFE = str(Path(sys.executable).parent / "ffe")
+
+
+def _ffe(*args: str, work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([FFE, *args, "--workdir", str(work)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from pixelsmile.synthetic import write_world_input
+
+    root = tmp_path_factory.mktemp("missing")
+    inp, work = root / "input", root / "built"
+    write_world_input(inp, people=8, faces_per_person=5)
+    done = subprocess.run([FFE, "build", "--workdir", str(work), "--input", str(inp), "--pre-cropped",
+                           "--select", "+ffe_shards"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    return work, fingerprint(work)
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    assert found, pattern
+    return found[0]
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGE = {
+    # kind: (what to damage, how, what `ffe check` names)
+    "images_deleted": ("tables/images/*.parquet", Path.unlink, "raw_images batch-"),
+    "faces_cut": ("tables/faces/*.parquet", _cut, "faces batch-"),
+    "embeddings_deleted": ("tables/face_embeddings/*.parquet", Path.unlink, "face_embeddings batch-"),
+    "prelabels_cut": ("tables/prelabels/*.parquet", _cut, "prelabels batch-"),
+    "affect_scores_deleted": ("tables/affect_scores/all.parquet", Path.unlink, "affect_scores: "),
+    "identities_cut": ("tables/identities/*.parquet", _cut, "identities: "),
+    "crop_deleted": ("crops/**/*.png", Path.unlink, "crop missing"),
+    "original_deleted": ("images/*/*.png", Path.unlink, "original missing"),
+    "shard_deleted": ("releases/*/shards/train-*.tar", Path.unlink, "ffe_release r"),
+    "release_file_cut": ("releases/*/splits.parquet", _cut, "wrong size"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_missing_or_cut_file_is_named_and_rebuilt_with_the_same_rows(built, tmp_path, kind):
+    work_built, expected = built
+    work = tmp_path / "work"
+    shutil.copytree(work_built, work)
+    pattern, damage, named = DAMAGE[kind]
+    target = _one(work, pattern)
+    damage(target)
+
+    check = _ffe("check", "--json", work=work)
+    assert check.returncode == 1 and named in _ffe("check", work=work).stdout, check.stdout
+    status = _ffe("status", work=work)
+    assert status.returncode == 0 and "missing or unreadable (" in status.stdout, status.stdout + status.stderr
+
+    rebuilt = _ffe("build", "--select", "+ffe_shards", work=work)
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert "rebuilding " in rebuilt.stdout, rebuilt.stdout[-2000:]
+    assert fingerprint(work) == expected
+    assert target.is_file()
+    after = _ffe("check", work=work)
+    assert after.returncode == 0, after.stdout
