@@ -81,15 +81,34 @@ class _Identity:
 
 
 class _Centres:
-    """Every identity's centre as rows of one matrix, in the order identities were made: the
-    nearest centre to a vector is one vectorised pass (the Python loop over identities it replaces
-    cost 73 s for 8,000 faces), with the same tie-break (the earliest identity)."""
+    """Every identity's centre as rows of one matrix, in the order identities were made; the
+    nearest centre to a vector, with the earliest identity winning a tie.
 
-    def __init__(self, ids: dict[str, _Identity]):
+    Up to EXACT_LIMIT identities the search is exact: one vectorised pass over the matrix (the
+    Python loop it replaced cost 73 s for 8,000 faces). Past it, a faiss inverted-file index
+    (IndexIVFFlat over the centres, trained on them when the limit is passed) proposes the
+    CANDIDATES nearest centres for a block of upcoming faces in one batched search (`prefetch`);
+    each face then measures exactly those and every centre made or moved since the block began
+    (the index's copy of those is stale). So a face joins the identity the exact search picks
+    unless that one is neither among the index's candidates nor new in the block: measured in
+    benches/scale.py (`identities_ann_agreement`), documented in docs/curation.md. faiss because
+    it is well kept, ships CPU wheels, and its IVF index adds and moves vectors in ~20 us (an HNSW
+    graph, usearch's or hnswlib's, took 0.85 ms to add and 7 ms to move one here).
+    """
+
+    EXACT_LIMIT = 16_384  # identities; below, exact search costs less than the index's upkeep
+    CANDIDATES = 8
+    NPROBE = 8
+
+    def __init__(self, ids: dict[str, _Identity], exact_limit: int | None = None):
         self.idents: list[_Identity] = []
         self.row: dict[str, int] = {}
         self.matrix: np.ndarray | None = None
         self.sq_norms = np.zeros(0)
+        self.exact_limit = self.EXACT_LIMIT if exact_limit is None else exact_limit
+        self.index = None  # faiss IndexIVFFlat, once there are more than exact_limit identities
+        self.stale: set[int] = set()  # rows made or moved since the index last saw them
+        self.candidates: dict[str, np.ndarray] = {}  # face_id -> rows the index proposed
         for ident in ids.values():
             self.update(ident)
 
@@ -105,20 +124,83 @@ class _Centres:
             self.idents.append(ident)
         row, centre = self.row[ident.id], ident.centre
         self.matrix[row], self.sq_norms[row] = centre, centre @ centre
+        if self.index is not None:
+            self.stale.add(row)
 
-    def nearest(self, vec: np.ndarray) -> tuple[_Identity | None, float]:
+    def prefetch(self, face_ids: list[str], vectors: np.ndarray) -> None:
+        """Ask the index for the candidates of the faces that come next (one batched search), after
+        bringing it up to date; nothing while the search is exact."""
+        n = len(self.idents)
+        if n <= self.exact_limit or not len(face_ids):
+            return
+        import faiss
+
+        if self.index is None:
+            faiss.omp_set_num_threads(1)  # one face at a time between searches: threads cost more
+            dim = self.matrix.shape[1]
+            lists = max(1, min(4 * int(np.sqrt(n)), n // 39))  # faiss wants ~39 training points per list
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+            self.index.train(np.ascontiguousarray(self.matrix[:n], dtype=np.float32))
+            self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # moves in O(1)
+            self.index.nprobe = self.NPROBE
+            self.stale = set(range(n))
+        if self.stale:
+            rows = np.fromiter(sorted(self.stale), dtype=np.int64)
+            self.index.remove_ids(rows)
+            self.index.add_with_ids(np.ascontiguousarray(self.matrix[rows], dtype=np.float32), rows)
+            self.stale.clear()
+        _, found = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), self.CANDIDATES)
+        self.candidates = dict(zip(face_ids, found, strict=True))
+
+    def nearest(self, vec: np.ndarray, face_id: str | None = None) -> tuple[_Identity | None, float]:
         """The identity whose centre is nearest to `vec` and that distance (Euclidean); (None, inf)
-        when there are none."""
+        when there are none. With the index, among `face_id`'s prefetched candidates and the
+        centres made or moved since."""
         if self.matrix is None:
             return None, float("inf")
-        live = self.matrix[: len(self.idents)]
+        found = self.candidates.pop(face_id, None) if face_id is not None else None
+        if found is None:  # exact: every centre
+            rows = None
+            live, sq = self.matrix[: len(self.idents)], self.sq_norms[: len(self.idents)]
+        else:
+            rows = np.unique(np.concatenate([found[found >= 0], np.fromiter(self.stale, dtype=np.int64)]))
+            live, sq = self.matrix[rows], self.sq_norms[rows]
         # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product. Its rounding can reorder
         # near-ties, so the few within 1e-9 of the best are measured exactly, the earliest winning.
-        approx = self.sq_norms[: len(self.idents)] - 2.0 * (live @ vec)
+        approx = sq - 2.0 * (live @ vec)
         close = np.flatnonzero(approx <= approx.min() + 1e-9)
+        if rows is not None:
+            close = rows[close]
         exact = [float(np.linalg.norm(self.idents[i].centre - vec)) for i in close]
         k = int(np.argmin(exact))
         return self.idents[int(close[k])], exact[k]
+
+
+PREFETCH_BLOCK = 256  # faces per batched index search
+
+
+def assign_vectors(face_ids: list[str], vectors: np.ndarray, same: float,
+                   exact_limit: int | None = None) -> list[str]:  # fmt: skip
+    """The heart of `assign_identities` on bare vectors (n x d, in order): each face joins the
+    nearest identity within `same` of its centre, else opens its own; returns each face's identity
+    id. No labels, variants or duplicates: what benches/scale.py times at 1M faces and the tests
+    compare between the exact search and the index (`exact_limit`)."""
+    ids: dict[str, _Identity] = {}
+    centres = _Centres(ids, exact_limit=exact_limit)
+    out = []
+    for i, face_id in enumerate(face_ids):
+        if i % PREFETCH_BLOCK == 0:
+            centres.prefetch(face_ids[i : i + PREFETCH_BLOCK], vectors[i : i + PREFETCH_BLOCK])
+        vec = np.asarray(vectors[i], dtype=np.float64)
+        best, dist = centres.nearest(vec, face_id)
+        if best is not None and dist <= same:
+            ident = best
+        else:
+            ident = ids[f"idn_{face_id}"] = _Identity(f"idn_{face_id}")
+        ident.add(face_id, vec, 0)
+        centres.update(ident)
+        out.append(ident.id)
+    return out
 
 
 def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identity], str | None]:
@@ -193,7 +275,10 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
             zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True),
             key=lambda fv: (-facts[fv[0]][1], fv[0]),
         )
-        for face_id, vector in order:
+        for i, (face_id, vector) in enumerate(order):
+            if i % PREFETCH_BLOCK == 0:  # the index's candidates for the next block, in one search
+                block = order[i : i + PREFETCH_BLOCK]
+                centres.prefetch([f for f, _ in block], np.asarray([v for _, v in block], dtype=np.float32))
             vec = np.asarray(vector, dtype=np.float64)
             label = labels.get(face_id, {})
             best, dist = None, float("inf")
@@ -214,7 +299,7 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
                 dist = 0.0 if best is None else float(np.linalg.norm(best.centre - vec))
                 same_person = best is not None
             else:
-                best, dist = centres.nearest(vec)
+                best, dist = centres.nearest(vec, face_id)
                 same_person = best is not None and dist <= same
             duplicate_of = None
             if same_person:
