@@ -46,6 +46,10 @@ class ShardError(ValueError):
     """A shard or one of its samples is not as the release wrote it: named, never trained on."""
 
 
+class UnsafeShardError(ShardError, UnsafeTarError):
+    """A member name that would land outside the folder: both a ShardError and tarstream's own."""
+
+
 def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None,
                 expected_faces: dict[str, dict[str, tuple[str, ...]]] | None = None) -> Iterator[dict]:
     """webdataset's opened shards ({url, stream}) -> samples {__key__, __url__, <ext>: bytes}.
@@ -77,7 +81,9 @@ def tar_samples(streams: Iterator[dict], expected: dict[str, int] | None = None,
                 if keys is not None:
                     sample["__faces__"] = keys[key]
                 yield sample
-        except (TruncatedTarError, UnsafeTarError) as err:
+        except UnsafeTarError as err:
+            raise UnsafeShardError(str(err)) from None
+        except TruncatedTarError as err:
             raise ShardError(str(err)) from None
         except OSError as err:  # the stream itself: a pipe that failed, a file gone mid-read
             raise ShardError(f"{name}: cannot be read: {err}") from None
