@@ -12,7 +12,7 @@ rebuilds exactly those from upstream (`broken_partitions`), `ffe status` flags t
 - a file of a finished release that is gone or not of the size its manifest records (the bytes
   themselves: `ffe release verify`).
 
-Cheap by design (footers and stat calls, no hashing): 60,000 faces take about a second.
+Cheap by design: footers and stat calls, no hashing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from storage import tables
 from storage.layout import Layout
@@ -47,16 +46,6 @@ class Problem:
         return f"{where}: {self.item} {self.reason.replace('_', ' ')}"
 
 
-def _parquet_problem(path: Path) -> str | None:
-    if not path.is_file():
-        return "missing"
-    try:
-        pq.read_metadata(path)
-    except Exception:  # pyarrow raises ArrowInvalid, OSError ... for a cut or foreign file
-        return "unreadable"
-    return None
-
-
 def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
     return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
 
@@ -67,16 +56,16 @@ def check(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
     for asset, table in PER_BATCH.items():
         for batch in sorted(_materialized(instance, asset)):
             path = layout.table_file(table, batch)
-            if reason := _parquet_problem(path):
+            if reason := tables.parquet_problem(path):
                 problems.append(Problem(asset, batch, layout.relative(path), reason))
     for asset, table in ACROSS.items():
         if instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None:
             path = layout.table_file(table, "all")
-            if reason := _parquet_problem(path):
+            if reason := tables.parquet_problem(path):
                 problems.append(Problem(asset, None, layout.relative(path), reason))
     for table in sorted(p.name for p in layout.tables.glob("*") if p.is_dir()):  # any other file that is cut
         for path in sorted(layout.table_dir(table).glob("*.parquet")):
-            if _parquet_problem(path) and not any(p.item == layout.relative(path) for p in problems):
+            if tables.parquet_problem(path) and not any(p.item == layout.relative(path) for p in problems):
                 owner = next((a for a, t in {**PER_BATCH, **ACROSS}.items() if t == table), table)
                 problems.append(Problem(owner, path.stem if owner in PER_BATCH else None, layout.relative(path),
                                         "unreadable"))  # fmt: skip
@@ -89,7 +78,7 @@ def _file_problems(layout: Layout, skip: set[str | None]) -> list[Problem]:
     """Crops and originals the tables name that are gone (one problem per batch, naming the first)."""
     problems = []
     for batch in tables.partitions(layout, "faces"):
-        if batch in skip or _parquet_problem(layout.table_file("faces", batch)):
+        if batch in skip or tables.parquet_problem(layout.table_file("faces", batch)):
             continue
         crops = tables.read_partition(layout, "faces", batch).column("crop_path").to_pylist()
         gone = [c for c in crops if not (layout.root / c).is_file()]
@@ -97,7 +86,7 @@ def _file_problems(layout: Layout, skip: set[str | None]) -> list[Problem]:
             problems.append(Problem("faces", batch, f"{gone[0]} (and {len(gone) - 1} more)" if len(gone) > 1
                                     else gone[0], "crop_missing"))  # fmt: skip
     for batch in tables.partitions(layout, "images"):
-        if batch in skip or _parquet_problem(layout.table_file("images", batch)):
+        if batch in skip or tables.parquet_problem(layout.table_file("images", batch)):
             continue
         rows = tables.read_partition(layout, "images", batch).select(["path", "source_uri"]).to_pylist()
         gone = [r for r in rows if not (layout.root / r["path"]).is_file()]

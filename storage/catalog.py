@@ -12,6 +12,7 @@ import duckdb
 from storage.layout import Layout
 from storage.reported import REPORTED, SOURCE
 from storage.schemas import BENCH_METRICS, RELEASE_FACES, SHARD_INDEX, TABLES, schema_of
+from storage.tables import parquet_problem
 
 # Tables whose rows carry a key that two partitions written in parallel may both claim (two ingest
 # batches racing on the same content): the view keeps the earliest row per key.
@@ -29,16 +30,6 @@ def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def _readable(path) -> bool:
-    import pyarrow.parquet as pq
-
-    try:
-        pq.read_metadata(path)
-        return True
-    except Exception:  # ArrowInvalid, OSError ...: whatever makes the file unreadable
-        return False
-
-
 def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
     folder = layout.table_dir(table)
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
@@ -52,7 +43,7 @@ def view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, table: str) -> str:
     except duckdb.Error:
         # A file Parquet cannot read (cut, overwritten): the view holds the readable ones and
         # `ffe status` / `ffe check` name the rest (`ffe build` rebuilds them).
-        files = [f for f in sorted(folder.glob("*.parquet")) if _readable(f)]
+        files = [f for f in sorted(folder.glob("*.parquet")) if parquet_problem(f) is None]
         if not files:
             return _empty_select(con, table)
         listed = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
@@ -102,7 +93,7 @@ def _release_view_sql(con: duckdb.DuckDBPyConnection, layout: Layout, view: str)
     try:
         con.sql(f"SELECT * FROM ({sql}) LIMIT 0")
     except duckdb.Error:  # a damaged release file: the readable ones (`ffe check` names the rest)
-        files = [f for f in sorted(root.glob(f"*/{relative}")) if _readable(f)]
+        files = [f for f in sorted(root.glob(f"*/{relative}")) if parquet_problem(f) is None]
         sql = select("[" + ", ".join(_sql_str(str(f)) for f in files) + "]") if files else (
             f"SELECT NULL::VARCHAR AS version, * FROM ({_empty_release(con, schema)})")
     return sql

@@ -45,6 +45,20 @@ def has_partition(layout: Layout, table: str, partition: str) -> bool:
     return layout.table_file(table, partition).is_file()
 
 
+def parquet_problem(path) -> str | None:
+    """Why a Parquet file cannot be used ("missing", "unreadable": its footer does not read), or
+    None. A footer read, not the data: cheap enough for every file of a work folder."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        return "missing"
+    try:
+        pq.read_metadata(path)
+    except Exception:  # pyarrow raises ArrowInvalid, OSError ... for a cut or foreign file
+        return "unreadable"
+    return None
+
+
 def partitions(layout: Layout, table: str) -> list[str]:
     folder = layout.table_dir(table)
     return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
