@@ -84,21 +84,22 @@ class _Centres:
     """Every identity's centre as rows of one matrix, in the order identities were made; the
     nearest centre to a vector, with the earliest identity winning a tie.
 
-    Up to EXACT_LIMIT identities the search is exact: one vectorised pass over the matrix (the
-    Python loop it replaced cost 73 s for 8,000 faces). Past it, a faiss inverted-file index
-    (IndexIVFFlat over the centres, trained on them when the limit is passed) proposes the
-    CANDIDATES nearest centres for a block of upcoming faces in one batched search (`prefetch`);
-    each face then measures exactly those and every centre made or moved since the block began
-    (the index's copy of those is stale). So a face joins the identity the exact search picks
-    unless that one is neither among the index's candidates nor new in the block: measured in
-    benches/scale.py (`identities_ann_agreement`), documented in docs/curation.md. faiss because
-    it is well kept, ships CPU wheels, and its IVF index adds and moves vectors in ~20 us (an HNSW
-    graph, usearch's or hnswlib's, took 0.85 ms to add and 7 ms to move one here).
+    Faces come in blocks (`prefetch`): one search proposes each face's CANDIDATES nearest centres,
+    and the face then measures exactly those and every centre made or moved since the block began.
+    Up to EXACT_LIMIT identities the block search is one float64 matrix product over every centre
+    (`_prefetch_exact`), with a bound that sends a face to a full pass when a centre left out could
+    tie: exact (60,000 faces searched exactly: 18 s face by face, 7.4 s by blocks). Past it, a
+    faiss inverted-file index (IndexIVFFlat over the centres) proposes them; a face then joins the
+    identity the exact search picks unless that one is neither proposed nor new in the block:
+    measured in benches/scale.py (`identities_ann_agreement`), documented in docs/curation.md.
+    faiss because it is well kept, ships CPU wheels, and its IVF index adds and moves vectors in
+    ~20 us (an HNSW graph, usearch's or hnswlib's, took 0.85 ms to add and 7 ms to move one here).
     """
 
-    EXACT_LIMIT = 16_384  # identities; below, exact search costs less than the index's upkeep
+    EXACT_LIMIT = 4_096  # identities; below, the block search is exact and a face costs <= 4,096 BLAS rows
     CANDIDATES = 8
-    NPROBE = 8
+    NPROBE = 16  # of ~4 sqrt(n) lists: 99.98% the exact ids on 60k made-up faces (8: 99.7%)
+    TIE_MARGIN = 1e-6  # squared distance; far above the rounding of the two products compared
     GROWTH = 4  # retrain the index once the identities are this many times what it was trained on
 
     def __init__(self, ids: dict[str, _Identity], exact_limit: int | None = None):
@@ -109,8 +110,9 @@ class _Centres:
         self.exact_limit = self.EXACT_LIMIT if exact_limit is None else exact_limit
         self.index = None  # faiss IndexIVFFlat, once there are more than exact_limit identities
         self.trained_on = 0
-        self.stale: set[int] = set()  # rows made or moved since the index last saw them
-        self.candidates: dict[str, np.ndarray] = {}  # face_id -> rows the index proposed
+        self.stale: set[int] = set()  # rows made or moved since the last block search
+        self.candidates: dict[str, np.ndarray] = {}  # face_id -> rows the block search proposed
+        self.bounds: dict[str, float] = {}  # face_id -> the block search's first value left out (exact only)
         for ident in ids.values():
             self.update(ident)
 
@@ -126,14 +128,16 @@ class _Centres:
             self.idents.append(ident)
         row, centre = self.row[ident.id], ident.centre
         self.matrix[row], self.sq_norms[row] = centre, centre @ centre
-        if self.index is not None:
-            self.stale.add(row)
+        self.stale.add(row)
 
     def prefetch(self, face_ids: list[str], vectors: np.ndarray) -> None:
         """Ask the index for the candidates of the faces that come next (one batched search), after
         bringing it up to date; nothing while the search is exact."""
         n = len(self.idents)
-        if n <= self.exact_limit or not len(face_ids):
+        if not n or not len(face_ids):
+            return
+        if n <= self.exact_limit:
+            self._prefetch_exact(face_ids, np.asarray(vectors, dtype=np.float64))
             return
         import faiss
 
@@ -155,7 +159,26 @@ class _Centres:
             self.index.add_with_ids(np.ascontiguousarray(self.matrix[rows], dtype=np.float32), rows)
             self.stale.clear()
         _, found = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), self.CANDIDATES)
+        self.candidates, self.bounds = dict(zip(face_ids, found, strict=True)), {}
+
+    def _prefetch_exact(self, face_ids: list[str], vectors: np.ndarray) -> None:
+        """Every centre against the block's faces in one matrix product (BLAS, float64): each face
+        keeps its CANDIDATES nearest rows and the value of the next one, `bound`. Rows that do not
+        move stay as measured, so the nearest centre later is among the candidates and the rows
+        made or moved since, unless that best is within TIE_MARGIN of `bound` (then `nearest`
+        measures every centre): exact, and a face costs one BLAS row instead of a pass of its own."""
+        n = len(self.idents)
+        approx = self.sq_norms[None, :n] - 2.0 * (vectors @ self.matrix[:n].T)
+        keep = min(self.CANDIDATES, n)
+        if keep == n:
+            found, bound = np.broadcast_to(np.arange(n), (len(face_ids), n)), np.full(len(face_ids), np.inf)
+        else:
+            part = np.argpartition(approx, keep, axis=1)
+            found = part[:, :keep]
+            bound = np.take_along_axis(approx, part[:, keep : keep + 1], axis=1)[:, 0]
+        self.stale = set()
         self.candidates = dict(zip(face_ids, found, strict=True))
+        self.bounds = dict(zip(face_ids, bound.tolist(), strict=True))
 
     def nearest(self, vec: np.ndarray, face_id: str | None = None) -> tuple[_Identity | None, float]:
         """The identity whose centre is nearest to `vec` and that distance (Euclidean); (None, inf)
@@ -164,15 +187,19 @@ class _Centres:
         if self.matrix is None:
             return None, float("inf")
         found = self.candidates.pop(face_id, None) if face_id is not None else None
+        bound = self.bounds.pop(face_id, None) if face_id is not None else None
+        if found is not None:
+            rows = np.unique(np.concatenate([found[found >= 0], np.fromiter(self.stale, dtype=np.int64)]))
+            live, sq = self.matrix[rows], self.sq_norms[rows]
+            approx = sq - 2.0 * (live @ vec)
+            if bound is not None and approx.min() + self.TIE_MARGIN >= bound:
+                found = None  # a centre the block search ranked lower might be as near: measure all
         if found is None:  # exact: every centre
             rows = None
             live, sq = self.matrix[: len(self.idents)], self.sq_norms[: len(self.idents)]
-        else:
-            rows = np.unique(np.concatenate([found[found >= 0], np.fromiter(self.stale, dtype=np.int64)]))
-            live, sq = self.matrix[rows], self.sq_norms[rows]
+            approx = sq - 2.0 * (live @ vec)
         # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product. Its rounding can reorder
         # near-ties, so the few within 1e-9 of the best are measured exactly, the earliest winning.
-        approx = sq - 2.0 * (live @ vec)
         close = np.flatnonzero(approx <= approx.min() + 1e-9)
         if rows is not None:
             close = rows[close]
@@ -181,7 +208,7 @@ class _Centres:
         return self.idents[int(close[k])], exact[k]
 
 
-PREFETCH_BLOCK = 256  # faces per batched index search
+PREFETCH_BLOCK = 256  # faces per block search
 
 
 def assign_vectors(face_ids: list[str], vectors: np.ndarray, same: float,
@@ -218,15 +245,24 @@ def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identit
     vectors = {}
     for batch in assigned:
         emb = tables.read_partition(layout, "face_embeddings", batch)
-        vectors.update(zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True))
+        vectors.update(zip(emb.column("face_id").to_pylist(), _vectors(emb), strict=True))
         if emb.num_rows:
             model = emb.column("model")[0].as_py()
     hashes = _phashes(layout, assigned)
     for r in sorted(rows, key=lambda r: (r["assigned_at"], r["face_id"])):
         ident = ids.setdefault(r["identity_id"], _Identity(r["identity_id"]))
         if r["duplicate_of"] is None:
-            ident.add(r["face_id"], np.asarray(vectors[r["face_id"]], dtype=np.float64), hashes[r["face_id"]])
+            ident.add(r["face_id"], vectors[r["face_id"]], hashes[r["face_id"]])
     return ids, model
+
+
+def _vectors(emb) -> np.ndarray:
+    """A `face_embeddings` table's vectors as one float64 array (rows x dim), without a Python
+    list per vector (what made loading 60k faces' state take seconds)."""
+    column = emb.column("vector").combine_chunks()
+    if not len(column):
+        return np.zeros((0, 0))
+    return np.asarray(column.flatten(), dtype=np.float64).reshape(len(column), -1)
 
 
 def _phashes(layout: Layout, batches: list[str]) -> dict[str, int]:
@@ -277,13 +313,13 @@ def assign_identities(layout: Layout, settings: IdentitySettings = IdentitySetti
         rows, rejected = [], []
         # Biggest faces first: of several copies of a shot, the sharpest source stays the original.
         order = sorted(
-            zip(emb.column("face_id").to_pylist(), emb.column("vector").to_pylist(), strict=True),
+            zip(emb.column("face_id").to_pylist(), _vectors(emb), strict=True),
             key=lambda fv: (-facts[fv[0]][1], fv[0]),
         )
         for i, (face_id, vector) in enumerate(order):
             if i % PREFETCH_BLOCK == 0:  # the index's candidates for the next block, in one search
                 block = order[i : i + PREFETCH_BLOCK]
-                centres.prefetch([f for f, _ in block], np.asarray([v for _, v in block], dtype=np.float32))
+                centres.prefetch([f for f, _ in block], np.asarray([v for _, v in block], dtype=np.float64))
             vec = np.asarray(vector, dtype=np.float64)
             label = labels.get(face_id, {})
             best, dist = None, float("inf")

@@ -15,17 +15,29 @@ from typing import TypeVar
 # Modules whose functions run in worker processes (see ordered_map).
 WORKER_MODULES = ("curation.ingest", "curation.curate", "curation.embeddings")
 
+# The cores this process may use: set by `ffe build --workers N` in each of its N processes.
+CORES_ENV = "FFE_CORES"
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def worker_count(requested: int, n_items: int, items_per_worker: int) -> int:
-    """`requested` workers if set (> 0); else one per core, as far as the work pays for starting
+    """`requested` workers if set (> 0); else one per core (`cores()`), as far as the work pays for starting
     them: auto mode gives each worker at least `items_per_worker` items (a worker's start, imports
     and model loading cost a fraction of a second)."""
     if requested > 0:
         return max(1, min(requested, n_items))
-    return max(1, min(os.cpu_count() or 1, n_items // items_per_worker))
+    return max(1, min(cores(), n_items // items_per_worker))
+
+
+def cores() -> int:
+    """The cores this process may use: $FFE_CORES if set (its share under `ffe build --workers`),
+    else the machine's."""
+    try:
+        return max(1, int(os.environ.get(CORES_ENV, "")))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 4) -> Iterator[R]:

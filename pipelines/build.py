@@ -4,16 +4,21 @@ process, one run per partition still to do. Runs land in the work folder's Dagst
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from curation.batches import manifests, register_new_batch
+from curation.parallel import CORES_ENV, WORKER_MODULES, cores
 from curation.sample import write_sample
 from pipelines import settings as ffe_settings
 from pipelines.check import RELEASE_ASSET, broken_partitions, check, set_aside
@@ -110,6 +115,84 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     return "run failed"
 
 
+def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout, job_name: str,
+             partition: str | None, keys: list[dg.AssetKey], config: dict[str, Any]) -> tuple[bool, str]:  # fmt: skip
+    """One Dagster run of `keys` (of the job `job_name`) for `partition`, in process: (ok, the
+    first error line). FFEError when the config is invalid or Dagster itself failed."""
+    label = partition or "all batches"
+    names = {k.to_python_identifier() for k in keys}
+    # Each run gets the config of its own assets: Dagster refuses config for others.
+    run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
+    try:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            run_config=run_config,
+            raise_on_error=False,
+            asset_selection=keys,
+            tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names))},
+        )
+    except dg.DagsterInvalidConfigError as err:
+        raise FFEError(f"invalid config: {err}") from None
+    except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
+        raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
+    return result.success, "" if result.success else _first_error(result)
+
+
+def _worker_start(share: int) -> None:
+    """A `--workers` process: the stages' item pools and numeric libraries use its share of cores."""
+    os.environ[CORES_ENV] = str(share)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(share))
+
+
+_worker_defs: list[dg.Definitions] = []  # a `--workers` process's definitions: one pool serves one build
+
+
+def _warm(settings: ffe_settings.Effective) -> None:
+    """Load the definitions in a fresh worker while the build's own process checks the folder."""
+    if not _worker_defs:
+        _worker_defs.append(build_definitions(settings=settings))
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int, settings: ffe_settings.Effective) -> Iterator[ProcessPoolExecutor]:
+    """`workers` processes for batch runs, started and warmed at once, each told its share of the
+    cores. They fork from a fork server (forking this process, which runs Dagster's threads, is
+    not safe), so the heavy imports are paid once, not once per worker."""
+    share = max(1, cores() // workers)
+    ctx = get_context("forkserver")  # workers fork from a server that imported the definitions once
+    ctx.set_forkserver_preload([*WORKER_MODULES, "pipelines.definitions"])
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(share,))
+    try:
+        for _ in range(workers):
+            pool.submit(_warm, settings)
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _execute_in_worker(root: Path, settings: ffe_settings.Effective, plan: list[tuple[str, list[str]]],
+                       partition: str, config: dict[str, Any]) -> list[tuple[str, list[str], bool, str]]:  # fmt: skip
+    """`plan`'s runs (job name, asset keys) for one batch partition, in order, in this worker
+    process; stops at the first that fails. Returns (job, keys, ok, error) per run made."""
+    layout = Layout.at(root)
+    _warm(settings)
+    defs = _worker_defs[0]
+    out = []
+    with open_instance(layout) as instance:
+        for job_name, keys in plan:
+            try:
+                ok, error = _execute(defs, instance, layout, job_name, partition,
+                                     [dg.AssetKey.from_user_string(k) for k in keys], config)  # fmt: skip
+            except FFEError as err:
+                ok, error = False, str(err)
+            out.append((job_name, keys, ok, error))
+            if not ok:
+                break
+    return out
+
+
 def _add_partitions(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition, keys) -> None:
     known = set(instance.get_dynamic_partitions(partitions_def.name))
     if missing := [k for k in keys if k not in known]:
@@ -136,6 +219,7 @@ def build(
                  "input.pre_cropped": pre_cropped}  # fmt: skip
         settings = ffe_settings.load(layout.root, flags=flags)
     input_path = resolve_input(settings, echo) if register_input else None
+    workers = settings.settings.build.workers
     defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
     try:
@@ -163,7 +247,7 @@ def build(
         raise FFEError(f"config names unknown asset(s) {', '.join(unknown)}; assets: {', '.join(sorted(known))}")
     report = BuildReport()
 
-    with open_instance(layout) as instance:
+    with open_instance(layout) as instance, contextlib.ExitStack() as stack:
         if input_path is not None:
             try:
                 manifest = register_new_batch(layout, input_path, domain=settings.settings.input.domain,
@@ -175,6 +259,9 @@ def build(
                 echo(f"registered {manifest.batch}: {len(manifest.files)} new files from {input_path}")
 
         graph_jobs = [(job.name, set(job.selection.resolve(graph))) for job in JOBS]
+        # Workers start now: their imports overlap this process's check of the folder.
+        workers = min(workers, len(manifests(layout)))
+        pool = stack.enter_context(_worker_pool(workers, settings)) if workers > 1 else None
 
         def run(partition: str | None, selected: list[dg.AssetKey]) -> None:
             """Materialise `selected` for one partition, under the product's job that holds each
@@ -195,28 +282,36 @@ def build(
                     broken.pop((k.to_user_string(), partition), None)
 
         def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
+            ok, error = _execute(defs, instance, layout, job_name, partition, keys, config)
+            return record(partition, job_name, ok, error)
+
+        def record(partition: str | None, job_name: str, ok: bool, error: str) -> bool:
             label = partition or "all batches"
-            names = {k.to_python_identifier() for k in keys}
-            # Each run gets the config of its own assets: Dagster refuses config for others.
-            run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
-            try:
-                result = defs.resolve_job_def(job_name).execute_in_process(
-                    instance=instance,
-                    partition_key=partition,
-                    run_config=run_config,
-                    raise_on_error=False,
-                    asset_selection=keys,
-                    tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names))},
-                )
-            except dg.DagsterInvalidConfigError as err:
-                raise FFEError(f"invalid config: {err}") from None
-            except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
-                raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
             report.runs.append(f"{job_name} {label}")
-            if not result.success:
-                report.failed[label] = _first_error(result)
-                echo(f"FAILED {label}: {report.failed[label]}")
-            return result.success
+            if not ok:
+                report.failed[label] = error
+                echo(f"FAILED {label}: {error}")
+            return ok
+
+        def run_parallel(todo: dict[str, list[dg.AssetKey]]) -> None:
+            """Batch partitions `workers` at a time, each its runs in a process of the pool."""
+            plans = {p: [(job_name, [k.to_user_string() for k in sorted(keys, key=str) if k in holds])
+                         for job_name, holds in graph_jobs] for p, keys in todo.items()}  # fmt: skip
+            plans = {p: [(j, ks) for j, ks in plan if ks] for p, plan in plans.items()}
+            echo(f"building {len(plans)} batch partitions, {min(workers, len(plans))} at a time "
+                 f"({max(1, cores() // workers)} core(s) each)")  # fmt: skip
+            futures = {pool.submit(_execute_in_worker, layout.root, settings, plan, p, config): p
+                       for p, plan in plans.items()}  # fmt: skip
+            for future in as_completed(futures):
+                p = futures[future]
+                try:
+                    made = future.result()
+                except Exception as err:  # the process died (killed, out of memory): the others go on
+                    made = [(plans[p][0][0], [], False, f"its worker process died: {type(err).__name__}: {err}")]
+                for job_name, keys, ok, error in made:
+                    if record(p, job_name, ok, error):
+                        for k in keys:
+                            broken.pop((k, p), None)
 
         # What Dagster records as built but the folder no longer holds (pipelines/check.py) is
         # built again, from upstream; an unreadable file is moved aside first.
@@ -228,16 +323,45 @@ def build(
             return (k.to_user_string(), p) in broken
 
         def per_partition(partitions: list[str], selected: list[dg.AssetKey], up: list[dg.AssetKey],
-                          gone: Callable[[dg.AssetKey, str], bool] = gone_file) -> None:  # fmt: skip
+                          gone: Callable[[dg.AssetKey, str], bool] = gone_file,
+                          parallel: bool = False) -> None:  # fmt: skip
             """Run each partition where a selected asset, or one it needs upstream, is not built
-            (per Dagster, or `gone`: its files were deleted since)."""
+            (per Dagster, or `gone`: its files were deleted since); `parallel`: `workers` at once."""
             done = {k: instance.get_materialized_partitions(k) for k in selected + up}
+            todo = {}
             for p in partitions:
-                todo = sorted({k for k in selected + up if p not in done[k] or gone(k, p)}, key=str)
-                if todo:
-                    run(p, todo)
+                if keys := sorted({k for k in selected + up if p not in done[k] or gone(k, p)}, key=str):
+                    todo[p] = keys
                 elif p not in report.skipped:
                     report.skipped.append(p)
+            if parallel and pool is not None and len(todo) > 1:
+                run_parallel(todo)
+            else:
+                for p, keys in todo.items():
+                    run(p, keys)
+
+        def stale(candidates: list[dg.AssetKey]) -> list[dg.AssetKey]:
+            """Of `candidates` (assets without partitions), those to run: never built, files gone,
+            or older than an input's latest materialisation (a batch finished since, perhaps by
+            another run beside this one: the daemon's `identities` may have run before this
+            build's embeddings were in), or downstream of one that runs."""
+            wanted, out = set(candidates), set()
+            latest = {}
+
+            def when(k: dg.AssetKey) -> float | None:
+                if k not in latest:
+                    event = instance.get_latest_materialization_event(k)
+                    latest[k] = None if event is None else event.timestamp
+                return latest[k]
+
+            for k in graph.toposorted_asset_keys:
+                if k not in wanted:
+                    continue
+                mine = when(k)
+                if mine is None or gone_file(k, None) or any(
+                        p in out or (when(p) or 0.0) > mine for p in graph.get(k).parent_keys):  # fmt: skip
+                    out.add(k)
+            return sorted(out, key=str)
 
         # Batch assets that need the assets across batches (generation needs identities) run after
         # them; a run that registers new batches (generated variants) is followed by another round
@@ -249,13 +373,12 @@ def build(
             batches = [m.batch for m in manifests(layout)]
             _add_partitions(instance, ingest_batches, batches)
             if early or ((whole + per_release + late) and early_up):
-                per_partition(batches, early, early_up)
-            never_built = [k for k in whole_up
-                           if instance.get_latest_materialization_event(k) is None or gone_file(k, None)]  # fmt: skip
-            if whole or never_built:
-                run(None, sorted(set(whole) | set(never_built), key=str))
+                per_partition(batches, early, early_up, parallel=True)
+            behind = stale(whole_up)
+            if whole or behind:
+                run(None, sorted(set(whole) | set(behind), key=str))
             if late:
-                per_partition(batches, late, [])
+                per_partition(batches, late, [], parallel=True)
             if len(manifests(layout)) == len(batches):
                 break
         if per_release:

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, default=None, help="YAML run config: {asset: {key: value}} or Dagster's {ops: ...} form"
     )
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="build N batch partitions at once, each its own Dagster run and process (build.workers)")
 
     p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
     _workdir_arg(p)
@@ -189,7 +191,8 @@ def _effective_settings(args: argparse.Namespace, *, save: bool = False, require
     from pipelines.errors import FFEError
 
     flags = {"input.folder": getattr(args, "input", None), "input.domain": getattr(args, "domain", None),
-             "input.pre_cropped": getattr(args, "pre_cropped", None)}  # fmt: skip
+             "input.pre_cropped": getattr(args, "pre_cropped", None),
+             "build.workers": getattr(args, "workers", None)}  # fmt: skip
     effective = settings.load(args.workdir, file=args.settings, flags=flags)
     for line in settings.unknown_env():
         print(f"ffe: warning: {line}", file=sys.stderr)

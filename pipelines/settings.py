@@ -45,6 +45,12 @@ class InputSettings(_Section):
     settle_seconds: float = Field(2.0, ge=0, le=3600, description="a file changed this recently may still be copied in")
 
 
+class BuildSettings(_Section):
+    """How `ffe build` uses the machine (docs/scale.md)."""
+
+    workers: int = Field(1, ge=1, le=256, description="batch partitions built at once, each its own run and process")
+
+
 class TrainSettings(_Section):
     """How each release's model is trained (docs/model.md)."""
 
@@ -93,6 +99,7 @@ class LabelStudioSettings(_Section):
 
 class Settings(_Section):
     input: InputSettings = InputSettings()
+    build: BuildSettings = BuildSettings()
     train: TrainSettings = TrainSettings()
     bench: BenchSettings = BenchSettings()
     prelabels: PrelabelSettings = PrelabelSettings()
@@ -105,6 +112,7 @@ ENV: dict[str, str] = {
     "input.folder": "FFE_INPUT",
     "input.domain": "FFE_INPUT_DOMAIN",
     "input.pre_cropped": "FFE_INPUT_PRE_CROPPED",
+    "build.workers": "FFE_BUILD_WORKERS",
     "train.recipe": "FFE_TRAIN_RECIPE",
     "train.launcher": "FFE_TRAIN_LAUNCHER",
     "train.processes": "FFE_TRAIN_PROCESSES",

@@ -106,3 +106,99 @@ def test_one_of_two_concurrent_builds_killed_then_a_rerun_ends_in_the_clean_buil
     rerun = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert fingerprint(work) == expected
+
+
+def _register_two_batches(works: list[Path], inp: Path) -> list[str]:
+    """The same two batches in each work folder: the world's first 4 people, then 4 more."""
+    from curation.batches import register_new_batch
+    from pixelsmile.synthetic import write_world_input
+
+    batches = []
+    for first in (0, 4):
+        write_world_input(inp, people=4, faces_per_person=5, first_person=first)
+        made = {register_new_batch(Layout.at(w), inp, pre_cropped=True).batch for w in works}
+        assert len(made) == 1
+        batches += made
+    return batches
+
+
+@pytest.mark.slow
+def test_workers_build_batches_at_once_into_what_one_at_a_time_gives(tmp_path):
+    """`ffe build --workers 2` runs the two batches' runs side by side, each in its own process,
+    and ends in the rows, ids, release and shard bytes that `--workers 1` gives."""
+    import dagster as dg
+
+    from pipelines.instance import open_instance
+
+    inp, one, two = tmp_path / "input", tmp_path / "one", tmp_path / "two"
+    batches = _register_two_batches([one, two], inp)
+    for work, n in ((one, 1), (two, 2)):
+        done = subprocess.run([*_argv(work, inp), "--workers", str(n)], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert ("2 batch partitions, 2 at a time" in done.stdout) == (n == 2), done.stdout[-3000:]
+    assert fingerprint(two) == fingerprint(one)
+    assert len(fingerprint(two)["faces"]) > 30
+    with open_instance(Layout.at(two)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="batch_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
+        assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(batches)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.timeout(1500)
+def test_a_build_and_the_daemon_on_the_same_new_batch_end_in_the_clean_build(world, tmp_path):
+    """`ffe ui`'s daemon and an `ffe build` both take up the same new files at once: the build
+    exits 0, no run of the daemon fails, and the folder holds the clean build's rows, ids,
+    release and shard bytes."""
+    import shutil
+
+    from tests.test_ui import _runs, ffe_ui
+
+    inp, expected = world
+    expected = _batch_named_x(expected)  # the batch id names its input folder, here <work>/input
+    work = tmp_path / "work"
+    assert subprocess.run([FFE, "settings", "set", "bench.judge", "synthetic", "--workdir", str(work)]).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FFE_") or k == "FFE_LABEL_STUDIO_BIN"}
+    with ffe_ui(tmp_path, "--workdir", str(work), "--pre-cropped", env=env) as port:
+        shutil.copytree(inp, work / "input", dirs_exist_ok=True)
+        deadline = time.monotonic() + 300
+        while not any(r["job"] == "batch_job" for r in _runs(port)):  # the daemon has taken the batch up
+            assert time.monotonic() < deadline, f"the daemon launched nothing: {_runs(port)}"
+            time.sleep(1)
+        build = subprocess.run([FFE, "build", "--workdir", str(work), "--pre-cropped", "--select", "+ffe_shards"],
+                               capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+        assert build.returncode == 0, build.stdout[-3000:]
+        assert _batch_named_x(fingerprint(work)) == expected
+        deadline = time.monotonic() + 900  # the daemon's own runs of the batch and release finish too
+        while any(r["status"] in ("QUEUED", "STARTING", "STARTED") and r["job"] != "model_job" for r in _runs(port)):
+            assert time.monotonic() < deadline, _runs(port)
+            time.sleep(5)
+        failed = [r for r in _runs(port) if r["status"] == "FAILURE" and r["job"] != "model_job"]
+        assert not failed, failed
+        assert _batch_named_x(fingerprint(work)) == expected
+
+
+def _batch_named_x(fp: dict) -> dict:
+    return {**fp, "identities": sorted((*row[:3], "x") for row in fp["identities"])}
+
+
+@pytest.mark.slow
+def test_a_new_batch_reaches_the_assets_across_batches_under_a_narrow_selection(tmp_path):
+    """`--select +ffe_shards` names only the release's assets; what they need across batches
+    (identities, scores, the plan) is built again when a batch finished after it, by this build or
+    by another run beside it. Found with the daemon (its `identities` ran before the build's
+    embeddings were in; the build took it as done and exited 0 without a release); a second batch
+    under this selection was likewise never assigned identities, nor released."""
+    from pixelsmile.synthetic import write_world_input
+
+    inp, work = tmp_path / "input", tmp_path / "work"
+    write_world_input(inp, people=4, faces_per_person=5)
+    assert subprocess.run(_argv(work, inp), capture_output=True, timeout=600).returncode == 0
+    first = fingerprint(work)
+    write_world_input(inp, people=4, faces_per_person=5, first_person=4)
+    done = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    second = fingerprint(work)
+    assert len({row[3] for row in second["identities"]}) == 2  # both batches' faces have identities
+    assert len(second["identities"]) == second["embeddings"] > len(first["identities"])
+    assert len(second["releases"]) == 2 and all(complete for complete, _ in second["releases"].values())

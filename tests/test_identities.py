@@ -186,3 +186,41 @@ def test_the_index_past_the_exact_limit_picks_what_the_exact_search_picks():
     indexed = assign_vectors(face_ids, vectors, 0.5, exact_limit=200)
     assert len(set(exact)) == 2000  # each made-up person one identity
     assert indexed == exact
+
+
+def test_the_block_search_is_the_exact_search_face_by_face_ties_included():
+    """Below the limit, each block of faces is measured against every centre in one matrix product
+    and later faces see only the candidates and the centres moved since: the same identity, for
+    every face, as measuring every centre face by face, the earliest identity winning a tie (here
+    exact ties: people given twice, faces equidistant from two centres) and near-ties."""
+    import numpy as np
+
+    from curation.identities import assign_vectors
+
+    rng = np.random.default_rng(3)
+    people = rng.normal(0, 0.05, (150, 16))
+    people[75:] = people[:75]  # every person twice: their centres tie until faces move them apart
+    faces = np.repeat(people, 4, axis=0) + rng.normal(0, 0.02, (600, 16))
+    faces[::7] = np.repeat(people, 4, axis=0)[::7]  # some faces on a person's exact vector
+    mid = (people[0] + people[1]) / 2
+    faces = np.concatenate([faces, np.repeat(mid[None], 20, axis=0)])  # between two people, many times
+    order = rng.permutation(len(faces))
+    face_ids, vectors = [f"f{k}" for k in order], faces[order]
+
+    def face_by_face(same: float) -> list[str]:
+        names, totals, counts, out = [], [], [], []
+        for face_id, vec in zip(face_ids, vectors, strict=True):
+            if names:
+                dist = np.linalg.norm(np.asarray(totals) / np.asarray(counts)[:, None] - vec, axis=1)
+                best = int(np.flatnonzero(dist <= dist.min() + 1e-12)[0])  # the earliest of a tie
+            if names and dist[best] <= same:
+                totals[best] = totals[best] + vec
+                counts[best] += 1
+            else:
+                best = len(names)
+                names.append(f"idn_{face_id}"), totals.append(vec.copy()), counts.append(1)
+            out.append(names[best])
+        return out
+
+    for same in (0.05, 0.12, 0.3):  # many identities, about one per person, and merging people
+        assert assign_vectors(face_ids, vectors, same, exact_limit=10**9) == face_by_face(same), same
