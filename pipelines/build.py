@@ -230,7 +230,8 @@ def build(
         raise FFEError(f"--select {selection!r} is not a valid asset selection: {err}") from None
     if not keys:
         raise FFEError(f"--select {selection!r} matches no asset")
-    # Like make: what the selection needs upstream and is not built yet is built too.
+    # Like make: what the selection needs upstream and is not built yet is built too (and an
+    # asset across batches older than its inputs: `stale` below).
     upstream = dg.AssetSelection.assets(*keys).upstream().resolve(graph) - keys
 
     def phase(ks, partitions_def) -> list[dg.AssetKey]:
