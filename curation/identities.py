@@ -251,7 +251,9 @@ def _load_state(layout: Layout, assigned: list[str]) -> tuple[dict[str, _Identit
     hashes = _phashes(layout, assigned)
     for r in sorted(rows, key=lambda r: (r["assigned_at"], r["face_id"])):
         ident = ids.setdefault(r["identity_id"], _Identity(r["identity_id"]))
-        if r["duplicate_of"] is None:
+        # A face whose vector or crop row is gone (its batch's faces rebuilt since, and this one
+        # failed then) no longer shapes its identity; its row stays, as assigned rows do.
+        if r["duplicate_of"] is None and r["face_id"] in vectors and r["face_id"] in hashes:
             ident.add(r["face_id"], vectors[r["face_id"]], hashes[r["face_id"]])
     return ids, model
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -136,14 +138,39 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout,
         raise FFEError(f"invalid config: {err}") from None
     except Exception as err:  # Dagster itself failed, e.g. its instance is on a full disk
         raise FFEError(f"{label}: {_describe_abort(err, layout)}") from err
+    if not result.success and _interrupted(result):
+        raise KeyboardInterrupt  # Ctrl-C stops the build, not just this run (the CLI says how to resume)
     return result.success, "" if result.success else _first_error(result)
 
 
-def _worker_start(share: int) -> None:
-    """A `--workers` process: the stages' item pools and numeric libraries use its share of cores."""
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run failed because it was interrupted (Dagster turns SIGINT into an error)."""
+    for event in result.all_events:
+        err = getattr(event.event_specific_data, "error", None)
+        while err is not None:
+            if err.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+            err = err.cause
+    return False
+
+
+def _worker_start(share: int, build_pid: int) -> None:
+    """A `--workers` process: the stages' item pools and numeric libraries use its share of cores;
+    and it ends itself when the build is gone (killed with SIGKILL: a fork server's children are
+    not the build's, so nothing else would end them), which frees its partition lock."""
     os.environ[CORES_ENV] = str(share)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(share))
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(build_pid, 0)
+            except ProcessLookupError:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="ffe-build-watch", daemon=True).start()
 
 
 _worker_defs: list[dg.Definitions] = []  # a `--workers` process's definitions: one pool serves one build
@@ -163,7 +190,7 @@ def _worker_pool(workers: int, settings: ffe_settings.Effective) -> Iterator[Pro
     share = max(1, cores() // workers)
     ctx = get_context("forkserver")  # workers fork from a server that imported the definitions once
     ctx.set_forkserver_preload([*WORKER_MODULES, "pipelines.definitions"])
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(share,))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(share, os.getpid()))
     try:
         for _ in range(workers):
             pool.submit(_warm, settings)
@@ -327,12 +354,25 @@ def build(
                           gone: Callable[[dg.AssetKey, str], bool] = gone_file,
                           parallel: bool = False) -> None:  # fmt: skip
             """Run each partition where a selected asset, or one it needs upstream, is not built
-            (per Dagster, or `gone`: its files were deleted since); `parallel`: `workers` at once."""
-            done = {k: instance.get_materialized_partitions(k) for k in selected + up}
+            (per Dagster, or `gone`: its files were deleted since), or, in a batch, is older than
+            its input in the batch (rebuilt since) or downstream of one that runs; `parallel`:
+            `workers` partitions at once."""
+            order = [k for k in graph.toposorted_asset_keys if k in set(selected + up)]
+            event = dg.DagsterEventType.ASSET_MATERIALIZATION
+            # One query per asset: the latest materialisation's storage id (increasing) per partition.
+            ids = {k: instance.get_latest_storage_id_by_partition(k, event) for k in order}
+            # Within a batch only: a release rebuilt to the same bytes does not retrain its model.
+            in_batch = {k for k in order if graph.get(k).partitions_def == ingest_batches}
+            same = {k: [q for q in graph.get(k).parent_keys if q in ids and k in in_batch] for k in order}
             todo = {}
             for p in partitions:
-                if keys := sorted({k for k in selected + up if p not in done[k] or gone(k, p)}, key=str):
-                    todo[p] = keys
+                keys: set[dg.AssetKey] = set()
+                for k in order:
+                    mine = ids[k].get(p)
+                    if mine is None or gone(k, p) or any(q in keys or ids[q].get(p, -1) > mine for q in same[k]):
+                        keys.add(k)
+                if keys:
+                    todo[p] = sorted(keys, key=str)
                 elif p not in report.skipped:
                     report.skipped.append(p)
             if parallel and pool is not None and len(todo) > 1:

@@ -7,12 +7,15 @@ rebuilds exactly those from upstream (`broken_partitions`), `ffe status` flags t
 --repair` runs that build:
 
 - a table partition an asset wrote that is gone, or that Parquet cannot read (its footer);
-- a crop of a `faces` row, or an original of an `images` row, that is gone: the batch's `faces`
-  (or `raw_images`, when its input file is still there to ingest again) is rebuilt;
+- a crop of a `faces` row that is gone or cut short (its PNG's last chunk), or an original of an
+  `images` row that is gone or not of the size `images` records: the batch's `faces` (or
+  `raw_images`, when its input file is still there to ingest again) is rebuilt, and what a rebuilt
+  partition feeds with it;
 - a file of a finished release that is gone or not of the size its manifest records (the bytes
   themselves: `ffe release verify`).
 
-Cheap by design: footers and stat calls, no hashing.
+Cheap by design: footers and stat calls, no hashing; a file changed in place at the same size is
+not seen here (`ffe release verify` hashes a release's files).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import dagster as dg
 
 from storage import tables
+from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.build import read_manifest
 from storage.releases.plan import release_dir
@@ -39,7 +43,7 @@ class Problem:
     asset: str  # what rebuilds it
     partition: str | None  # a batch, a release version, or None (across batches)
     item: str  # the file, relative to the work folder
-    reason: str  # missing | unreadable | wrong_size | crop_missing | original_missing
+    reason: str  # missing | unreadable | wrong_size | crop_missing | crop_cut | original_missing | original_wrong_size
 
     def describe(self) -> str:
         where = f"{self.asset} {self.partition}" if self.partition else self.asset
@@ -69,40 +73,69 @@ def check(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
                 owner = next((a for a, t in {**PER_BATCH, **ACROSS}.items() if t == table), table)
                 problems.append(Problem(owner, path.stem if owner in PER_BATCH else None, layout.relative(path),
                                         "unreadable"))  # fmt: skip
-    problems += _file_problems(layout, {p.partition for p in problems if p.asset in ("faces", "raw_images")})
+    problems += _file_problems(layout, {p.partition for p in problems if p.asset == "faces"},
+                               {p.partition for p in problems if p.asset == "raw_images"})  # fmt: skip
     problems += _release_problems(layout, instance)
     return problems
 
 
-def _file_problems(layout: Layout, skip: set[str | None]) -> list[Problem]:
-    """Crops and originals the tables name that are gone (one problem per batch, naming the first)."""
+def _file_problems(layout: Layout, faces_broken: set[str | None], images_broken: set[str | None]) -> list[Problem]:
+    """Crops and originals the tables name that are gone, and originals cut or grown (their size
+    is in `images`): one problem per batch and kind, naming the first. A batch whose `faces` table
+    is itself broken has its crops made again anyway; its originals are still looked at."""
     problems = []
     for batch in tables.partitions(layout, "faces"):
-        if batch in skip or tables.parquet_problem(layout.table_file("faces", batch)):
+        if batch in faces_broken or tables.parquet_problem(layout.table_file("faces", batch)):
             continue
         crops = tables.read_partition(layout, "faces", batch).column("crop_path").to_pylist()
         gone = [c for c in crops if not (layout.root / c).is_file()]
-        if gone:
-            problems.append(Problem("faces", batch, f"{gone[0]} (and {len(gone) - 1} more)" if len(gone) > 1
-                                    else gone[0], "crop_missing"))  # fmt: skip
+        cut = [c for c in crops if c not in gone and not _png_complete(layout.root / c)]
+        for damaged, reason in ((gone, "crop_missing"), (cut, "crop_cut")):
+            if damaged:
+                problems.append(Problem("faces", batch, f"{damaged[0]} (and {len(damaged) - 1} more)"
+                                        if len(damaged) > 1 else damaged[0], reason))  # fmt: skip
     for batch in tables.partitions(layout, "images"):
-        if batch in skip or tables.parquet_problem(layout.table_file("images", batch)):
+        if batch in images_broken or tables.parquet_problem(layout.table_file("images", batch)):
             continue
-        rows = tables.read_partition(layout, "images", batch).select(["path", "source_uri"]).to_pylist()
+        rows = tables.read_partition(layout, "images", batch).select(["path", "source_uri", "bytes"]).to_pylist()
         gone = [r for r in rows if not (layout.root / r["path"]).is_file()]
-        if gone:
-            # Ingest copies originals from the input folder: rebuildable while the inputs are there.
-            where = "raw_images" if all(Path(r["source_uri"]).is_file() or (layout.root / r["source_uri"]).is_file()
-                                        for r in gone) else "inputs gone"  # fmt: skip
-            problems.append(Problem(where, batch, f"{gone[0]['path']} (and {len(gone) - 1} more)" if len(gone) > 1
-                                    else gone[0]["path"], "original_missing"))  # fmt: skip
+        cut = [r for r in rows if r not in gone and (layout.root / r["path"]).stat().st_size != r["bytes"]]
+        for damaged, reason in ((gone, "original_missing"), (cut, "original_wrong_size")):
+            if damaged:
+                # Ingest copies originals from the input folder (a copy of the wrong size is written
+                # again): rebuildable while the inputs are there.
+                where = "raw_images" if all(Path(r["source_uri"]).is_file() or (layout.root / r["source_uri"]).is_file()
+                                            for r in damaged) else "inputs gone"  # fmt: skip
+                problems.append(Problem(where, batch, f"{damaged[0]['path']} (and {len(damaged) - 1} more)"
+                                        if len(damaged) > 1 else damaged[0]["path"], reason))  # fmt: skip
     return problems
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: what a cut file lacks
+
+
+def _png_complete(path: Path) -> bool:
+    """Whether a crop (a PNG, as `faces` writes them) still ends with its IEND chunk: one small read
+    at the end, so a file cut short is found without decoding it."""
+    if path.suffix.lower() != ".png":
+        return True
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - len(PNG_END)))
+            return f.read() == PNG_END
+    except OSError:
+        return False
 
 
 def _release_problems(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
     problems = []
     for version in sorted(_materialized(instance, RELEASE_ASSET)):
-        manifest, folder = read_manifest(layout, version), release_dir(layout, version)
+        folder = release_dir(layout, version)
+        try:
+            manifest = read_manifest(layout, version)
+        except StorageError:
+            problems.append(Problem(RELEASE_ASSET, version, layout.relative(folder / "manifest.json"), "unreadable"))
+            continue
         if manifest is None:
             problems.append(Problem(RELEASE_ASSET, version, layout.relative(folder / "manifest.json"), "missing"))
             continue
@@ -123,7 +156,7 @@ def set_aside(layout: Layout, problems: list[Problem], echo=print) -> list[Probl
     damaged release to `manifest.json.damaged`, so that `ffe_release` and `ffe_shards` build the
     release again from its plan (to the same bytes). Returns `problems`."""
     for p in problems:
-        if p.reason == "unreadable":
+        if p.reason == "unreadable" and p.asset != RELEASE_ASSET:  # a manifest: moved below
             path = layout.root / p.item
             if path.is_file():
                 path.replace(path.with_name(path.name + ".unreadable"))

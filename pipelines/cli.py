@@ -249,11 +249,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     layout = _existing_layout(args.workdir)
     with open_instance(layout) as instance:
         problems = check(layout, instance)
+        built = sorted({r.asset_entry.asset_key.to_user_string() for r in instance.get_asset_records()
+                        if r.asset_entry.last_materialization_record is not None})  # fmt: skip
     if args.repair and problems:
         from pipelines.build import build
 
         effective = _effective_settings(args, save=False, require_input=False)
-        report = build(layout, register_input=False, settings=effective)
+        # What the folder was built with, nothing more: a repair trains no model never trained here.
+        selection = " or ".join(f'key:"{k}"' for k in built) or "*"
+        report = build(layout, selection=selection, register_input=False, settings=effective)
         with open_instance(layout) as instance:
             left = check(layout, instance)
         if args.json:

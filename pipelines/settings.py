@@ -130,6 +130,9 @@ ENV: dict[str, str] = {
     "label_studio.token": "FFE_LABEL_STUDIO_TOKEN",
     "label_studio.document_root": "FFE_LABEL_STUDIO_DOCUMENT_ROOT",
 }
+# How one command uses the machine, not how the folder is built: remembered only when set in the
+# file (`ffe settings set`), never from a flag or a variable of one run.
+PER_RUN = frozenset({"build.workers"})
 SECRETS = frozenset({"label_studio.token"})  # from the environment only: never read from or written to a file
 # Paths a person may give relative to where they stand: stored absolute, or relative to the work folder.
 PATHS = frozenset({"input.folder", "train.recipe", "bench.vlm_path", "bench.config", "prelabels.vlm_path",
@@ -293,7 +296,8 @@ def _stored(workdir: Path, key: str, value: Any) -> Any:
 
 
 def save(effective: Effective) -> list[str]:
-    """Write the effective settings (all but defaults and secrets) into the work folder's file;
+    """Write the effective settings (all but defaults, secrets and PER_RUN keys from a flag or a
+    variable) into the work folder's file;
     returns the keys whose stored value changed ("" when nothing did). Values from the file stay
     as written."""
     workdir = effective.workdir
@@ -301,9 +305,13 @@ def save(effective: Effective) -> list[str]:
     before = _read_file(target)
     after: dict[str, Any] = {}
     for key in keys():
+        value, source = effective.flat[key], effective.sources[key]
         if key in SECRETS:
             continue
-        value, source = effective.flat[key], effective.sources[key]
+        if key in PER_RUN and not source.startswith("file "):  # this run's; the file keeps its own
+            if key in before:
+                after[key] = before[key]
+            continue
         if source.startswith("file "):
             after[key] = before.get(key, value) if Path(source[5:]) == target else _stored(workdir, key, value)
         elif source != "default":

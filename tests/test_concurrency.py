@@ -202,3 +202,55 @@ def test_a_new_batch_reaches_the_assets_across_batches_under_a_narrow_selection(
     assert len({row[3] for row in second["identities"]}) == 2  # both batches' faces have identities
     assert len(second["identities"]) == second["embeddings"] > len(first["identities"])
     assert len(second["releases"]) == 2 and all(complete for complete, _ in second["releases"].values())
+
+
+def _wait_for_staging(work: Path, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not list((work / "staging").glob("*/*")):
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_build_and_a_rerun_ends_in_the_clean_build(world, tmp_path):
+    """Found: Ctrl-C failed the running batch run, and the build went on to the assets across
+    batches (an empty identities run, "nothing to release") before exiting 1. Now it stops there,
+    exits 130 saying how to resume, and the rerun ends in the clean build."""
+    inp, expected = world
+    work, log = tmp_path / "work", tmp_path / "build.log"
+    proc = _start(work, inp, log)
+    _wait_for_staging(work, proc, log)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "rerun the same command to resume" in out and "across_batches_job" not in out, out[-3000:]
+    assert not (work / "tables" / "identities").exists()
+    rerun = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert fingerprint(work) == expected
+
+
+@pytest.mark.slow
+def test_a_workers_build_killed_leaves_no_process_behind(tmp_path):
+    """Found: kill -9 of `ffe build --workers 2` left its fork server and workers running (1.4 GB,
+    one holding a partition lock another build waited for). Each worker now ends itself when the
+    build is gone; a rerun ends in what one at a time gives."""
+    import psutil
+
+    inp, work, ref = tmp_path / "input", tmp_path / "work", tmp_path / "ref"
+    _register_two_batches([work, ref], inp)
+    log = tmp_path / "build.log"
+    proc = subprocess.Popen([*_argv(work, inp), "--workers", "2"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    _wait_for_staging(work, proc, log)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "no worker processes"
+    proc.kill()  # the build alone, as `kill -9 <pid>` does
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [(p.pid, p.cmdline()[:4]) for p in alive]
+    rerun = subprocess.run(_argv(work, inp), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    clean = subprocess.run(_argv(ref, inp), capture_output=True, text=True, timeout=900)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    assert fingerprint(work) == fingerprint(ref)

@@ -61,6 +61,14 @@ DAMAGE = {
     "original_deleted": ("images/*/*.png", Path.unlink, "original missing"),
     "shard_deleted": ("releases/*/shards/train-*.tar", Path.unlink, "ffe_release r"),
     "release_file_cut": ("releases/*/splits.parquet", _cut, "wrong size"),
+    "original_cut": ("images/*/*.png", _cut, "original wrong size"),
+    "crop_cut": ("crops/**/*.png", _cut, "crop cut"),
+    # Several at once in one batch (found by a new user: the broken faces table hid the missing
+    # original from `ffe check`, faces were rebuilt without it, and a face was lost for good).
+    "faces_prelabels_crop_and_its_original": (
+        (("tables/faces/*.parquet", Path.unlink), ("tables/prelabels/*.parquet", _cut),
+         ("crops/**/*.png", Path.unlink), ("images/*/*.png", "the crop's original")),
+        None, ("faces batch-", "prelabels batch-", "original missing")),
 }
 
 
@@ -71,11 +79,20 @@ def test_a_missing_or_cut_file_is_named_and_rebuilt_with_the_same_rows(built, tm
     work = tmp_path / "work"
     shutil.copytree(work_built, work)
     pattern, damage, named = DAMAGE[kind]
-    target = _one(work, pattern)
-    damage(target)
+    if damage is not None:
+        pattern, named = ((pattern, damage),), (named,)
+    target = None
+    for glob, how in pattern:
+        if how == "the crop's original":  # the original of the crop damaged just before: <image id>.png
+            target = _one(work / "images", f"*/{target.name.split('_')[0]}*.png")
+            target.unlink()
+        else:
+            target = _one(work, glob)
+            how(target)
 
     check = _ffe("check", "--json", work=work)
-    assert check.returncode == 1 and named in _ffe("check", work=work).stdout, check.stdout
+    listed = _ffe("check", work=work).stdout
+    assert check.returncode == 1 and all(n in listed for n in named), listed
     status = _ffe("status", work=work)
     assert status.returncode == 0 and "missing or unreadable (" in status.stdout, status.stdout + status.stderr
 
@@ -86,3 +103,37 @@ def test_a_missing_or_cut_file_is_named_and_rebuilt_with_the_same_rows(built, tm
     assert target.is_file()
     after = _ffe("check", work=work)
     assert after.returncode == 0, after.stdout
+
+
+@pytest.mark.slow
+def test_repair_builds_only_what_the_folder_was_built_with(built, tmp_path):
+    """Found: `ffe check --repair` on a folder built with `--select +ffe_shards` ran the whole
+    graph, training and benching a model (3 minutes, where the repair takes seconds)."""
+    work_built, expected = built
+    work = tmp_path / "work"
+    shutil.copytree(work_built, work)
+    _one(work, "tables/images/*.parquet").unlink()
+    repair = _ffe("check", "--repair", work=work)
+    assert repair.returncode == 0, repair.stdout[-3000:] + repair.stderr[-3000:]
+    assert "model_job" not in repair.stdout and not (work / "runs").exists(), repair.stdout[-3000:]
+    assert fingerprint(work) == expected
+
+
+@pytest.mark.slow
+def test_a_cut_manifest_is_named_listed_as_damaged_and_rebuilt(built, tmp_path):
+    """Found: a `manifest.json` cut to 20 bytes made every command (status, check, build, release
+    list) fail with a bare JSON error naming no file."""
+    work_built, expected = built
+    work = tmp_path / "work"
+    shutil.copytree(work_built, work)
+    manifest = _one(work, "releases/*/manifest.json")
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    listed = _ffe("check", work=work)
+    assert listed.returncode == 1 and "manifest.json unreadable" in listed.stdout, listed.stdout + listed.stderr
+    status = _ffe("status", work=work)
+    assert status.returncode == 0 and "damaged" in status.stdout, status.stdout + status.stderr
+    releases = _ffe("release", "list", work=work)
+    assert releases.returncode == 0 and "damaged" in releases.stdout, releases.stdout + releases.stderr
+    rebuilt = _ffe("build", "--select", "+ffe_shards", work=work)
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert fingerprint(work) == expected and _ffe("check", work=work).returncode == 0

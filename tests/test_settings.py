@@ -158,3 +158,17 @@ def test_piping_into_head_is_not_an_error(tmp_path):
     done = subprocess.run(f"{sys.executable} -m pipelines.cli settings show --workdir {tmp_path} | head -1",
                           shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.stdout.startswith("input.folder") and "Broken pipe" not in done.stderr
+
+
+def test_workers_from_a_flag_or_a_variable_are_for_that_run_only(tmp_path):
+    """`--workers 5` or FFE_BUILD_WORKERS=2 of one run is not remembered (found: a one-off 5 on a
+    2-core machine stuck for every later build); `ffe settings set` stores it, and a flag then
+    leaves the stored value alone."""
+    eff = settings.load(tmp_path, env={"FFE_BUILD_WORKERS": "2"}, flags={"build.workers": 5})
+    assert eff.settings.build.workers == 5 and eff.sources["build.workers"] == "command line"
+    assert settings.save(eff) == [] and not (tmp_path / settings.SETTINGS_FILE).exists()
+    settings.set_value(tmp_path, "build.workers", "3")
+    eff = settings.load(tmp_path, env={}, flags={"build.workers": 7})
+    assert eff.settings.build.workers == 7
+    settings.save(eff)
+    assert settings.load(tmp_path, env={}).settings.build.workers == 3

@@ -176,8 +176,19 @@ def record_missing_crops(layout: Layout, version: str, missing: list[dict]) -> N
 
 
 def read_manifest(layout: Layout, version: str) -> dict | None:
+    """A release's manifest; None when it has none (not built). StorageError naming the file when
+    it cannot be read as a manifest (cut, overwritten): `ffe check` lists it and `ffe build` moves
+    it aside and builds the release again."""
     path = release_dir(layout, version) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StorageError(f"{layout.relative(path)} is damaged ({err}): `ffe build` rebuilds the release") from None
+    if not isinstance(manifest, dict) or "version" not in manifest:
+        raise StorageError(f"{layout.relative(path)} is damaged (not a release manifest): `ffe build` rebuilds it")
+    return manifest
 
 
 def write_manifest(layout: Layout, version: str, manifest: dict) -> None:

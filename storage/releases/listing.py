@@ -12,10 +12,14 @@ LATEST = "latest"  # the most recently planned release that is complete
 
 
 def summary(layout: Layout, version: str) -> dict:
-    manifest = read_manifest(layout, version)
+    try:
+        manifest = read_manifest(layout, version)
+        state = "planned"
+    except StorageError:  # listed as damaged (`ffe check` names the file, `ffe build` rebuilds it)
+        manifest, state = None, "damaged"
     if manifest is None:
         info, _ = read_plan(layout, version)
-        return {"version": version, "planned_at": info["planned_at"], "built_at": None, "state": "planned",
+        return {"version": version, "planned_at": info["planned_at"], "built_at": None, "state": state,
                 "faces": info["counts"]["faces"], "identities": info["counts"]["identities"],
                 "splits": {s: info["counts"][f"{s}_faces"] for s in SPLITS}}  # fmt: skip
     counts, shards = manifest["counts"], manifest["shards"] or {}
@@ -40,7 +44,7 @@ def list_releases(layout: Layout) -> list[dict]:
 def resolve_version(layout: Layout, name: str) -> str:
     versions = planned_versions(layout)
     if name == LATEST:
-        complete = [v for v in versions if (read_manifest(layout, v) or {}).get("complete")]
+        complete = [v for v in versions if summary(layout, v)["state"] == "complete"]
         if not complete:
             raise StorageError(f"no complete release in {layout.releases} yet (run `ffe release build`)")
         return complete[-1]
