@@ -220,6 +220,20 @@ def _execute_in_worker(root: Path, settings: ffe_settings.Effective, plan: list[
     return out
 
 
+def _behind(order: list[dg.AssetKey], latest: Callable[[dg.AssetKey], int | None],
+            parents: Callable[[dg.AssetKey], list[dg.AssetKey]],
+            gone: Callable[[dg.AssetKey], bool]) -> set[dg.AssetKey]:  # fmt: skip
+    """Of `order` (assets, upstream first), those to build, as make decides: never built (`latest`,
+    a storage id, is None), files `gone`, older than one of its `parents` (a larger storage id:
+    ids grow with every event), or downstream of one that is built now."""
+    out: set[dg.AssetKey] = set()
+    for k in order:
+        mine = latest(k)
+        if mine is None or gone(k) or any(q in out or (latest(q) or -1) > mine for q in parents(k)):
+            out.add(k)
+    return out
+
+
 def _add_partitions(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition, keys) -> None:
     known = set(instance.get_dynamic_partitions(partitions_def.name))
     if missing := [k for k in keys if k not in known]:
@@ -357,7 +371,8 @@ def build(
             (per Dagster, or `gone`: its files were deleted since), or, in a batch, is older than
             its input in the batch (rebuilt since) or downstream of one that runs; `parallel`:
             `workers` partitions at once."""
-            order = [k for k in graph.toposorted_asset_keys if k in set(selected + up)]
+            chosen = set(selected + up)
+            order = [k for k in graph.toposorted_asset_keys if k in chosen]
             event = dg.DagsterEventType.ASSET_MATERIALIZATION
             # One query per asset: the latest materialisation's storage id (increasing) per partition.
             ids = {k: instance.get_latest_storage_id_by_partition(k, event) for k in order}
@@ -366,12 +381,7 @@ def build(
             same = {k: [q for q in graph.get(k).parent_keys if q in ids and k in in_batch] for k in order}
             todo = {}
             for p in partitions:
-                keys: set[dg.AssetKey] = set()
-                for k in order:
-                    mine = ids[k].get(p)
-                    if mine is None or gone(k, p) or any(q in keys or ids[q].get(p, -1) > mine for q in same[k]):
-                        keys.add(k)
-                if keys:
+                if keys := _behind(order, lambda k, p=p: ids[k].get(p), same.__getitem__, lambda k, p=p: gone(k, p)):
                     todo[p] = sorted(keys, key=str)
                 elif p not in report.skipped:
                     report.skipped.append(p)
@@ -386,23 +396,19 @@ def build(
             or older than an input's latest materialisation (a batch finished since, perhaps by
             another run beside this one: the daemon's `identities` may have run before this
             build's embeddings were in), or downstream of one that runs."""
-            wanted, out = set(candidates), set()
+            chosen = set(candidates)
+            order = [k for k in graph.toposorted_asset_keys if k in chosen]
             latest = {}
 
-            def when(k: dg.AssetKey) -> float | None:
+            def when(k: dg.AssetKey) -> int | None:  # the latest materialisation's storage id, any partition
                 if k not in latest:
-                    event = instance.get_latest_materialization_event(k)
-                    latest[k] = None if event is None else event.timestamp
+                    (record,) = instance.get_asset_records([k]) or (None,)
+                    last = record and record.asset_entry.last_materialization_record
+                    latest[k] = last.storage_id if last else None
                 return latest[k]
 
-            for k in graph.toposorted_asset_keys:
-                if k not in wanted:
-                    continue
-                mine = when(k)
-                if mine is None or gone_file(k, None) or any(
-                        p in out or (when(p) or 0.0) > mine for p in graph.get(k).parent_keys):  # fmt: skip
-                    out.add(k)
-            return sorted(out, key=str)
+            parents = {k: list(graph.get(k).parent_keys) for k in order}
+            return sorted(_behind(order, when, parents.__getitem__, lambda k: gone_file(k, None)), key=str)
 
         # Batch assets that need the assets across batches (generation needs identities) run after
         # them; a run that registers new batches (generated variants) is followed by another round
