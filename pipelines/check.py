@@ -87,28 +87,37 @@ def _file_problems(layout: Layout, faces_broken: set[str | None], images_broken:
     for batch in tables.partitions(layout, "faces"):
         if batch in faces_broken or tables.parquet_problem(layout.table_file("faces", batch)):
             continue
-        crops = tables.read_partition(layout, "faces", batch).column("crop_path").to_pylist()
-        gone = [c for c in crops if not (layout.root / c).is_file()]
-        cut = [c for c in crops if c not in gone and not _png_complete(layout.root / c)]
-        for damaged, reason in ((gone, "crop_missing"), (cut, "crop_cut")):
-            if damaged:
-                problems.append(Problem("faces", batch, f"{damaged[0]} (and {len(damaged) - 1} more)"
-                                        if len(damaged) > 1 else damaged[0], reason))  # fmt: skip
+        gone, cut = [], []
+        for crop in tables.read_partition(layout, "faces", batch).column("crop_path").to_pylist():
+            if not (layout.root / crop).is_file():
+                gone.append(crop)
+            elif not _png_complete(layout.root / crop):
+                cut.append(crop)
+        problems += [_first_of("faces", batch, damaged, reason)
+                     for damaged, reason in ((gone, "crop_missing"), (cut, "crop_cut")) if damaged]  # fmt: skip
     for batch in tables.partitions(layout, "images"):
         if batch in images_broken or tables.parquet_problem(layout.table_file("images", batch)):
             continue
-        rows = tables.read_partition(layout, "images", batch).select(["path", "source_uri", "bytes"]).to_pylist()
-        gone = [r for r in rows if not (layout.root / r["path"]).is_file()]
-        cut = [r for r in rows if r not in gone and (layout.root / r["path"]).stat().st_size != r["bytes"]]
+        gone, cut = [], []
+        for r in tables.read_partition(layout, "images", batch).select(["path", "source_uri", "bytes"]).to_pylist():
+            path = layout.root / r["path"]
+            if not path.is_file():
+                gone.append(r)
+            elif path.stat().st_size != r["bytes"]:
+                cut.append(r)
         for damaged, reason in ((gone, "original_missing"), (cut, "original_wrong_size")):
             if damaged:
                 # Ingest copies originals from the input folder (a copy of the wrong size is written
                 # again): rebuildable while the inputs are there.
                 where = "raw_images" if all(Path(r["source_uri"]).is_file() or (layout.root / r["source_uri"]).is_file()
                                             for r in damaged) else "inputs gone"  # fmt: skip
-                problems.append(Problem(where, batch, f"{damaged[0]['path']} (and {len(damaged) - 1} more)"
-                                        if len(damaged) > 1 else damaged[0]["path"], reason))  # fmt: skip
+                problems.append(_first_of(where, batch, [r["path"] for r in damaged], reason))
     return problems
+
+
+def _first_of(asset: str, batch: str, items: list[str], reason: str) -> Problem:
+    """One problem for a batch's files of one kind, naming the first and counting the rest."""
+    return Problem(asset, batch, f"{items[0]} (and {len(items) - 1} more)" if len(items) > 1 else items[0], reason)
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: what a cut file lacks
