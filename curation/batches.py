@@ -48,6 +48,13 @@ def stored_path(layout: Layout, path: str | os.PathLike[str]) -> str:
     return p.relative_to(layout.root).as_posix() if p.is_relative_to(layout.root) else str(p)
 
 
+def link_outside(path: Path, root: Path) -> str | None:
+    """Where `path` really is, when a link (the file, or a folder on the way) takes it out of the
+    input folder `root`; else None."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(os.path.realpath(root)) else str(real)
+
+
 def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> list[InputFile]:
     """Every non-hidden file under `input_dir`, sorted by path. Files modified within the last
     `min_age_s` seconds are left for a later scan: they may still be being copied in. Dangling

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
+from pathlib import Path
 
-from curation.batches import InputFile, load_manifest
+from curation.batches import InputFile, link_outside, load_manifest
 from curation.parallel import ordered_map, worker_count
 from curation.probe import Rejected, probe
 from storage import tables
@@ -42,6 +43,7 @@ class IngestSettings:
     chunk_size: int = 256  # files per staged chunk: the most a crash can cost
     workers: int = 0  # processes decoding in parallel; 0 = one per core for big enough batches
     fsync_images: bool = False  # flush every stored original to disk (power-loss safety, slower)
+    follow_links: bool = False  # read files through links that leave the input folder (input.follow_links)
 
 
 @dataclass
@@ -79,10 +81,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _ingest_one(layout: Layout, settings: IngestSettings, file: InputFile) -> _Outcome:
-    """Runs in a worker: one read, one hash, one decode, one (idempotent) store."""
+def _ingest_one(layout: Layout, settings: IngestSettings, root: Path, file: InputFile) -> _Outcome:
+    """Runs in a worker: one read, one hash, one decode, one (idempotent) store. A file whose link
+    leaves the input folder `root` is not read unless `settings.follow_links`."""
+    path = file.located(layout)
+    if not settings.follow_links and (target := link_outside(path, root)):
+        return _Outcome(file.path, reason="link_outside_input",
+                        detail=f"a link to {target}, outside the input folder {root}: not read "
+                        "(setting input.follow_links: true reads such links)")  # fmt: skip
     try:
-        with open(file.located(layout), "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         return _Outcome(file.path, reason="unreadable", detail=f"{type(err).__name__}: {err.strerror or err}")
@@ -127,7 +135,8 @@ def ingest_batch(
         first_source.update(zip(t.column("image_id").to_pylist(), t.column("source_uri").to_pylist(), strict=True))
 
     writer = ChunkWriter(staging, settings.chunk_size, total=summary.files, done=summary.resumed, progress=progress)
-    one = Isolated(functools.partial(_ingest_one, layout, settings), STAGE, batch, attrgetter("path"))
+    root = layout.root / manifest.input_dir  # an absolute input_dir is kept as it is
+    one = Isolated(functools.partial(_ingest_one, layout, settings, root), STAGE, batch, attrgetter("path"))
     try:
         with writer.finishing():
             for out, failed in ordered_map(one, todo, worker_count(settings.workers, len(todo), 128), chunksize=8):

@@ -85,6 +85,8 @@ def _target(folder: Path, name: str) -> str:
     `/`, Unicode in NFC (a Mac writes names in NFD), `..` resolved lexically (links are not followed:
     a row names the link that was ingested, not its target)."""
     name = unicodedata.normalize("NFC", name.replace("\\", "/"))
+    if os.path.isabs(name):  # an absolute path names itself (then it must lie in the input)
+        return os.path.normpath(name)
     return os.path.normpath(unicodedata.normalize("NFC", str(folder)) + "/" + name)
 
 
@@ -169,14 +171,23 @@ def _row(raw: list[str], columns: dict[str, int], given: list[str], folder: Path
     return files[target], {"identity": cell.get("identity") or None, "scores": scores}
 
 
-def import_labels(layout: Layout, batch: str, label_files: list[str], image_files: list[str]) -> dict:
+def import_labels(layout: Layout, batch: str, label_files: list[str], image_files: list[str],
+                  follow_links: bool = False) -> dict:  # fmt: skip
     """Write `imported_labels/<batch>` (one row per ingested image a label file names) and the
-    rows it cannot use to `failures`. Reruns rewrite both: they depend on the batch alone."""
+    rows it cannot use to `failures`. Reruns rewrite both: they depend on the batch alone. A label
+    file that is a link out of the batch's input folder is not read unless `follow_links`."""
+    from curation.batches import link_outside, load_manifest
+
+    root = layout.root / load_manifest(layout, batch).input_dir
     # Manifest paths are relative to the work folder where inside it; label rows name absolute ones.
     stored = {str(layout.root / f): f for f in image_files}
     labels: dict[str, dict] = {}
     problems: list[tuple[str, str, str]] = []
     for path in label_files:
+        if not follow_links and (target := link_outside(layout.root / path, root)):
+            problems.append((str(layout.root / path), "link_outside_input", f"{layout.root / path}: a link to "
+                             f"{target}, outside the input folder {root}: not read (setting input.follow_links)"))
+            continue
         found, bad = _parse(layout.root / path, set(stored))
         problems += bad
         for target, label in ((stored[t], v) for t, v in found.items()):

@@ -5,12 +5,14 @@ process, one run per partition still to do. Runs land in the work folder's Dagst
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import os
 import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pydantic
 
 from curation.batches import manifests, register_new_batch
 from curation.parallel import CORES_ENV, WORKER_MODULES, cores
@@ -29,7 +32,7 @@ from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.model import model_job, shards_passed
 from pipelines.defs.release import releases
 from pipelines.errors import FFEError
-from pipelines.instance import open_instance
+from pipelines.instance import PID_TAG, open_instance, wait_for_pool
 from storage import catalog
 from storage.errors import StorageError
 from storage.layout import Layout
@@ -69,6 +72,38 @@ def normalise_run_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
             raise FFEError(f"config mixes Dagster keys {mixed} with asset names; use one form")
         config = {"ops": {name: {"config": value} for name, value in config.items()}}
     return {**_QUIET_LOGS, **config}
+
+
+def check_run_config(defs: dg.Definitions, config: dict[str, Any], source: str = "config") -> None:
+    """Each asset's settings in `config` (normalised) checked by its Config class before any work
+    starts: FFEError naming every wrong key and why (Dagster would check types only once the run
+    starts, and ranges not at all)."""
+    problems = []
+    for name, given in config.get("ops", {}).items():
+        fn = defs.resolve_assets_def(dg.AssetKey(name)).op.compute_fn.decorated_fn
+        param = inspect.signature(fn).parameters.get("config")
+        if param is None:
+            problems.append(f"{name}: this asset takes no settings")
+            continue
+        values = (given or {}).get("config", {}) if isinstance(given, dict) else given
+        if not isinstance(values, dict):
+            problems.append(f"{name}: expected a mapping of settings, not {values!r}")
+            continue
+        fields = param.annotation.model_fields
+        if unknown := sorted(set(values) - set(fields)):  # Dagster's Config takes unknown keys silently
+            for key in unknown:
+                near = difflib.get_close_matches(key, list(fields), n=1)
+                problems.append(f"{name}.{key}: unknown setting" + (f" (did you mean {near[0]}?)" if near else
+                                f"; {name} takes {', '.join(fields)}"))  # fmt: skip
+            continue
+        try:
+            param.annotation(**values)
+        except pydantic.ValidationError as err:
+            for e in err.errors():
+                where = ".".join(str(p) for p in (name, *e["loc"]))
+                problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (given {e.get('input')!r})")
+    if problems:
+        raise FFEError(f"{source}: " + "; ".join(problems))
 
 
 def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None]) -> Path | None:
@@ -118,11 +153,15 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
 
 
 def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout, job_name: str,
-             partition: str | None, keys: list[dg.AssetKey], config: dict[str, Any]) -> tuple[bool, str]:  # fmt: skip
+             partition: str | None, keys: list[dg.AssetKey], config: dict[str, Any],
+             echo: Callable[[str], None] = print) -> tuple[bool, str]:  # fmt: skip
     """One Dagster run of `keys` (of the job `job_name`) for `partition`, in process: (ok, the
     first error line). FFEError when the config is invalid or Dagster itself failed."""
     label = partition or "all batches"
     names = {k.to_python_identifier() for k in keys}
+    graph = defs.resolve_asset_graph()
+    for pool in sorted({p for k in keys for p in graph.get(k).pools or ()}):
+        wait_for_pool(instance, pool, echo)
     # Each run gets the config of its own assets: Dagster refuses config for others.
     run_config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in names}}
     try:
@@ -132,7 +171,7 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout,
             run_config=run_config,
             raise_on_error=False,
             asset_selection=keys,
-            tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names))},
+            tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names)), PID_TAG: str(os.getpid())},
         )
     except dg.DagsterInvalidConfigError as err:
         raise FFEError(f"invalid config: {err}") from None
@@ -251,18 +290,28 @@ def build(
     pre_cropped: bool | None = None,
     register_input: bool = True,
     settings: ffe_settings.Effective | None = None,
+    config_source: str = "config",
+    rebuild: Sequence[str] = (),
 ) -> BuildReport:
     """Build with the work folder's `settings` (default: its settings file and $FFE_* variables,
     with `input_dir`, `domain` and `pre_cropped` over them: what the new batch is, if the input folder
-    has new files); `register_input=False` builds from what is registered already (`ffe release build`)."""
+    has new files); `register_input=False` builds from what is registered already (`ffe release build`);
+    `rebuild`: batch ids or release versions built again whole though built (after a settings change:
+    a batch ingested under other `formats` or `max_megapixels`), with what they feed."""
     if settings is None:
         flags = {"input.folder": str(input_dir) if input_dir is not None else None, "input.domain": domain,
                  "input.pre_cropped": pre_cropped}  # fmt: skip
         settings = ffe_settings.load(layout.root, flags=flags)
-    input_path = resolve_input(settings, echo) if register_input else None
-    workers = settings.settings.build.workers
     defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
+    config = normalise_run_config(run_config)
+    known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
+    if unknown := sorted(set(config.get("ops", {})) - known):
+        raise FFEError(f"{config_source} names unknown asset(s) {', '.join(unknown)}; "
+                       f"assets: {', '.join(sorted(known))}")
+    check_run_config(defs, config, config_source)
+    input_path = resolve_input(settings, echo) if register_input else None
+    workers = settings.settings.build.workers
     try:
         with warnings.catch_warnings():  # the selection parser's beta notice is not user news
             warnings.simplefilter("ignore", dg.BetaWarning)
@@ -283,13 +332,9 @@ def build(
     whole, whole_up = phase(keys, None), phase(upstream, None)
     whole_all = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None]
     per_release, per_release_up = phase(keys, releases), phase(upstream, releases)
-    config = normalise_run_config(run_config)
-    known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
-    if unknown := sorted(set(config.get("ops", {})) - known):
-        raise FFEError(f"config names unknown asset(s) {', '.join(unknown)}; assets: {', '.join(sorted(known))}")
     report = BuildReport()
 
-    with open_instance(layout) as instance, contextlib.ExitStack() as stack:
+    with open_instance(layout, echo) as instance, contextlib.ExitStack() as stack:
         if input_path is not None:
             try:
                 manifest = register_new_batch(layout, input_path, domain=settings.settings.input.domain,
@@ -324,7 +369,7 @@ def build(
                     broken.pop((k.to_user_string(), partition), None)
 
         def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
-            ok, error = _execute(defs, instance, layout, job_name, partition, keys, config)
+            ok, error = _execute(defs, instance, layout, job_name, partition, keys, config, echo)
             return record(partition, job_name, ok, error)
 
         def record(partition: str | None, job_name: str, ok: bool, error: str) -> bool:
@@ -360,6 +405,16 @@ def build(
         broken = broken_partitions(set_aside(layout, check(layout, instance), echo))
         for (asset, partition), why in broken.items():
             echo(f"rebuilding {asset}{' ' + partition if partition else ''}: {why.split(': ', 1)[-1]}")
+        if rebuild:
+            known_batches, known_versions = {m.batch for m in manifests(layout)}, set(planned_versions(layout))
+            if unknown := [r for r in rebuild if r not in known_batches | known_versions]:
+                raise FFEError(f"--rebuild {', '.join(unknown)}: no such batch or release in {layout.root} "
+                               "(`ffe status` lists them)")  # fmt: skip
+            for p in rebuild:
+                assets = batch + batch_up if p in known_batches else per_release + per_release_up
+                for k in assets:  # the first in graph order runs, and so all downstream of it
+                    broken[(k.to_user_string(), p)] = "asked to rebuild it (--rebuild)"
+                echo(f"rebuilding {p} (--rebuild): {', '.join(k.to_user_string() for k in assets)}")
 
         def gone_file(k: dg.AssetKey, p: str | None) -> bool:
             return (k.to_user_string(), p) in broken

@@ -11,7 +11,9 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from storage.layout import Layout
 
@@ -65,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="build N batch partitions at once, each its own Dagster run and process (build.workers)")
+    p.add_argument("--rebuild", action="append", default=[], metavar="PARTITION",
+                   help="build this batch (batch-...) or release again though built, with what it feeds: e.g. "
+                   "after changing ingest settings (repeatable)")
 
     p = sub.add_parser("status", help="rows per table, failures by reason, batches, releases")
     _workdir_arg(p)
@@ -173,9 +178,11 @@ def _load_config(path: Path | None) -> dict | None:
     from pipelines.errors import FFEError
 
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise FFEError(f"config {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise FFEError(f"config {path} is not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise FFEError(f"config {path} is not valid YAML: {err}") from None
     if loaded is not None and not isinstance(loaded, dict):
@@ -183,13 +190,22 @@ def _load_config(path: Path | None) -> dict | None:
     return loaded
 
 
-def _effective_settings(args: argparse.Namespace, *, save: bool = False, require_input: bool = True):
+def _effective_settings(args: argparse.Namespace, *, save: bool = False, require_input: bool = True,
+                        check: Callable[[Any], None] | None = None):  # fmt: skip
     """The work folder's settings with this command's flags. `save` (a command that builds): check
-    that every path set exists, then remember the settings in the folder; nothing is remembered
-    from a command that cannot start."""
+    that every path set exists and the training recipe (and `check(effective)`, the command's own
+    checks) holds, then remember the settings in the folder; nothing is remembered from a command
+    that cannot start."""
     from pipelines import settings
     from pipelines.errors import FFEError
 
+    if save:  # before anything is read or written: a read-only folder named, not a database error
+        from storage.layout import ReadOnlyWorkFolder
+
+        try:
+            Layout.at(args.workdir).require_writable()
+        except ReadOnlyWorkFolder as err:
+            raise FFEError(str(err)) from None
     flags = {"input.folder": getattr(args, "input", None), "input.domain": getattr(args, "domain", None),
              "input.pre_cropped": getattr(args, "pre_cropped", None),
              "build.workers": getattr(args, "workers", None)}  # fmt: skip
@@ -199,6 +215,9 @@ def _effective_settings(args: argparse.Namespace, *, save: bool = False, require
     if not save:
         return effective
     settings.check_paths(effective)
+    settings.check_files(effective)
+    if check is not None:
+        check(effective)
     if effective.settings.input.folder and not effective.input_path.is_dir():
         missing = f"input folder {effective.input_path} does not exist ({effective.sources['input.folder']})"
         if require_input:
@@ -211,11 +230,18 @@ def _effective_settings(args: argparse.Namespace, *, save: bool = False, require
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pipelines.build import build
+    from pipelines.build import build, check_run_config, normalise_run_config
+    from pipelines.definitions import build_definitions
 
     layout = Layout.at(args.workdir)
-    effective = _effective_settings(args, save=True)
-    report = build(layout, selection=args.select, run_config=_load_config(args.config), settings=effective)
+    config, source = _load_config(args.config), f"config {args.config}" if args.config else "config"
+
+    def check(effective) -> None:  # the config's settings, before any is remembered
+        check_run_config(build_definitions(settings=effective), normalise_run_config(config), source)
+
+    effective = _effective_settings(args, save=True, check=check)
+    report = build(layout, selection=args.select, run_config=config, settings=effective, config_source=source,
+                   rebuild=args.rebuild)
     print(
         f"done: {len(report.runs)} run(s), {len(report.skipped)} partition(s) (batches, releases) already built, "
         f"{len(report.failed)} failed; work folder {layout.root}"
@@ -299,7 +325,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     layout = Layout.at(args.workdir)
     # The daemon's definitions read the work folder's settings: this command's flags are saved there.
     _effective_settings(args, save=True, require_input=False)
-    with open_instance(layout):  # writes dagster.yaml into the work folder and sets the gpu pool
+    with open_instance(layout, print):  # writes dagster.yaml, sets the gpu pool, reclaims dead runs
         pass
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
     if dagster is None:

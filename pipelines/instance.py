@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
+import psutil
+from dagster._core.events import DagsterEventType
+from dagster._core.launcher import DefaultRunLauncher
+from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus, RunsFilter
 
 from pipelines.errors import FFEError
 from storage.atomic import atomic_write_bytes
@@ -16,6 +21,7 @@ from storage.locks import work_lock
 
 INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 GPU_POOL = "gpu"
+PID_TAG = "ffe/pid"  # the process that runs an `ffe build` run (in process): how a dead one is told
 
 
 def prepare_dagster_home(layout: Layout) -> Path:
@@ -46,7 +52,9 @@ def dagster_home_env(home: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_instance(layout: Layout) -> Iterator[dg.DagsterInstance]:
+def open_instance(layout: Layout, echo: Callable[[str], None] | None = None) -> Iterator[dg.DagsterInstance]:
+    """The work folder's Dagster instance, its `gpu` pool set and the runs of dead processes
+    reclaimed (`echo` is told about each)."""
     home = prepare_dagster_home(layout)
     with dagster_home_env(home):
         # Two commands on a fresh folder would both create the instance's SQLite tables ("table
@@ -55,6 +63,7 @@ def open_instance(layout: Layout) -> Iterator[dg.DagsterInstance]:
             instance = dg.DagsterInstance.from_config(str(home))
         try:
             ensure_gpu_pool(instance)
+            reclaim_dead_runs(instance, echo)
             yield instance
         finally:
             instance.dispose()
@@ -65,3 +74,78 @@ def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits and GPU_POOL not in storage.get_concurrency_keys():
         storage.set_concurrency_slots(GPU_POOL, 1)
+
+
+def _run_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The process running `run` on this machine: the pid `ffe build` tags its runs with, else the
+    one the run worker logged when it started ("Executing steps in process (pid: N)")."""
+    if PID_TAG in run.tags:
+        return int(run.tags[PID_TAG])
+    for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        pid = getattr(entry.dagster_event.event_specific_data, "metadata", {}).get("pid")
+        if pid is not None:
+            return int(getattr(pid, "text", pid))
+    return None
+
+
+def _alive(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and is the one started before `since` (not a later one that was
+    given the same pid)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= since + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def reclaim_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] | None = None) -> list[str]:
+    """Runs still in progress in the instance whose process is gone (a build killed with SIGKILL,
+    a machine restarted) are marked failed, and every pool slot they hold is freed; so are slots of
+    runs that ended without freeing theirs. Without this a killed training run holds the `gpu` slot
+    for ever and every later build waits on it. Only for runs on this machine (the default run
+    launcher): a cluster's launcher and Dagster's run monitoring watch their own. Returns the ids
+    of the runs marked failed; `echo` is told about each."""
+    if not isinstance(instance.run_launcher, DefaultRunLauncher):
+        return []
+    reclaimed = []
+    in_progress = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
+    for record in instance.get_run_records(RunsFilter(statuses=in_progress)):
+        run = record.dagster_run
+        pid = _run_pid(instance, run)
+        if pid is None or _alive(pid, record.create_timestamp.timestamp()):
+            continue  # not started a process yet (the daemon is launching it), or still at work
+        instance.report_run_failed(run, message=f"the run's process (pid {pid}) is gone: killed, or the "
+                                   "machine restarted; marked failed by ffe and its pool slots freed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reclaimed.append(run.run_id)
+        if echo is not None:
+            echo(f"run {run.run_id[:8]} ({run.job_name}) died with its process {pid}: marked failed, its slots freed")
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        held = storage.get_concurrency_run_ids()
+        if held:
+            ended = instance.get_run_records(RunsFilter(run_ids=list(held), statuses=FINISHED_STATUSES))
+            for record in ended:
+                storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+    return reclaimed
+
+
+def wait_for_pool(instance: dg.DagsterInstance, pool: str, echo: Callable[[str], None],
+                  poll_s: float = 1.0) -> None:  # fmt: skip
+    """Wait, saying for whom, until `pool` has a free slot (a run about to use it would otherwise
+    wait inside Dagster, where Ctrl-C is not heard). Runs that die meanwhile are reclaimed."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    told = None
+    while True:
+        info = storage.get_concurrency_info(pool)
+        if info.limit is None or len(info.claimed_slots) < info.limit:
+            return
+        holders = sorted({c.run_id for c in info.claimed_slots})
+        if holders != told:
+            echo(f"waiting for the {pool} pool: its {info.limit} slot(s) held by run(s) "
+                 f"{', '.join(h[:8] for h in holders)} (see `ffe ui`); Ctrl-C stops")  # fmt: skip
+            told = holders
+        time.sleep(poll_s)
+        reclaim_dead_runs(instance, echo)

@@ -44,19 +44,26 @@ LAUNCHERS = ("accelerate", "python")
 
 
 def load_recipe(path: str) -> dict:
-    """The training recipe: a YAML of TrainConfig fields, or the tiny default when `path` is empty."""
+    """The training recipe: a YAML of TrainConfig fields, or the tiny default when `path` is empty.
+    Checked whole before any training is launched: FFEError naming the file and the key."""
     if not path:
         return dict(TINY_RECIPE)
     try:
-        recipe = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        recipe = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise FFEError(f"training recipe {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise FFEError(f"training recipe {path} is not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise FFEError(f"training recipe {path} is not valid YAML: {err}") from None
+        raise FFEError(f"training recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(recipe, dict):
         raise FFEError(f"training recipe {path} must be a mapping of TrainConfig fields")
     if clash := [k for k in SET_BY_THE_LOOP if k in recipe]:
         raise FFEError(f"training recipe {path} sets {', '.join(clash)}: the loop sets those per release")
+    try:  # every key and value, as the trainer will read them
+        TrainConfig.from_dict({**recipe, "output_dir": "-", "release": "-"})
+    except TrainingError as err:
+        raise FFEError(f"training recipe {path}: {err}") from None
     return recipe
 
 

@@ -29,6 +29,9 @@ class FFEStorage(dg.ConfigurableResource):
     # one face already cropped (taken whole where no face is found).
     domain: str = "real"
     pre_cropped: bool = False
+    # Read input files (and label files) through links that lead out of the input folder: off, so a
+    # link to /etc/shadow or to someone else's photos is refused and recorded, not ingested.
+    follow_links: bool = False
 
     @property
     def layout(self) -> Layout:
@@ -145,7 +148,7 @@ def resources_from_settings(effective) -> dict[str, dg.ConfigurableResource]:
     return {
         "ffe": FFEStorage(workdir=str(effective.workdir), input_dir=str(effective.input_path),
                           input_settle_seconds=s.input.settle_seconds, domain=s.input.domain,
-                          pre_cropped=s.input.pre_cropped),
+                          pre_cropped=s.input.pre_cropped, follow_links=s.input.follow_links),
         "label_studio": LabelStudioResource(url=s.label_studio.url, token=token,
                                             document_root=s.label_studio.document_root,
                                             project_title=s.label_studio.project_title,

@@ -43,6 +43,7 @@ class InputSettings(_Section):
     domain: Literal["real", "anime"] = Field("real", description="what new batches are")
     pre_cropped: bool = Field(False, description="each new image is one face: taken whole where none is found")
     settle_seconds: float = Field(2.0, ge=0, le=3600, description="a file changed this recently may still be copied in")
+    follow_links: bool = Field(False, description="read input files through links that leave the input folder")
 
 
 class BuildSettings(_Section):
@@ -112,6 +113,7 @@ ENV: dict[str, str] = {
     "input.folder": "FFE_INPUT",
     "input.domain": "FFE_INPUT_DOMAIN",
     "input.pre_cropped": "FFE_INPUT_PRE_CROPPED",
+    "input.follow_links": "FFE_INPUT_FOLLOW_LINKS",
     "build.workers": "FFE_BUILD_WORKERS",
     "train.recipe": "FFE_TRAIN_RECIPE",
     "train.launcher": "FFE_TRAIN_LAUNCHER",
@@ -408,3 +410,15 @@ def check_paths(effective: Effective) -> None:
                for k in MUST_EXIST if effective.flat[k] and not Path(effective.flat[k]).exists()]  # fmt: skip
     if missing:
         raise FFEError("; ".join(missing))
+
+
+def check_files(effective: Effective) -> None:
+    """The files that settings name, read and checked before any work starts (a training recipe
+    with a wrong key would otherwise fail only once the model trains, after the whole build)."""
+    if recipe := effective.flat["train.recipe"]:
+        from pipelines.model import load_recipe
+
+        try:
+            load_recipe(recipe)
+        except FFEError as err:
+            raise FFEError(f"setting train.recipe ({effective.sources['train.recipe']}): {err}") from None

@@ -116,11 +116,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             if main_process():
                 write_outcome(out, error=" ".join(str(err).split()))
             raise
+        for skipped in result["skipped_checkpoints"]:
+            report.log(f"skipped a damaged checkpoint: {skipped}")
         if main_process():
             outcome = write_outcome(out, result=result)
             report.materialized({k: v for k, v in outcome.items() if v is not None})
-    loss = (result["last"] or {}).get("total", float("nan"))
-    print(f"trained to step {result['steps']}; weights {result['weights']}; last loss {loss:.4f}")
+    if result["last"]:
+        loss = f"last loss {result['last']['total']:.4f}"
+    else:  # resumed from the final checkpoint: nothing left to train
+        loss = f"nothing left to train (resumed from {result['resumed_from']})"
+    print(f"trained to step {result['steps']}; weights {result['weights']}; {loss}")
     return 0
 
 

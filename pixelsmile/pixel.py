@@ -128,7 +128,15 @@ class PixelBackbone(nn.Module):
         return path
 
     def load_weights(self, folder: Path) -> None:
-        self.net.load_state_dict(torch.load(Path(folder) / "pixel_edit_net.pt", map_location="cpu"))
+        """Weights saved by `save_weights`; ValueError naming the file when it is missing or cut."""
+        path = Path(folder) / "pixel_edit_net.pt"
+        try:
+            state = torch.load(path, map_location="cpu")
+        except FileNotFoundError:
+            raise ValueError(f"{path} is missing: not a trained pixel model's folder") from None
+        except Exception as err:  # a cut file: torch's error names no file
+            raise ValueError(f"cannot load {path}: {' '.join(str(err).split())[:160]}") from None
+        self.net.load_state_dict(state)
 
     @torch.no_grad()
     def generate(self, source: torch.Tensor, cond: Embedding, steps: int = 20, seed: int = 0) -> torch.Tensor:

@@ -12,17 +12,21 @@ baseline instead (the ablation): the same two targets as two independent (source
 each with its own noise and level, flow matching only, no L_SC, no L_ID.
 
 Checkpoints are `checkpoint-<step>/` folders (accelerate's state: optimizer, scheduler, RNG; the
-trainable weights alone, not the frozen base; the step and each process's noise generator), and
-`resume: latest` continues from the newest one to the same losses an uninterrupted run gives (fixed
+trainable weights alone, not the frozen base; the step and each process's noise generator), written
+under a temporary name and renamed when whole, and `resume: latest` continues from the newest whole
+one (a damaged one is skipped, named on stderr and in outcome.json) to the same losses an uninterrupted run gives (fixed
 seeds; the data stream is replayed to its position).
 A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
+import sys
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -97,28 +101,82 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from a mapping (a YAML's), every value checked against its field's type and range
+        (`_LIMITS`); TrainingError naming the key otherwise (a step count of "abc" or -5 would
+        otherwise fail deep in the trainer, or train nothing and pass for a model)."""
+        if not isinstance(d, dict):
+            raise TrainingError(f"a training config is a mapping of TrainConfig fields, not {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            close = {u: [k for k in known if k.startswith(u[:4])] for u in unknown}
-            hints = "; ".join(f"{u} (did you mean {', '.join(c)}?)" if c else u for u, c in close.items())
+        if unknown := sorted(set(d) - known, key=str):
+            close = {u: difflib.get_close_matches(str(u), sorted(known), n=1) for u in unknown}
+            hints = "; ".join(f"{u} (did you mean {c[0]}?)" if c else str(u) for u, c in close.items())
             raise TrainingError(f"unknown training config key(s): {hints}")
+        types = typing.get_type_hints(cls)
+        for key, value in d.items():
+            _check_value(key, value, types[key])
         config = cls(**d)
         if not config.output_dir:
             raise TrainingError("output_dir is required")
         if bool(config.release) == bool(config.train_jsonl):
             raise TrainingError("give exactly one of release (a release folder) and train_jsonl")
-        if config.backbone not in ("pixel", "qwen"):
-            raise TrainingError(f"backbone must be pixel or qwen, not {config.backbone!r}")
         return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """TrainingError naming the file (and the key) when it cannot be read or a value is wrong."""
         import yaml
 
         try:
-            return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as err:
             raise TrainingError(f"training config {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise TrainingError(f"training config {path} is not UTF-8 text (byte {err.start})") from None
+        except yaml.YAMLError as err:
+            raise TrainingError(f"training config {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        try:
+            return cls.from_dict(data)
+        except TrainingError as err:
+            raise TrainingError(f"training config {path}: {err}") from None
+
+
+# What each field may hold beyond its type: (lowest, highest) bounds, or the allowed values.
+_LIMITS: dict[str, tuple | frozenset] = {
+    "backbone": frozenset({"pixel", "qwen"}),
+    "mixed_precision": frozenset({"no", "bf16", "fp16"}),
+    "resolution": (8, 4096), "batch_size": (1, None), "max_steps": (1, None), "learning_rate": (0.0, None),
+    "lr_warmup_steps": (0, None), "max_grad_norm": (0, None), "checkpointing_steps": (1, None),
+    "checkpoints_total_limit": (0, None), "seed": (0, None), "contrastive_weight": (0, None),
+    "identity_weight": (0, None), "tau": (0.0, None), "lora_rank": (1, None), "lora_alpha": (0, None),
+    "pixel_channels": (1, None), "pixel_blocks": (1, None), "num_workers": (0, None), "log_every": (1, None),
+}  # fmt: skip
+
+
+def _check_value(key: str, value: Any, kind: Any) -> None:
+    """TrainingError naming `key` when `value` is not of its field's type or outside `_LIMITS`.
+    Floats take ints (YAML writes 1 for 1.0); no field takes a bool for a number."""
+    base = {int: int, float: (int, float), bool: bool, str: str}.get(kind)
+    if base is None:  # dict fields (extra): a mapping
+        if not isinstance(value, dict):
+            raise TrainingError(f"{key} must be a mapping, not {value!r}")
+        return
+    if not isinstance(value, base) or (kind is not bool and isinstance(value, bool)):
+        wanted = {int: "an integer", float: "a number", bool: "true or false", str: "text"}[kind]
+        raise TrainingError(f"{key} must be {wanted}, not {value!r}")
+    limit = _LIMITS.get(key)
+    if key == "lr_scheduler":  # the names diffusers' get_scheduler knows
+        from diffusers.optimization import SchedulerType
+
+        limit = frozenset(t.value for t in SchedulerType)
+    if isinstance(limit, frozenset):
+        if value not in limit:
+            raise TrainingError(f"{key} must be one of {', '.join(sorted(limit))}, not {value!r}")
+    elif limit is not None:
+        low, high = limit
+        strict = isinstance(low, float)  # a float bound is exclusive: a learning rate of 0 trains nothing
+        if (value <= low if strict else value < low) or (high is not None and value > high):
+            bound = f"above {low:g}" if strict else f"at least {low}" + (f" and at most {high}" if high else "")
+            raise TrainingError(f"{key} must be {bound}, not {value!r}")
 
 
 def build_backbone(config: TrainConfig) -> Backbone:
@@ -323,29 +381,73 @@ class Trainer:
         return folder / ("trainer_state.pt" if rank == 0 else f"trainer_state_{rank}.pt")
 
     def save_checkpoint(self) -> Path:
+        """`checkpoint-<step>/`, written under a temporary name and renamed when whole: a run killed
+        mid-save leaves a `.partial` folder (swept by the next run), never a checkpoint to resume."""
         folder = self.out / f"checkpoint-{self.step}"
-        self.accelerator.save_state(str(folder))
-        torch.save({"step": self.step, "noise": self.noise.get_state()}, self._state_file(folder))
-        if self.accelerator.is_main_process:
-            (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        partial = self.out / f".{folder.name}.partial"
+        main = self.accelerator.is_main_process
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(partial))
+        torch.save({"step": self.step, "noise": self.noise.get_state()}, self._state_file(partial))
+        self.accelerator.wait_for_everyone()  # every process's files are in before the rename
+        if main:
+            (partial / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
             if self.config.checkpoints_total_limit:
                 for old in checkpoints(self.out)[: -self.config.checkpoints_total_limit]:
                     shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return folder
 
+    def _unreadable(self, folder: Path) -> str | None:
+        """Why `folder` cannot be resumed from (a file missing or cut), or None: checked before any
+        state is loaded, so that a broken checkpoint changes nothing."""
+        from safetensors import SafetensorError, safe_open
+
+        needed = [TRAINABLE, "optimizer.bin", "scheduler.bin", self._state_file(folder).name]
+        if missing := [n for n in needed if not (folder / n).is_file()]:
+            return f"{', '.join(missing)} missing"
+        try:
+            with safe_open(str(folder / TRAINABLE), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            return f"{TRAINABLE} unreadable ({' '.join(str(err).split())[:120]})"
+        for name in ("optimizer.bin", "scheduler.bin", self._state_file(folder).name):
+            try:
+                torch.load(folder / name, map_location="cpu", weights_only=False)
+            except Exception as err:  # torch names no file: a cut zip, a pickle error
+                return f"{name} unreadable ({' '.join(str(err).split())[:120]})"
+        return None
+
     def resume(self, which: str) -> Path | None:
+        """Load `which` (a checkpoint folder, or `latest`: the newest whole one; older ones are tried
+        when it is not, each one skipped named in `self.skipped` and on stderr). None: from scratch."""
+        self.skipped: list[str] = []
+        if self.accelerator.is_main_process:
+            for stale in self.out.glob(".checkpoint-*.partial"):  # a save that was killed
+                shutil.rmtree(stale, ignore_errors=True)
         if not which:
             return None
         if which == "latest":
-            found = checkpoints(self.out)
-            if not found:
+            folder = None
+            for candidate in reversed(checkpoints(self.out)):
+                if (why := self._unreadable(candidate)) is None:
+                    folder = candidate
+                    break
+                self.skipped.append(f"{candidate}: {why}")
+                print(f"skipping checkpoint {candidate}: {why}", file=sys.stderr, flush=True)
+            if folder is None:
                 return None  # nothing to resume: start from scratch
-            folder = found[-1]
         else:
             folder = Path(which)
             if not (folder / "trainer_state.pt").is_file():
                 raise TrainingError(f"{folder} is not a checkpoint folder (no trainer_state.pt)")
+            if why := self._unreadable(folder):
+                raise TrainingError(f"cannot resume from {folder}: {why}")
         self.accelerator.load_state(str(folder))
         state = torch.load(self._state_file(folder), weights_only=False)
         self.step = int(state["step"])
@@ -395,7 +497,8 @@ class Trainer:
         weights = self.backbone.save_weights(self.out / "final") if main else None
         self.accelerator.wait_for_everyone()
         return {"steps": self.step, "resumed_from": str(resumed) if resumed else None, "weights": str(weights),
-                "history": history, "last": history[-1] if history else None}  # fmt: skip
+                "skipped_checkpoints": self.skipped, "history": history,
+                "last": history[-1] if history else None}  # fmt: skip
 
 
 def train(config: TrainConfig, progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> dict:
@@ -410,7 +513,8 @@ def write_outcome(output_dir: Path, *, result: dict | None = None, error: str | 
     last = (result or {}).get("last") or {}
     outcome = {"status": "failed" if error else "ok", "error": error,
                "steps": (result or {}).get("steps"), "weights": (result or {}).get("weights"),
-               "last_loss": last.get("total"), "resumed_from": (result or {}).get("resumed_from")}  # fmt: skip
+               "last_loss": last.get("total"), "resumed_from": (result or {}).get("resumed_from"),
+               "skipped_checkpoints": (result or {}).get("skipped_checkpoints") or None}  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / OUTCOME, json.dumps(outcome, indent=1) + "\n")
     return outcome

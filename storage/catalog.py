@@ -7,6 +7,9 @@ open `catalog.duckdb` directly.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import duckdb
 
 from storage.layout import Layout
@@ -140,18 +143,36 @@ def refresh_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
 
 def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection with every table as a view. Writes the views into `catalog.duckdb` when
-    `persist`; if another process holds that file's lock, falls back to an in-memory catalog."""
+    `persist`; if another process holds that file's lock, falls back to an in-memory catalog. A
+    catalog DuckDB cannot open (cut, overwritten) is moved aside to `catalog.duckdb.damaged` and
+    made again: it holds only views, so nothing is lost."""
     con = None
     if persist:
         layout.root.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(layout.catalog))
-        except duckdb.IOException:
-            con = None  # locked by another process: the views below are all we need
+            refresh_views(con, layout)
+            return con
+        except duckdb.Error as err:
+            if "lock" in str(err).lower():
+                con = None  # locked by another process: the views below are all we need
+            else:
+                if con is not None:
+                    con.close()
+                con = _remade(layout, err)
     if con is None:
         con = duckdb.connect(":memory:")
     refresh_views(con, layout)
     return con
+
+
+def _remade(layout: Layout, err: duckdb.Error) -> duckdb.DuckDBPyConnection:
+    damaged = layout.catalog.with_name(layout.catalog.name + ".damaged")
+    os.replace(layout.catalog, damaged)
+    layout.catalog.with_name(layout.catalog.name + ".wal").unlink(missing_ok=True)  # the damaged file's log
+    print(f"ffe: {layout.catalog} could not be opened ({' '.join(str(err).split())[:160]}): made again from "
+          f"the tables; the damaged file is kept as {damaged.name}", file=sys.stderr)  # fmt: skip
+    return duckdb.connect(str(layout.catalog))
 
 
 def table_counts(layout: Layout) -> dict[str, int]:

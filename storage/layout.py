@@ -14,9 +14,15 @@ dagster/                      the Dagster instance (runs, event logs, schedules)
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class ReadOnlyWorkFolder(OSError):
+    """The work folder (or a folder in it) cannot be written: the message names it and why."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,29 @@ class Layout:
     @classmethod
     def at(cls, root: str | os.PathLike[str]) -> Layout:
         return cls(Path(root).expanduser().resolve())
+
+    def require_writable(self) -> None:
+        """Prove the work folder and each folder in it writable by writing a file (permission bits
+        say nothing about a read-only mount, or to root); for a folder still to be made, the
+        nearest existing parent. ReadOnlyWorkFolder naming the first that is not, before any work."""
+        existing = next(p for p in (self.root, *self.root.parents) if p.is_dir())
+        inside = []
+        if existing == self.root:
+            inside = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+        for folder in [existing, *inside]:
+            try:
+                with tempfile.TemporaryFile(dir=folder, prefix=".ffe-write-test-"):
+                    pass
+            except OSError as err:
+                why = "on a read-only file system" if err.errno == errno.EROFS else f"not writable ({err.strerror})"
+                if folder == self.root:
+                    where = f"work folder {self.root} is {why}"
+                elif existing != self.root:
+                    where = f"cannot create work folder {self.root}: {folder} is {why}"
+                else:
+                    where = f"work folder {self.root} is not writable: {folder.name}/ in it is {why}"
+                raise ReadOnlyWorkFolder(f"{where}; builds write tables, originals and Dagster's records there: "
+                                         "make it writable, or give another --workdir") from None
 
     @property
     def images(self) -> Path:

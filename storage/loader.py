@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,10 +37,14 @@ import webdataset as wds
 from PIL import Image
 from webdataset.gopen import gopen
 
-from storage.releases.shards import shard_names, shard_paths
+from storage.errors import StorageError
+from storage.releases.paths import release_path
+from storage.releases.shards import INDEX, shard_names, shard_paths
 from storage.releases.triplets import Face, identity_triplets
 from storage.schemas import CATEGORIES
 from storage.tarstream import TruncatedTarError, UnsafeTarError, iter_samples
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ShardError(ValueError):
@@ -107,14 +112,18 @@ def _close(stream, name: str) -> None:
             raise ShardError(f"{name}: its stream failed ({' '.join(str(err).split())[:300]})") from None
 
 
-def _faces_by_shard(index: Path, split: str) -> dict[str, dict[str, tuple[str, ...]]]:
-    """shards/index.parquet -> {shard name: {sample key: face ids}} of one split."""
+def _faces_by_shard(folder: Path, split: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """shards/index.parquet -> {shard name: {sample key: face ids}} of one split; a shard name that
+    leaves the release folder is a StorageError naming it (`release_path`)."""
     import pyarrow.parquet as pq
 
+    index = release_path(folder, f"shards/{INDEX}")
     out: dict[str, dict[str, tuple[str, ...]]] = {}
     for row in pq.read_table(index, columns=["shard", "key", "split", "face_ids"]).to_pylist():
         if row["split"] == split:
             out.setdefault(row["shard"], {})[row["key"]] = tuple(row["face_ids"])
+    for name in out:
+        release_path(folder, name, listed_in=f"shards/{INDEX}", under="shards")
     return out
 
 
@@ -310,7 +319,9 @@ class TripletStream(torch.utils.data.IterableDataset):
         """The shards and pairs of a release (its manifest.json says which). `shard_url` reads the
         shards from elsewhere: a template with {version} and {name}, e.g.
         "pipe:aws s3 cp s3://bucket/ffe/{version}/shards/{name} -"; `folder` then needs only the
-        manifest."""
+        manifest. A shard name of the manifest or of shards/index.parquet that leaves the release
+        folder (absolute, `..`, a link out) is a StorageError naming the release and the entry,
+        raised before any shard is read."""
         folder = Path(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         if not manifest.get("complete"):
@@ -318,13 +329,19 @@ class TripletStream(torch.utils.data.IterableDataset):
         pairs = manifest["pairs"]["configured"] + manifest["pairs"]["found"]
         kw.setdefault("seed", manifest["config"]["triplet_seed"])
         kw.setdefault("max_per_pair", manifest["config"]["max_triplets_per_pair"])
-        if shard_url is None:
-            urls = shard_paths(folder, manifest, split)
-        else:
-            urls = [shard_url.format(version=manifest["version"], name=n) for n in shard_names(manifest, split)]
+        # Every shard name is checked before anything is read: one that leaves the release folder
+        # (absolute, `..`, a link out) is a StorageError naming the release and the entry.
+        urls = shard_paths(folder, manifest, split)
+        if shard_url is not None:
+            names = shard_names(manifest, split)
+            # A `pipe:` URL runs in a shell: a name is pasted into it only when it is a plain file name.
+            if odd := [n for n in names if not _PLAIN_NAME.fullmatch(n)]:
+                raise StorageError(f"manifest.json of release {folder.name} names shard {odd[0]!r}: only letters, "
+                                   "digits and ._- are put into a shard_url")  # fmt: skip
+            urls = [shard_url.format(version=manifest["version"], name=n) for n in names]
         kw.setdefault("expected_samples", {r["name"]: r["samples"] for r in manifest["shards"].get(split, [])})
-        if (index := folder / "shards" / "index.parquet").exists():
-            kw.setdefault("expected_faces", _faces_by_shard(index, split))
+        if (folder / "shards" / INDEX).exists():
+            kw.setdefault("expected_faces", _faces_by_shard(folder, split))
         return cls(urls, pairs, **kw)
 
     def set_epoch(self, epoch: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,73 @@ def test_a_resumed_run_reaches_the_same_losses_as_an_uninterrupted_one(world, tm
     w1 = torch.load(tmp_path / "whole" / "final" / "pixel_edit_net.pt")
     w2 = torch.load(tmp_path / "split" / "final" / "pixel_edit_net.pt")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def _damage(folder: Path, kind: str) -> str:
+    """Break checkpoint `folder` as a killed save or a bad disk does; the reason resume gives."""
+    if kind == "empty":  # a save killed before it wrote anything (the old, in-place save)
+        shutil.rmtree(folder)
+        folder.mkdir()
+        return "trainable.safetensors, optimizer.bin, scheduler.bin, trainer_state.pt missing"
+    if kind == "cut_weights":
+        data = (folder / "trainable.safetensors").read_bytes()
+        (folder / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+        return "trainable.safetensors unreadable"
+    (folder / "optimizer.bin").write_bytes((folder / "optimizer.bin").read_bytes()[:100])
+    return "optimizer.bin unreadable"
+
+
+@pytest.mark.parametrize("kind", ["empty", "cut_weights", "cut_optimizer"])
+def test_resume_skips_a_broken_newest_checkpoint_naming_it(world, tmp_path, kind, capfd):
+    """checkpoint-6 broken: the run resumes from checkpoint-3, names the one skipped, and ends where
+    an uninterrupted run ends."""
+    whole = train(config(world, tmp_path / "whole"), progress=False)
+    run = tmp_path / "split"
+    shutil.copytree(tmp_path / "whole", run)
+    shutil.rmtree(run / "final")
+    (run / "losses.jsonl").unlink()
+    why = _damage(run / "checkpoint-6", kind)
+    resumed = train(config(world, run, resume="latest"), progress=False)
+    assert resumed["resumed_from"] == str(run / "checkpoint-3") and resumed["steps"] == 6
+    (skipped,) = resumed["skipped_checkpoints"]
+    assert skipped.startswith(f"{run / 'checkpoint-6'}: {why}")
+    assert f"skipping checkpoint {run / 'checkpoint-6'}: {why}" in capfd.readouterr().err
+    for a, b in zip(whole["history"][3:], resumed["history"], strict=True):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5)
+    assert [c.name for c in checkpoints(run)] == ["checkpoint-3", "checkpoint-6"]  # saved whole again
+    with pytest.raises(TrainingError, match=r"cannot resume from .*checkpoint-3: optimizer.bin unreadable"):
+        _damage(run / "checkpoint-3", "cut_optimizer")
+        Trainer(config(world, run, resume=str(run / "checkpoint-3"))).resume(str(run / "checkpoint-3"))
+
+
+def test_a_save_killed_midway_leaves_no_checkpoint_and_its_remains_are_swept(world, tmp_path, monkeypatch):
+    trainer = Trainer(config(world, tmp_path / "run"))
+    batches = trainer.batches()
+    for _ in range(3):
+        trainer.train_step(next(batches))
+
+    def killed(folder, *a, **kw):  # the process dies once part of the state is on disk
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "optimizer.bin").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.accelerator, "save_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert checkpoints(tmp_path / "run") == [] and (tmp_path / "run" / ".checkpoint-3.partial").is_dir()
+    resumed = train(config(world, tmp_path / "run", resume="latest"), progress=False)
+    assert resumed["resumed_from"] is None and resumed["steps"] == 6  # from scratch: nothing whole to resume
+    assert not list((tmp_path / "run").glob(".checkpoint-*.partial"))
+
+
+def test_a_cut_final_model_is_named_when_loaded(world, tmp_path):
+    from pixelsmile.pixel import PixelBackbone
+
+    train(config(world, tmp_path / "run"), progress=False)
+    weights = tmp_path / "run" / "final" / "pixel_edit_net.pt"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(ValueError, match=rf"cannot load {weights}: "):
+        PixelBackbone(16, 1).load_weights(weights.parent)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(world, tmp_path):

@@ -7,10 +7,12 @@ is launched once.
 
 # No `from __future__ import annotations` here: Dagster reads the config and resource
 # annotations of asset functions at definition time.
+import difflib
 from collections import Counter
+from dataclasses import replace
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from curation.batches import load_manifest, manifests, register_new_batch
 from curation.ingest import IngestSettings, batch_is_ingested, failures_partition, ingest_batch
@@ -25,23 +27,50 @@ ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")
 
 
 _DEFAULTS = IngestSettings()
+# What people write for a format, as Pillow names it.
+FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "J2K": "JPEG2000", "JP2": "JPEG2000"}
+
+
+def image_formats() -> set[str]:
+    """The format names Pillow can open here (its plugins and pillow-heif's), upper case."""
+    from PIL import Image
+
+    import curation.imageio  # noqa: F401  (registers HEIF/AVIF when pillow-heif is installed)
+
+    Image.init()
+    return set(Image.OPEN) | set(_DEFAULTS.formats)
 
 
 class IngestConfig(dg.Config):
     """Run config of `raw_images`; defaults come from `IngestSettings`."""
 
-    max_megapixels: float = Field(_DEFAULTS.max_megapixels, description="larger images are refused undecoded")
-    min_side: int = Field(_DEFAULTS.min_side, description="images with a shorter side are refused")
-    formats: list[str] = Field(list(_DEFAULTS.formats), description="PIL format names accepted")
+    max_megapixels: float = Field(_DEFAULTS.max_megapixels, gt=0, description="larger images are refused undecoded")
+    min_side: int = Field(_DEFAULTS.min_side, ge=1, description="images with a shorter side are refused")
+    formats: list[str] = Field(list(_DEFAULTS.formats), min_length=1, description="PIL format names accepted")
     chunk_size: int = Field(_DEFAULTS.chunk_size, gt=0, description="files per staged chunk (resume unit)")
     workers: int = Field(_DEFAULTS.workers, ge=0, description="decoding processes; 0 = one per core")
     fsync_images: bool = Field(_DEFAULTS.fsync_images, description="flush each original to disk")
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        """Pillow's names (JPG read as JPEG); an unknown one is refused, naming the nearest: a typo
+        would otherwise reject every file of that format as unsupported."""
+        known, out = image_formats(), []
+        for name in value:
+            name = FORMAT_ALIASES.get(name.strip().upper(), name.strip().upper())
+            if name not in known:
+                near = difflib.get_close_matches(name, sorted(known), n=1)
+                raise ValueError(f"{name!r} is not an image format Pillow reads here"
+                                 + (f" (did you mean {near[0]}?)" if near else ""))  # fmt: skip
+            out.append(name)
+        return out
 
     def settings(self) -> IngestSettings:
         return IngestSettings(
             max_megapixels=self.max_megapixels,
             min_side=self.min_side,
-            formats=tuple(f.upper() for f in self.formats),
+            formats=tuple(self.formats),
             chunk_size=self.chunk_size,
             workers=self.workers,
             fsync_images=self.fsync_images,
@@ -69,9 +98,11 @@ EVERY_FILE_ACCOUNTED = "every_file_accounted_for"
 def raw_images(context: dg.AssetExecutionContext, config: IngestConfig, ffe: FFEStorage) -> dg.MaterializeResult:
     layout, batch = ffe.layout, context.partition_key
     with progress_reporter(context, f"ingest {batch}") as report:
-        summary = ingest_batch(layout, batch, config.settings(), progress=report)
+        settings = replace(config.settings(), follow_links=ffe.follow_links)
+        summary = ingest_batch(layout, batch, settings, progress=report)
     manifest = load_manifest(layout, batch)
-    labels = import_labels(layout, batch, [f.path for f in manifest.label_files], [f.path for f in manifest.files])
+    labels = import_labels(layout, batch, [f.path for f in manifest.label_files], [f.path for f in manifest.files],
+                           follow_links=ffe.follow_links)  # fmt: skip
     if manifest.label_files:
         context.log.info(f"{batch}: labels for {labels['labelled_images']} images, {labels['label_problems']} "
                          "label rows unusable (failures, stage labels)")  # fmt: skip

@@ -31,6 +31,7 @@ from storage.blobs import file_digest
 from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.config import SPLITS, ReleaseConfig
+from storage.releases.paths import release_path
 from storage.releases.plan import read_plan, release_dir
 from storage.releases.triplets import (
     TRIPLET_SCHEMA,
@@ -69,7 +70,7 @@ def _collect_images(layout: Layout, folder: Path, faces: pa.Table, workers: int,
 
     def one(item: tuple[str, str]) -> tuple[str, int]:
         face_id, crop = item
-        dst = images / f"{face_id}.png"
+        dst = release_path(folder, f"images/{face_id}.png", listed_in="plan.parquet")
         if not dst.is_file():  # a rerun keeps what it linked before
             src = layout.root / crop
             try:

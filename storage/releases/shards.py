@@ -33,6 +33,7 @@ from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.build import read_manifest, rows_by_identity, write_manifest
 from storage.releases.config import SPLITS, ReleaseConfig
+from storage.releases.paths import release_path
 from storage.releases.plan import release_dir
 from storage.schemas import CATEGORIES, RELEASE_FACES, SHARD_INDEX
 from storage.tarstream import BLOCK
@@ -223,6 +224,8 @@ def write_shards(layout: Layout, version: str, *, workers: int = 4, progress: Pr
     shards_dir, records_dir = folder / "shards", layout.staging_dir(STAGE, version)
     config = ReleaseConfig.from_json(manifest["config"])
     faces = pq.read_table(folder / "splits.parquet", schema=RELEASE_FACES)
+    for face_id in faces.column("face_id").to_pylist():  # each crop read is one of the release's
+        release_path(folder, f"images/{face_id}.png", listed_in="splits.parquet")
     specs = plan_shards(faces, config.shard_target_bytes)
     sweep_temp_files(shards_dir)
     sweep_temp_files(records_dir)
@@ -289,4 +292,5 @@ def shard_names(manifest: dict, split: str) -> list[str]:
 
 
 def shard_paths(folder: Path, manifest: dict, split: str) -> list[str]:
-    return [str(folder / "shards" / name) for name in shard_names(manifest, split)]
+    """The local paths of a split's shards; StorageError naming the first that leaves the folder."""
+    return [str(release_path(folder, name, under="shards")) for name in shard_names(manifest, split)]

@@ -1,5 +1,9 @@
 """Re-read a release against its manifest: every file's sha256, every shard's members.
 
+First every path the manifest lists (files and shards; then index.parquet's shard names) is checked
+to stay inside the release folder (`storage.releases.paths`): one that leaves it is a problem
+naming the entry, and that file is never opened.
+
 Each shard is read once, as a stream: its sha256 and size against the manifest, every member name
 checked (absolute or `..` names refuse the shard), its samples against index.parquet, each crop's
 sha256 against splits.parquet, each sample's json against the faces it holds; then the counts per
@@ -19,9 +23,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from storage.blobs import file_digest
+from storage.errors import StorageError
 from storage.layout import Layout
 from storage.releases.build import read_manifest
 from storage.releases.config import SPLITS
+from storage.releases.paths import release_path
 from storage.releases.plan import release_dir
 from storage.releases.shards import INDEX, STATS
 from storage.schemas import RELEASE_FACES, SHARD_INDEX
@@ -99,27 +105,46 @@ def verify_release(layout: Layout, version: str, *, workers: int = 4,
         return [f"{version}: no manifest.json (the release was never built)"]
     if not manifest["complete"]:
         return [f"{version}: manifest.json is not complete (the shards were never finished)"]
-    problems = []
-    for name, meta in manifest["files"].items():
-        path = folder / name
+    records = [r for s in SPLITS for r in manifest["shards"][s]]
+    # Every path the manifest lists is checked before any file is opened: one that leaves the
+    # release folder (absolute, `..`, a link out) is a problem, and nothing of the release is read.
+    problems: list[str] = []
+
+    def inside(name: object, **where) -> Path | None:
+        try:
+            return release_path(folder, name, **where)
+        except StorageError as err:
+            problems.append(str(err))
+            return None
+
+    files = [(name, meta, inside(name)) for name, meta in manifest["files"].items()]
+    shards = [(rec, inside(rec["name"], under="shards")) for rec in records]
+    if problems:
+        return problems
+    for name, meta, path in files:
         if not path.is_file():
             problems.append(f"{name}: missing")
         elif file_digest(path) != (meta["sha256"], meta["bytes"]):
             problems.append(f"{name}: sha256 or size differs from the manifest")
     if problems:
         return problems  # the shards are checked against these files: stop here
-    faces = pq.read_table(folder / "splits.parquet", schema=RELEASE_FACES)
+    splits, index = inside("splits.parquet"), inside(f"shards/{INDEX}")
+    if problems:
+        return problems
+    faces = pq.read_table(splits, schema=RELEASE_FACES)
     crop_sha = dict(zip(faces.column("face_id").to_pylist(), faces.column("crop_sha256").to_pylist(), strict=True))
     expected: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
-    for r in pq.read_table(folder / "shards" / INDEX, schema=SHARD_INDEX).to_pylist():
+    for r in pq.read_table(index, schema=SHARD_INDEX).to_pylist():
         expected[r["shard"]].append((r["key"], r["face_ids"]))
-    records = [r for s in SPLITS for r in manifest["shards"][s]]
+    for name in sorted(set(expected) - {rec["name"] for rec in records}):  # an index mismatch too, named first
+        inside(name, listed_in=f"shards/{INDEX}", under="shards")
 
-    def one(rec: dict) -> list[str]:
-        return _verify_shard(folder / "shards" / rec["name"], rec, expected[rec["name"]], crop_sha)
+    def one(shard: tuple[dict, Path]) -> list[str]:
+        rec, path = shard
+        return _verify_shard(path, rec, expected[rec["name"]], crop_sha)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, found in enumerate(pool.map(one, records), 1):
+        for i, found in enumerate(pool.map(one, shards), 1):
             problems += found
             if progress:
                 progress(i, len(records))
