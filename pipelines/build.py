@@ -78,6 +78,9 @@ def check_run_config(defs: dg.Definitions, config: dict[str, Any], source: str =
     """Each asset's settings in `config` (normalised) checked by its Config class before any work
     starts: FFEError naming every wrong key and why (Dagster would check types only once the run
     starts, and ranges not at all)."""
+    known = {k.to_python_identifier() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    if unknown := sorted(set(config.get("ops", {})) - known):
+        raise FFEError(f"{source} names unknown asset(s) {', '.join(unknown)}; assets: {', '.join(sorted(known))}")
     problems = []
     for name, given in config.get("ops", {}).items():
         fn = defs.resolve_assets_def(dg.AssetKey(name)).op.compute_fn.decorated_fn
@@ -305,10 +308,6 @@ def build(
     defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
     config = normalise_run_config(run_config)
-    known = {k.to_python_identifier() for k in graph.get_all_asset_keys()}
-    if unknown := sorted(set(config.get("ops", {})) - known):
-        raise FFEError(f"{config_source} names unknown asset(s) {', '.join(unknown)}; "
-                       f"assets: {', '.join(sorted(known))}")
     check_run_config(defs, config, config_source)
     input_path = resolve_input(settings, echo) if register_input else None
     workers = settings.settings.build.workers
