@@ -9,6 +9,7 @@ import difflib
 import inspect
 import os
 import shutil
+import socket
 import threading
 import time
 import warnings
@@ -32,7 +33,7 @@ from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.model import model_job, shards_passed
 from pipelines.defs.release import releases
 from pipelines.errors import FFEError
-from pipelines.instance import PID_TAG, open_instance, wait_for_pool
+from pipelines.instance import HOST_TAG, PID_TAG, open_instance, wait_for_pool
 from storage import catalog
 from storage.errors import StorageError
 from storage.layout import Layout
@@ -174,7 +175,8 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout,
             run_config=run_config,
             raise_on_error=False,
             asset_selection=keys,
-            tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names)), PID_TAG: str(os.getpid())},
+            tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names)),
+                  PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
         )
     except dg.DagsterInvalidConfigError as err:
         raise FFEError(f"invalid config: {err}") from None

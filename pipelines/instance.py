@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from storage.locks import work_lock
 INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 GPU_POOL = "gpu"
 PID_TAG = "ffe/pid"  # the process that runs an `ffe build` run (in process): how a dead one is told
+HOST_TAG = "ffe/host"  # and its machine: a shared instance's runs of other machines are not judged here
 
 
 def prepare_dagster_home(layout: Layout) -> Path:
@@ -76,26 +78,33 @@ def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:
         storage.set_concurrency_slots(GPU_POOL, 1)
 
 
-def _run_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
-    """The process running `run` on this machine: the pid `ffe build` tags its runs with, else the
-    one the run worker logged when it started ("Executing steps in process (pid: N)")."""
+def _run_process(instance: dg.DagsterInstance, record) -> tuple[int, float] | None:
+    """(pid, a time by which it had started) of the process running a run on this machine: the pid
+    `ffe build` tags its runs with (the run is created after its process started), else the one the
+    run worker logged once started ("Executing steps in process (pid: N)": a queued run's record is
+    older than its process). None when none is known, or the run is another machine's."""
+    run = record.dagster_run
     if PID_TAG in run.tags:
-        return int(run.tags[PID_TAG])
+        if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
+            return None
+        return int(run.tags[PID_TAG]), record.create_timestamp.timestamp()
     for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
         pid = getattr(entry.dagster_event.event_specific_data, "metadata", {}).get("pid")
         if pid is not None:
-            return int(getattr(pid, "text", pid))
+            return int(getattr(pid, "text", pid)), entry.timestamp
     return None
 
 
 def _alive(pid: int, since: float) -> bool:
-    """Whether process `pid` runs and is the one started before `since` (not a later one that was
-    given the same pid)."""
+    """Whether process `pid` runs and is the one started by `since` (not a later one that was given
+    the same pid). One of another user's is alive: it cannot be looked at, but it is there."""
     try:
         proc = psutil.Process(pid)
         return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= since + 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True
 
 
 def reclaim_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] | None = None) -> list[str]:
@@ -111,9 +120,10 @@ def reclaim_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] 
     in_progress = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
     for record in instance.get_run_records(RunsFilter(statuses=in_progress)):
         run = record.dagster_run
-        pid = _run_pid(instance, run)
-        if pid is None or _alive(pid, record.create_timestamp.timestamp()):
-            continue  # not started a process yet (the daemon is launching it), or still at work
+        process = _run_process(instance, record)
+        if process is None or _alive(*process):
+            continue  # not started a process yet (the daemon is launching it), elsewhere, or at work
+        pid = process[0]
         instance.report_run_failed(run, message=f"the run's process (pid {pid}) is gone: killed, or the "
                                    "machine restarted; marked failed by ffe and its pool slots freed")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
