@@ -394,6 +394,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # every process's files are in before the rename
         if main:
             (partial / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+            if folder.is_symlink() or folder.is_file():  # something else under the name: not a checkpoint
+                folder.unlink()
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(partial, folder)
             if self.config.checkpoints_total_limit:

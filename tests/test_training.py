@@ -88,6 +88,10 @@ def _damage(folder: Path, kind: str) -> str:
         shutil.rmtree(folder)
         folder.mkdir()
         return "trainable.safetensors, optimizer.bin, scheduler.bin, trainer_state.pt missing"
+    if kind == "a_file":  # not even a folder
+        shutil.rmtree(folder)
+        folder.write_bytes(b"")
+        return "trainable.safetensors, optimizer.bin, scheduler.bin, trainer_state.pt missing"
     if kind == "cut_weights":
         data = (folder / "trainable.safetensors").read_bytes()
         (folder / "trainable.safetensors").write_bytes(data[: len(data) // 2])
@@ -96,7 +100,7 @@ def _damage(folder: Path, kind: str) -> str:
     return "optimizer.bin unreadable"
 
 
-@pytest.mark.parametrize("kind", ["empty", "cut_weights", "cut_optimizer"])
+@pytest.mark.parametrize("kind", ["empty", "a_file", "cut_weights", "cut_optimizer"])
 def test_resume_skips_a_broken_newest_checkpoint_naming_it(world, tmp_path, kind, capfd):
     """checkpoint-6 broken: the run resumes from checkpoint-3, names the one skipped, and ends where
     an uninterrupted run ends."""
