@@ -409,8 +409,8 @@ class Trainer:
         state is loaded, so that a broken checkpoint changes nothing."""
         from safetensors import SafetensorError, safe_open
 
-        needed = [TRAINABLE, "optimizer.bin", "scheduler.bin", self._state_file(folder).name]
-        if missing := [n for n in needed if not (folder / n).is_file()]:
+        pickled = ["optimizer.bin", "scheduler.bin", self._state_file(folder).name]
+        if missing := [n for n in (TRAINABLE, *pickled) if not (folder / n).is_file()]:
             return f"{', '.join(missing)} missing"
         try:
             with safe_open(str(folder / TRAINABLE), "pt") as f:
@@ -418,7 +418,7 @@ class Trainer:
                     f.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             return f"{TRAINABLE} unreadable ({' '.join(str(err).split())[:120]})"
-        for name in ("optimizer.bin", "scheduler.bin", self._state_file(folder).name):
+        for name in pickled:
             try:
                 torch.load(folder / name, map_location="cpu", weights_only=False)
             except Exception as err:  # torch names no file: a cut zip, a pickle error
