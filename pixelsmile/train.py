@@ -17,6 +17,12 @@ under a temporary name and renamed when whole, and `resume: latest` continues fr
 one (a damaged one is skipped, named on stderr and in outcome.json) to the same losses an uninterrupted run gives (fixed
 seeds; the data stream is replayed to its position).
 A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
+
+One trainer at a time writes an output folder (an OS lock, `.trainer.lock`; a second one waits up
+to `LOCK_WAIT_S` naming the holder, then stops). A trainer launched for a build
+(`PIXELSMILE_PARENT`, set by the `pixelsmile_lora` asset) stops between two steps when that build's
+process has gone (killed with SIGKILL, say), instead of training on as an orphan beside the next
+build's trainer.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from pixelsmile.losses import (
 
 TRAINABLE = "trainable.safetensors"  # in each checkpoint-<step>/
 OUTCOME = "outcome.json"  # in output_dir: how the last `pixelsmile train` ended (written by the CLI)
+PARENT_ENV = "PIXELSMILE_PARENT"  # "<pid>:<create time>" of the process the trainer lives for
+LOCK_WAIT_S = 120.0  # an orphan of a killed build stops within a step; then the lock is free
 
 
 class TrainingError(RuntimeError):
@@ -274,6 +282,29 @@ def triplet_batches(config: TrainConfig, epoch: int) -> Iterator[dict]:
     yield from loader
 
 
+def parent_token(pid: int | None = None) -> str:
+    """The `PARENT_ENV` value naming process `pid` (default: this one) by pid and start time."""
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    return f"{proc.pid}:{proc.create_time():.3f}"
+
+
+def parent_gone(token: str) -> bool:
+    """Whether the process named by a `parent_token` has ended (a later process given the same pid
+    does not count as it)."""
+    import psutil
+
+    pid, started = token.split(":")
+    try:
+        proc = psutil.Process(int(pid))
+        return proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - float(started)) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
@@ -473,9 +504,29 @@ class Trainer:
             epoch += 1
 
     def train(self, progress: bool = True, on_log: Callable[[int, dict], None] | None = None) -> dict:
-        """Train to max_steps; `on_log(step, losses)` hears every `log_every` steps (main process)."""
+        """Train to max_steps; `on_log(step, losses)` hears every `log_every` steps (main process).
+        Holds the output folder's lock throughout (the main process; see the module docstring).
+        Raises `TrainingError` on a non-finite loss, a folder another trainer keeps, a gone parent."""
+        from contextlib import nullcontext
+
+        from storage.locks import Busy, held
+
+        def waiting(holder: str) -> None:
+            print(f"waiting for the trainer already writing {self.out} to stop: {holder}", file=sys.stderr, flush=True)
+
+        what = f"another trainer is writing {self.out}: {{holder}}"
+        main = self.accelerator.is_main_process
+        lock = held(self.out / ".trainer", what=what, timeout_s=LOCK_WAIT_S, on_wait=waiting) if main else nullcontext()
+        try:
+            with lock:
+                return self._train(progress, on_log)
+        except Busy as err:
+            raise TrainingError(str(err)) from None
+
+    def _train(self, progress: bool, on_log: Callable[[int, dict], None] | None) -> dict:
         from storage.progress import progress_bar
 
+        parent = os.environ.get(PARENT_ENV, "")
         resumed = self.resume(self.config.resume)
         history = []
         main = self.accelerator.is_main_process
@@ -485,6 +536,10 @@ class Trainer:
             for batch in self.batches() if self.step < self.config.max_steps else ():  # a finished run reads nothing
                 if self.step >= self.config.max_steps:
                     break
+                if parent and parent_gone(parent):  # checked each step: a psutil call, microseconds
+                    pid = parent.split(":")[0]
+                    raise TrainingError(f"the process that launched this training (pid {pid}) has gone; "
+                                        f"stopped at step {self.step}, its latest checkpoint kept")  # fmt: skip
                 terms = self.train_step(batch)
                 history.append(terms)
                 log.write(json.dumps({"step": self.step, **terms}) + "\n")

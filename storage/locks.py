@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from filelock import FileLock, Timeout
 
@@ -47,7 +48,16 @@ def work_lock(layout: Layout, name: str, *, what: str, timeout_s: float = 600.0,
     is taken and the caller must wait. Raises `Busy` naming the holder if it is not free in time."""
     folder = layout.root / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    lock, holder = FileLock(folder / f"{_safe(name)}.lock"), folder / f"{_safe(name)}.holder.json"
+    with held(folder / _safe(name), what=f"{what}: {{holder}} is at it in {layout.root}", timeout_s=timeout_s,
+              on_wait=on_wait):  # fmt: skip
+        yield
+
+
+@contextmanager
+def held(stem: Path, *, what: str, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the OS lock `<stem>.lock` for the block (who holds it in `<stem>.holder.json`), waiting up
+    to `timeout_s` seconds. `what` is the error's text, with `{holder}` where the holder goes."""
+    lock, holder = FileLock(f"{stem}.lock"), Path(f"{stem}.holder.json")
     try:
         try:
             lock.acquire(timeout=0)
@@ -56,7 +66,7 @@ def work_lock(layout: Layout, name: str, *, what: str, timeout_s: float = 600.0,
                 on_wait(_holder(holder))
             lock.acquire(timeout=timeout_s)
     except Timeout:
-        raise Busy(f"{what}: {_holder(holder)} is at it in {layout.root}; waited {timeout_s:g} s") from None
+        raise Busy(f"{what.replace('{holder}', _holder(holder))}; waited {timeout_s:g} s") from None
     try:
         holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                       "command": " ".join(sys.argv[:3]) or "python",

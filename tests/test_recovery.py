@@ -85,16 +85,27 @@ def _gpu_slots(work: Path) -> list[str]:
             instance.dispose()
 
 
+@pytest.fixture(scope="module")
+def clean_build(shards_built, tmp_path_factory):
+    """The shards' work folder built on to its benched model with no interruption."""
+    clean_work, inp = _copy(shards_built, tmp_path_factory.mktemp("clean"))
+    clean = _build(clean_work, inp, env=_env(clean_work.parent))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    return clean_work
+
+
 @pytest.mark.slow
-def test_a_build_killed_while_training_is_finished_by_the_next_build_as_a_clean_build(shards_built, tmp_path):
+@pytest.mark.parametrize("kill", ["group", "build_alone"])
+def test_a_build_killed_while_training_is_finished_by_the_next_build_as_a_clean_build(shards_built, clean_build,
+                                                                                        tmp_path, kill):  # fmt: skip
+    """`group`: the build and its trainer killed together; `build_alone`: only the build's process,
+    so its trainer (accelerate and the training process) would live on as an orphan beside the next
+    build's trainer, writing the same folder; it stops within a step instead."""
+    import psutil
     import torch
 
-    clean_work, inp = _copy(shards_built, tmp_path / "clean")
-    env = _env(tmp_path)
-    clean = _build(clean_work, inp, env=env)
-    assert clean.returncode == 0, clean.stderr[-3000:]
-
-    work, _ = _copy(shards_built, tmp_path / "killed")
+    clean_work, env = clean_build, _env(tmp_path)
+    work, inp = _copy(shards_built, tmp_path / "killed")
     log = (tmp_path / "killed.log").open("w")
     argv = [FFE, "build", "--workdir", str(work), "--input", str(inp), "--pre-cropped"]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -104,9 +115,18 @@ def test_a_build_killed_while_training_is_finished_by_the_next_build_as_a_clean_
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "training reached no checkpoint in time"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # the build and its training process, mid-training
+        trainers = psutil.Process(proc.pid).children(recursive=True)
+        if kill == "group":
+            os.killpg(proc.pid, signal.SIGKILL)  # the build and its training process, mid-training
+        else:
+            proc.kill()
     finally:
         proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(trainers, timeout=60)
+    assert trainers and not alive, f"orphaned trainer processes: {alive}"
+    if kill == "build_alone":
+        said = (tmp_path / "killed.log").read_text()
+        assert f"the process that launched this training (pid {proc.pid}) has gone" in said
     assert not list(work.glob("runs/*/train-*/final"))
     held = _gpu_slots(work)
     assert held, "the killed run should still hold the gpu slot before any reclaim"

@@ -166,6 +166,37 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(world, tmp_path)
     assert (tmp_path / "nan" / "checkpoint-3" / "trainer_state.pt").is_file()
 
 
+def test_a_second_trainer_on_the_same_folder_waits_then_stops_naming_the_first(world, tmp_path, monkeypatch, capfd):
+    import pixelsmile.train as training
+    from storage.locks import held
+
+    monkeypatch.setattr(training, "LOCK_WAIT_S", 0.5)
+    out = tmp_path / "run"
+    out.mkdir()
+    busy = pytest.raises(TrainingError, match=rf"another trainer is writing {out}: pid {os.getpid()} ")
+    with held(out / ".trainer", what="the test", timeout_s=1), busy:  # as a live trainer holds it
+        train(config(world, out), progress=False)
+    assert "waiting for the trainer already writing" in capfd.readouterr().err
+    assert checkpoints(out) == [] and not (out / "losses.jsonl").exists()  # the second one wrote nothing
+    assert train(config(world, out), progress=False)["steps"] == 6  # free again: trains
+
+
+def test_a_trainer_whose_launching_process_has_gone_stops_between_steps(world, tmp_path, monkeypatch):
+    from pixelsmile.train import PARENT_ENV, parent_gone, parent_token
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = parent_token(gone.pid)
+    gone.wait()
+    assert parent_gone(token) and not parent_gone(parent_token())
+    assert parent_gone(f"{os.getpid()}:12.000")  # the same pid, another process's start time
+    monkeypatch.setenv(PARENT_ENV, parent_token())
+    assert train(config(world, tmp_path / "alive"), progress=False)["steps"] == 6
+    monkeypatch.setenv(PARENT_ENV, token)
+    with pytest.raises(TrainingError, match=rf"the process that launched this training \(pid {gone.pid}\) has gone; "
+                                            "stopped at step 0"):  # fmt: skip
+        train(config(world, tmp_path / "orphan"), progress=False)
+
+
 def test_config_mistakes_are_one_clear_error(world, tmp_path):
     with pytest.raises(TrainingError, match="learning_rat .*did you mean learning_rate"):
         TrainConfig.from_dict({"output_dir": str(tmp_path), "release": world["release"], "learning_rat": 1})

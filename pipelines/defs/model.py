@@ -26,7 +26,7 @@ from pipelines.defs.writers import one_writer
 from pipelines.errors import FFEError
 from pipelines.instance import GPU_POOL
 from pipelines.resources import FFEStorage, PixelSmileResource
-from pixelsmile.train import OUTCOME, read_outcome
+from pixelsmile.train import OUTCOME, PARENT_ENV, parent_token, read_outcome
 from storage import tables
 from storage.leaderboard import record_run, regression
 from storage.releases.build import read_manifest
@@ -82,7 +82,9 @@ def pixelsmile_lora(
     (out / OUTCOME).unlink(missing_ok=True)  # this launch's outcome, not the last one's
     context.log.info(f"training {name} on {version}: {' '.join(command)}")
     try:
-        invocation = pipes_subprocess_client.run(command=command, context=context)
+        # The trainer stops when this process does (a build killed with SIGKILL leaves no orphan
+        # training beside the next build's).
+        invocation = pipes_subprocess_client.run(command=command, context=context, env={PARENT_ENV: parent_token()})
     except DagsterPipesExecutionError as err:
         outcome = read_outcome(out)
         reason = (outcome or {}).get("error") or f"{err} (see the run's stderr)"
