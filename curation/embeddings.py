@@ -40,6 +40,8 @@ class EmbeddingSettings:
     def validate(self) -> None:
         if self.model not in ("dlib", "arcface"):
             raise ValueError(f"face_embeddings.model must be dlib or arcface, not {self.model!r}")
+        if self.model == "arcface":
+            arcface_path(self.arcface_model)
 
 
 class DlibEmbedder:
@@ -69,17 +71,24 @@ class DlibEmbedder:
         return np.asarray(self.net.compute_face_descriptor(crop_rgb, shape), dtype=np.float32)
 
 
+def arcface_path(configured: str) -> Path:
+    """The ArcFace .onnx that `face_embeddings.arcface_model` names (a file, or a model pack folder:
+    its recognition model); ModelError when there is none."""
+    key = "face_embeddings.arcface_model"
+    path = Path(configured).expanduser() if configured else None
+    if path is not None and path.is_dir():
+        onnx = sorted(path.glob("*.onnx"))
+        if not onnx:
+            raise ModelError(f"{key}: folder {path} holds no .onnx model")
+        # A model pack holds a detector too: take the recognition model (w600k/glintr100 ...).
+        path = next((p for p in onnx if "det" not in p.stem.lower()), onnx[-1])
+    return model_file(str(path or ""), key)
+
+
 class ArcFaceEmbedder:
     def __init__(self, configured: str) -> None:
         key = "face_embeddings.arcface_model"
-        path = Path(configured).expanduser() if configured else None
-        if path is not None and path.is_dir():
-            onnx = sorted(path.glob("*.onnx"))
-            if not onnx:
-                raise ModelError(f"{key}: folder {path} holds no .onnx model")
-            # A model pack holds a detector too: take the recognition model (w600k/glintr100 ...).
-            path = next((p for p in onnx if "det" not in p.stem.lower()), onnx[-1])
-        path = model_file(str(path or ""), key)
+        path = arcface_path(configured)
         self.model = load(key, path, _load_arcface, "insightface ArcFace .onnx model")
         self.name = f"arcface:{path.name}"
 

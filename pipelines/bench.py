@@ -121,14 +121,13 @@ def _editor(args: argparse.Namespace):
 
 
 def run_command(args: argparse.Namespace, layout: Layout) -> dict:
-    import yaml
-
     from pixelsmile.bench.run import bench_and_record
     from pixelsmile.bench.tasks import BenchConfig
     from storage.releases.listing import resolve_version
+    from storage.yamlfile import read_yaml
 
     version = resolve_version(layout, args.release)
-    config = BenchConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}) if args.config else BenchConfig()
+    config = BenchConfig.from_dict(read_yaml(args.config, "bench config") or {}) if args.config else BenchConfig()
     model, kind, editor, notes = _editor(args)
     run_id = args.run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{args.model}"
     return bench_and_record(layout, version, run_id, model, editor, _judge(args), config, kind=kind, notes=notes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import math
 import os
 import shutil
 import socket
@@ -100,12 +101,19 @@ def check_run_config(defs: dg.Definitions, config: dict[str, Any], source: str =
                 problems.append(f"{name}.{key}: unknown setting" + (f" (did you mean {near[0]}?)" if near else
                                 f"; {name} takes {', '.join(fields)}"))  # fmt: skip
             continue
+        if odd := [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]:
+            problems += [f"{name}.{k}: must be a finite number (given {values[k]!r})" for k in odd]
+            continue
         try:
             param.annotation(**values)
         except pydantic.ValidationError as err:
             for e in err.errors():
                 where = ".".join(str(p) for p in (name, *e["loc"]))
-                problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (given {e.get('input')!r})")
+                said = e["msg"].removeprefix("Value error, ")
+                if not e["loc"]:  # a rule across keys (Config's model_validator): the message names them
+                    problems.append(said if said.startswith(f"{name}.") else f"{where}: {said}")
+                    continue
+                problems.append(f"{where}: {said} (given {e.get('input')!r})")
     if problems:
         raise FFEError(f"{source}: " + "; ".join(problems))
 

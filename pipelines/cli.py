@@ -173,18 +173,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _load_config(path: Path | None) -> dict | None:
     if path is None:
         return None
-    import yaml
-
     from pipelines.errors import FFEError
+    from storage.yamlfile import YamlFileError, read_yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise FFEError(f"config {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise FFEError(f"config {path} is not UTF-8 text (byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise FFEError(f"config {path} is not valid YAML: {err}") from None
+        loaded = read_yaml(path, "config")
+    except YamlFileError as err:
+        raise FFEError(str(err)) from None
     if loaded is not None and not isinstance(loaded, dict):
         raise FFEError(f"config {path} must be a mapping of asset names to settings")
     return loaded

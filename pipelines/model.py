@@ -23,6 +23,7 @@ from pipelines.errors import FFEError
 from pixelsmile.train import TrainConfig, TrainingError
 from storage.layout import Layout
 from storage.releases.plan import release_dir
+from storage.yamlfile import YamlFileError, read_yaml
 
 # The embedded default's recipe: the pixel-space model, small enough to train in a minute on a CPU
 # (docs/model.md). A real recipe (the Qwen backbone, a LoRA, encoders for L_SC and L_ID) is a YAML
@@ -49,13 +50,9 @@ def load_recipe(path: str) -> dict:
     if not path:
         return dict(TINY_RECIPE)
     try:
-        recipe = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise FFEError(f"training recipe {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise FFEError(f"training recipe {path} is not UTF-8 text (byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise FFEError(f"training recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        recipe = read_yaml(path, "training recipe") or {}
+    except YamlFileError as err:
+        raise FFEError(str(err)) from None
     if not isinstance(recipe, dict):
         raise FFEError(f"training recipe {path} must be a mapping of TrainConfig fields")
     if clash := [k for k in SET_BY_THE_LOOP if k in recipe]:

@@ -79,16 +79,15 @@ class PixelSmileResource(dg.ConfigurableResource):
     bench_config: str = ""  # a YAML of BenchConfig fields (docs/bench.md); "" = the defaults
 
     def bench_settings(self):
-        import yaml
-
         from pixelsmile.bench.tasks import BenchConfig
+        from storage.yamlfile import YamlFileError, read_yaml
 
         if not self.bench_config:
             return BenchConfig()
         try:
-            return BenchConfig.from_dict(yaml.safe_load(Path(self.bench_config).expanduser().read_text()) or {})
-        except OSError as err:
-            raise dg.Failure(f"bench config {self.bench_config}: {err.strerror}") from None
+            return BenchConfig.from_dict(read_yaml(self.bench_config, "bench config") or {})
+        except YamlFileError as err:
+            raise dg.Failure(str(err)) from None
         except ValueError as err:
             raise dg.Failure(f"bench config {self.bench_config}: {err}") from None
 

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.errors import FFEError
+from storage import yamlfile
 from storage.atomic import atomic_write_text
 
 SETTINGS_FILE = "settings.yaml"
@@ -197,25 +198,12 @@ def _nearest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (not the last one wins)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_file(path: Path) -> dict[str, Any]:
     """The file's values, flat by dotted key; unknown keys and secrets are errors naming them."""
     if path.is_dir():
         raise FFEError(f"settings file {path} is a folder, not a file")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+        raw = yamlfile.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as err:
@@ -356,7 +344,7 @@ def set_value(workdir: str | os.PathLike[str], key: str, value: str | None,
     if value is None:
         current.pop(key, None)
     else:
-        parsed: Any = value if _annotation(key) is str else (yaml.safe_load(value) if value.strip() else "")
+        parsed: Any = value if _annotation(key) is str else (yamlfile.loads(value) if value.strip() else "")
         if key in PATHS and parsed:
             absolute = os.path.normpath(Path(str(parsed)).expanduser().resolve())
             parsed = _stored(workdir, key, absolute) if target == workdir / SETTINGS_FILE else absolute

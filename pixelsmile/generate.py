@@ -247,14 +247,13 @@ def load_generator(spec: GeneratorSpec) -> Generator:
 
 def _pixel_generator(folder: Path, name: str, version: str, spec: GeneratorSpec) -> PixelGenerator:
     """A pixel model's training folder (config.yaml and final/), as the loop leaves it."""
-    import yaml
-
     from pixelsmile.pixel import PixelBackbone
+    from storage import yamlfile
 
     config_file, weights = folder / "config.yaml", folder / "final"
     if not config_file.is_file() or not weights.is_dir():
         raise GenerationError(f"{folder} is not a finished pixel-model training run (config.yaml and final/)")
-    config = yaml.safe_load(config_file.read_text())
+    config = yamlfile.loads(config_file.read_text())
     backbone = PixelBackbone(config["pixel_channels"], config["pixel_blocks"], seed=config["seed"])
     backbone.load_weights(weights)
     return PixelGenerator(backbone.eval(), name, version, min(spec.steps, 50), config["resolution"])

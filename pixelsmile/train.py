@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import shutil
 import sys
@@ -132,16 +133,14 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """TrainingError naming the file (and the key) when it cannot be read or a value is wrong."""
-        import yaml
+        from storage.yamlfile import YamlFileError, read_yaml
 
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as err:
-            raise TrainingError(f"training config {path}: {err.strerror}") from None
-        except UnicodeDecodeError as err:
-            raise TrainingError(f"training config {path} is not UTF-8 text (byte {err.start})") from None
-        except yaml.YAMLError as err:
-            raise TrainingError(f"training config {path} is not valid YAML: {' '.join(str(err).split())}") from None
+            data = read_yaml(path, "training config") or {}
+        except YamlFileError as err:
+            raise TrainingError(str(err)) from None
+        if not isinstance(data, dict):
+            raise TrainingError(f"training config {path} must be a mapping of TrainConfig fields")
         try:
             return cls.from_dict(data)
         except TrainingError as err:
@@ -171,6 +170,8 @@ def _check_value(key: str, value: Any, kind: Any) -> None:
     if not isinstance(value, base) or (kind is not bool and isinstance(value, bool)):
         wanted = {int: "an integer", float: "a number", bool: "true or false", str: "text"}[kind]
         raise TrainingError(f"{key} must be {wanted}, not {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise TrainingError(f"{key} must be a finite number, not {value!r}")
     limit = _LIMITS.get(key)
     if key == "lr_scheduler":  # the names diffusers' get_scheduler knows
         from diffusers.optimization import SchedulerType

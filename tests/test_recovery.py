@@ -210,6 +210,7 @@ def test_bad_ingest_settings_are_refused_before_any_work_naming_the_key(tmp_path
         "formats: [JPG, PNGG]": "raw_images.formats: 'PNGG' is not an image format Pillow reads here "
                                 "(did you mean PNG?)",
         "chunk_sise: 5": "raw_images.chunk_sise: unknown setting (did you mean chunk_size?)",
+        "max_megapixels: .nan": "raw_images.max_megapixels: must be a finite number (given nan)",
     }  # fmt: skip
     for line, message in cases.items():
         config = tmp_path / "ffe.yaml"
@@ -217,9 +218,47 @@ def test_bad_ingest_settings_are_refused_before_any_work_naming_the_key(tmp_path
         done = _build(work, inp, "--config", str(config), "--select", "raw_images")
         assert done.returncode == 1 and f"config {config}: " in done.stderr and message in done.stderr, done.stderr
         assert not work.exists(), "nothing is written (settings neither) before the config is checked"
+    config.write_text("raw_images:\n  min_side: 5\n  min_side: 6\n")
+    done = _build(work, inp, "--config", str(config))
+    assert done.returncode == 1, done.stderr
+    assert f"config {config} is not valid YAML: key 'min_side' is given twice (line 3, column 3)" in done.stderr
     (tmp_path / "latin1.yaml").write_bytes("raw_images:\n  formats: [PNG] # café\n".encode("latin-1"))
     done = _build(work, inp, "--config", str(tmp_path / "latin1.yaml"))
     assert done.returncode == 1 and "latin1.yaml is not UTF-8 text (byte 34)" in done.stderr, done.stderr
+
+
+def test_each_assets_settings_are_checked_by_its_domains_rules_before_any_run(tmp_path):
+    """Model files, detector names and the release's fractions, domains and pairs were checked only
+    in their step, after the batch was registered; YAML 1.1 read `1e3` as text."""
+    from pipelines import settings
+    from pipelines.build import check_run_config, normalise_run_config
+    from pipelines.definitions import build_definitions
+    from pipelines.errors import FFEError
+    from storage.yamlfile import loads
+
+    defs = build_definitions(settings=settings.load(tmp_path / "work"))
+    empty = tmp_path / "empty.onnx"
+    empty.touch()
+    cases = {
+        "faces: {detector: mtcnn}": "faces.detector must be dlib_hog, scrfd or landmarker, not 'mtcnn'",
+        "faces: {detector: scrfd}": "faces.scrfd_model: no model path is configured",
+        f"faces: {{landmarker_model: {tmp_path}/no.task}}": f"faces.landmarker_model: model file {tmp_path}/no.task",
+        f"face_embeddings: {{model: arcface, arcface_model: {empty}}}": f"model file {empty} is empty",
+        "face_embeddings: {model: facenet}": "face_embeddings.model must be dlib or arcface, not 'facenet'",
+        "release_plan: {val_fraction: 2.5}": "val_fraction and bench_fraction must be in [0, 1)",
+        "release_plan: {val_fraction: 0.6, bench_fraction: 0.5}": "release_plan: invalid release config",
+        "release_plan: {domains: [real, cartoon]}": "unknown domain(s) ['cartoon']",
+        "release_plan: {pairs: [[happy, glad]]}": "pair ['happy', 'glad'] must name two different categories",
+        "expression_variants: {intensities: [2.0]}": "intensities must be in (0, 1.5], not (2.0,)",
+    }  # fmt: skip
+    for text, message in cases.items():
+        with pytest.raises(FFEError) as err:
+            check_run_config(defs, normalise_run_config(loads(text)), "config x.yaml")
+        assert str(err.value).startswith("config x.yaml: ") and message in str(err.value), (text, str(err.value))
+    # YAML 1.2 numbers: 1e3 is a thousand, not text; accepted as one.
+    config = loads("raw_images: {max_megapixels: 1e3}\nrelease_plan: {val_fraction: 5e-2}")
+    assert config["raw_images"]["max_megapixels"] == 1000.0 and config["release_plan"]["val_fraction"] == 0.05
+    check_run_config(defs, normalise_run_config(config), "config x.yaml")
 
 
 def test_a_batch_ingested_under_narrow_settings_is_ingested_again_with_rebuild(tmp_path):
@@ -259,6 +298,8 @@ def test_a_batch_ingested_under_narrow_settings_is_ingested_again_with_rebuild(t
         (b"batch_size: 8\nlr_scheduler: cosinus\n", "lr_scheduler must be one of"),
         (b"\xff\xfemax_steps: 10\n", "is not UTF-8 text (byte 0)"),
         (b"[1, 2]\n", "must be a mapping of TrainConfig fields"),
+        (b"tau: .nan\n", "tau must be a finite number, not nan"),
+        (b"max_steps: 10\nmax_steps: 20\n", "key 'max_steps' is given twice"),
     ],
 )
 def test_a_bad_training_recipe_is_refused_before_any_work_naming_file_and_key(tmp_path, recipe, message):

@@ -295,3 +295,11 @@ def test_two_processes_under_accelerate_launch_train_one_model(world, tmp_path):
     assert [p.name for p in checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
     assert (out / "checkpoint-4" / "trainer_state_1.pt").is_file()
     assert len((out / "losses.jsonl").read_text().splitlines()) == 4  # rank 0 alone logs
+
+
+def test_a_recipe_reads_numbers_as_yaml_1_2_does(tmp_path):
+    """`learning_rate: 1e-3` is a number (PyYAML's YAML 1.1 read it as text and it was refused)."""
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(f"output_dir: {tmp_path}\nrelease: {tmp_path}\nlearning_rate: 1e-3\ntau: 5E-2\nmax_steps: 10\n")
+    config = TrainConfig.from_yaml(recipe)
+    assert config.learning_rate == 0.001 and config.tau == 0.05 and config.max_steps == 10

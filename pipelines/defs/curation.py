@@ -9,7 +9,7 @@
 from collections import Counter
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curation.curate import curate_batch
 from curation.curate import failures_partition as faces_failures_partition
@@ -18,6 +18,7 @@ from curation.faces import FaceSettings
 from curation.identities import IdentitySettings, assign_identities
 from curation.quality import QualityThresholds
 from pipelines.defs.automation import after_upstream
+from pipelines.defs.checked import domain_checked
 from pipelines.defs.ingest import ingest_batches, raw_images
 from pipelines.defs.metadata import tidy
 from pipelines.defs.writers import one_writer
@@ -56,6 +57,11 @@ class FacesConfig(dg.Config):
         quality = QualityThresholds(**{k: getattr(self, k) for k in QualityThresholds.__dataclass_fields__})
         own = {k: getattr(self, k) for k in FaceSettings.__dataclass_fields__ if k != "quality"}
         return FaceSettings(**own, quality=quality)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "FacesConfig":
+        """The detector's name and the model files named, checked before any run (`ffe build`)."""
+        return domain_checked(self, lambda: self.settings().validate())
 
 
 EVERY_IMAGE_ACCOUNTED = "every_image_accounted_for"
@@ -111,6 +117,10 @@ class EmbeddingsConfig(dg.Config):
     arcface_model: str = Field("", description="local ArcFace .onnx, or a folder holding one")
     workers: int = Field(0, ge=0)
     chunk_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "EmbeddingsConfig":
+        return domain_checked(self, EmbeddingSettings(self.model, self.arcface_model).validate)
 
 
 @dg.asset(

@@ -8,9 +8,10 @@ when asked (the UI, `ffe build`), in the `gpu` pool, within a budget per run.
 # No `from __future__ import annotations` here: Dagster reads the config and resource
 # annotations of asset functions at definition time.
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curation.generation import GenerationSettings, generate_variants
+from pipelines.defs.checked import domain_checked
 from pipelines.defs.curation import identities
 from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.metadata import tidy
@@ -31,10 +32,17 @@ class GenerationConfig(dg.Config):
     max_variants: int = Field(_G.max_variants, ge=0, description="new variants this run at most (the budget)")
     max_sources: int = Field(0, ge=0, description="source faces of the batch at most; 0: all")
 
+    @model_validator(mode="after")
+    def _valid(self) -> "GenerationConfig":
+        return domain_checked(self, self._settings)
+
+    def _settings(self) -> GenerationSettings:
+        return GenerationSettings(tuple(self.categories), tuple(self.intensities), tuple(self.seeds),
+                                  self.max_variants, self.max_sources or None)  # fmt: skip
+
     def settings(self) -> GenerationSettings:
         try:
-            return GenerationSettings(tuple(self.categories), tuple(self.intensities), tuple(self.seeds),
-                                      self.max_variants, self.max_sources or None)  # fmt: skip
+            return self._settings()
         except ValueError as err:
             raise dg.Failure(str(err)) from None
 

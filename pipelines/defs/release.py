@@ -10,10 +10,11 @@ blocks whatever trains on a release whose bytes do not match its manifest.
 # No `from __future__ import annotations` here: Dagster reads the config and resource
 # annotations of asset functions at definition time.
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.defs.annotation import affect_scores
 from pipelines.defs.automation import after_upstream
+from pipelines.defs.checked import domain_checked
 from pipelines.defs.curation import identities
 from pipelines.defs.metadata import tidy
 from pipelines.defs.writers import one_writer
@@ -53,11 +54,19 @@ class ReleaseSettings(dg.Config):
         _DEFAULTS.max_generated_per_real, description="generated faces per real face of an identity; 0: no cap"
     )
 
-    def release_config(self) -> ReleaseConfig:
+    @model_validator(mode="after")
+    def _valid(self) -> "ReleaseSettings":
+        """Fractions, domains, pairs ...: ReleaseConfig's own checks, before any run."""
+        return domain_checked(self, self._release_config)
+
+    def _release_config(self) -> ReleaseConfig:
         values = self.model_dump()
         values["shard_target_bytes"] = int(values.pop("shard_target_mb") * 1e6)
+        return ReleaseConfig.from_json(values)
+
+    def release_config(self) -> ReleaseConfig:
         try:
-            return ReleaseConfig.from_json(values)
+            return self._release_config()
         except ValueError as err:
             raise dg.Failure(str(err)) from None
 
