@@ -347,6 +347,11 @@ def set_value(workdir: str | os.PathLike[str], key: str, value: str | None,
         parsed: Any = value if _annotation(key) is str else (yamlfile.loads(value) if value.strip() else "")
         if key in PATHS and parsed:
             absolute = os.path.normpath(Path(str(parsed)).expanduser().resolve())
+            if key in MUST_EXIST or key in CHECKED_FILES:  # refused here, not at the next build
+                try:
+                    check_file(key, absolute)
+                except FFEError as err:
+                    raise FFEError(f"setting {key}: {err}; nothing saved") from None
             parsed = _stored(workdir, key, absolute) if target == workdir / SETTINGS_FILE else absolute
         current[key] = parsed
     sources = {k: f"file {target}" for k in current} | {key: "the value given"}
@@ -400,13 +405,39 @@ def check_paths(effective: Effective) -> None:
         raise FFEError("; ".join(missing))
 
 
+# Settings naming a file whose content is checked where the setting is set and before any build.
+CHECKED_FILES = ("train.recipe", "bench.config")
+
+
+def check_file(key: str, path: str) -> None:
+    """FFEError naming the file and the problem when the file that setting `key` names at `path` is
+    missing or cannot be used (a recipe with a wrong key, a bench config with a wrong value)."""
+    if not Path(path).exists():
+        raise FFEError(f"{path}: no such file or folder")
+    if key == "train.recipe":
+        from pipelines.model import load_recipe
+
+        load_recipe(path)
+    elif key == "bench.config":
+        from pixelsmile.bench.tasks import BenchConfig
+
+        try:
+            values = yamlfile.read_yaml(path, "bench config") or {}
+            if not isinstance(values, dict):
+                raise FFEError(f"bench config {path} must be a mapping of BenchConfig fields")
+            BenchConfig.from_dict(values)
+        except yamlfile.YamlFileError as err:
+            raise FFEError(str(err)) from None
+        except (ValueError, TypeError) as err:
+            raise FFEError(f"bench config {path}: {str(err).removeprefix('bench config: ')}") from None
+
+
 def check_files(effective: Effective) -> None:
     """The files that settings name, read and checked before any work starts (a training recipe
     with a wrong key would otherwise fail only once the model trains, after the whole build)."""
-    if recipe := effective.flat["train.recipe"]:
-        from pipelines.model import load_recipe
-
-        try:
-            load_recipe(recipe)
-        except FFEError as err:
-            raise FFEError(f"setting train.recipe ({effective.sources['train.recipe']}): {err}") from None
+    for key in CHECKED_FILES:
+        if path := effective.flat[key]:
+            try:
+                check_file(key, path)
+            except FFEError as err:
+                raise FFEError(f"setting {key} ({effective.sources[key]}): {err}") from None

@@ -172,3 +172,28 @@ def test_workers_from_a_flag_or_a_variable_are_for_that_run_only(tmp_path):
     assert eff.settings.build.workers == 7
     settings.save(eff)
     assert settings.load(tmp_path, env={}).settings.build.workers == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "content", "message"),
+    [
+        ("train.recipe", "max_steps: abc\n", "training recipe {path}: max_steps must be an integer, not 'abc'"),
+        ("train.recipe", None, "{path}: no such file or folder"),
+        ("bench.config", "bootstrap: [1]\n", "bench config {path}: bootstrap must be an integer of at least 1"),
+        ("bench.config", "[1, 2]\n", "bench config {path} must be a mapping of BenchConfig fields"),
+        ("bench.config", "alphas: [0.5, 0.2]\n", "alphas must be non-negative and increasing"),
+        ("generator.path", None, "{path}: no such file or folder"),
+    ],
+)
+def test_settings_set_refuses_a_file_that_cannot_be_used_and_saves_nothing(tmp_path, key, content, message):
+    """`ffe settings set train.recipe bad.yaml` saved it; only the next build refused it."""
+    path = tmp_path / "file.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(FFEError) as err:
+        settings.set_value(tmp_path / "work", key, str(path))
+    assert str(err.value).startswith(f"setting {key}: ") and message.format(path=path) in str(err.value)
+    assert str(err.value).endswith("; nothing saved") and not (tmp_path / "work" / settings.SETTINGS_FILE).exists()
+    path.write_text("max_steps: 30\n" if key == "train.recipe" else "bootstrap: 50\n")
+    if key != "generator.path":
+        assert settings.set_value(tmp_path / "work", key, str(path)).flat[key] == str(path)

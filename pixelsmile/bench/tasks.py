@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,8 +42,16 @@ class BenchConfig:
     def __post_init__(self):
         if unknown := sorted(set(self.categories) - set(CATEGORIES)):
             raise ValueError(f"bench config: unknown categories {unknown}")
+        if not all(isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a) for a in self.alphas):
+            raise ValueError(f"bench config: alphas must be numbers, not {list(self.alphas)}")
         if not self.alphas or sorted(self.alphas) != list(self.alphas) or self.alphas[0] < 0:
             raise ValueError(f"bench config: alphas must be non-negative and increasing, not {self.alphas}")
+        for key, low in (("seed", 0), ("bootstrap", 1), ("max_sources", 1)):
+            value = getattr(self, key)
+            if value is None and key == "max_sources":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"bench config: {key} must be an integer of at least {low}, not {value!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> BenchConfig:
