@@ -34,7 +34,7 @@ from pipelines.defs.ingest import ingest_batches
 from pipelines.defs.model import model_job, shards_passed
 from pipelines.defs.release import releases
 from pipelines.errors import FFEError
-from pipelines.instance import HOST_TAG, PID_TAG, open_instance, wait_for_pool
+from pipelines.instance import HOST_TAG, PID_TAG, REBUILD_TAG, open_instance, wait_for_pool
 from storage import catalog
 from storage.errors import StorageError
 from storage.layout import Layout
@@ -166,9 +166,10 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
 
 def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout, job_name: str,
              partition: str | None, keys: list[dg.AssetKey], config: dict[str, Any],
-             echo: Callable[[str], None] = print) -> tuple[bool, str]:  # fmt: skip
+             echo: Callable[[str], None] = print, rebuild: bool = False) -> tuple[bool, str]:  # fmt: skip
     """One Dagster run of `keys` (of the job `job_name`) for `partition`, in process: (ok, the
-    first error line). FFEError when the config is invalid or Dagster itself failed."""
+    first error line); `rebuild`: asked for by --rebuild (tagged; a model then trains afresh).
+    FFEError when the config is invalid or Dagster itself failed."""
     label = partition or "all batches"
     names = {k.to_python_identifier() for k in keys}
     graph = defs.resolve_asset_graph()
@@ -184,7 +185,8 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, layout: Layout,
             raise_on_error=False,
             asset_selection=keys,
             tags={"ffe/launched_by": "ffe build", "ffe/assets": ",".join(sorted(names)),
-                  PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+                  PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+                  **({REBUILD_TAG: "true"} if rebuild else {})},
         )
     except dg.DagsterInvalidConfigError as err:
         raise FFEError(f"invalid config: {err}") from None
@@ -378,7 +380,8 @@ def build(
                     broken.pop((k.to_user_string(), partition), None)
 
         def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
-            ok, error = _execute(defs, instance, layout, job_name, partition, keys, config, echo)
+            ok, error = _execute(defs, instance, layout, job_name, partition, keys, config, echo,
+                                 rebuild=partition in asked)  # fmt: skip
             return record(partition, job_name, ok, error)
 
         def record(partition: str | None, job_name: str, ok: bool, error: str) -> bool:
@@ -414,6 +417,7 @@ def build(
         broken = broken_partitions(set_aside(layout, check(layout, instance), echo))
         for (asset, partition), why in broken.items():
             echo(f"rebuilding {asset}{' ' + partition if partition else ''}: {why.split(': ', 1)[-1]}")
+        asked = set(rebuild)
         if rebuild:
             known_batches, known_versions = {m.batch for m in manifests(layout)}, set(planned_versions(layout))
             if unknown := [r for r in rebuild if r not in known_batches | known_versions]:
@@ -496,7 +500,7 @@ def build(
             versions = planned_versions(layout)
             _add_partitions(instance, releases, versions)
             per_partition(versions, per_release, per_release_up,
-                          gone=lambda k, v: k.to_user_string() in RELEASE_FILES and (
+                          gone=lambda k, v: v in asked or k.to_user_string() in RELEASE_FILES and (
                               not (read_manifest(layout, v) or {}).get("complete")
                               or gone_file(dg.AssetKey(RELEASE_ASSET), v)))
             report.releases = versions

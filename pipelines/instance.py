@@ -24,6 +24,7 @@ INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 GPU_POOL = "gpu"
 PID_TAG = "ffe/pid"  # the process that runs an `ffe build` run (in process): how a dead one is told
 HOST_TAG = "ffe/host"  # and its machine: a shared instance's runs of other machines are not judged here
+REBUILD_TAG = "ffe/rebuild"  # a run asked for by `ffe build --rebuild`: trained afresh, not resumed
 
 
 def prepare_dagster_home(layout: Layout) -> Path:

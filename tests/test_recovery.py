@@ -152,6 +152,25 @@ def test_a_build_killed_while_training_is_finished_by_the_next_build_as_a_clean_
 
 
 @pytest.mark.slow
+def test_rebuild_of_a_release_builds_its_files_and_trains_its_model_afresh(clean_build, tmp_path):
+    """`--rebuild VERSION` rebuilt the release's files only: its model was recorded as built (and
+    the same recipe would have resumed from its final checkpoint). The old training run is kept."""
+    work = tmp_path / "work"
+    shutil.copytree(clean_build, work, symlinks=True)
+    (version,) = [p.name for p in (work / "runs").iterdir()]
+    (before,) = work.glob(f"runs/{version}/train-*")
+    done = subprocess.run([FFE, "build", "--workdir", str(work), "--rebuild", version], capture_output=True,
+                          text=True, timeout=600, env=_env(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"rebuilding {version} (--rebuild): ffe_bench, ffe_release, ffe_shards, pixelsmile_lora" in done.stdout
+    (kept,) = work.glob(f"runs/{version}/replaced-{before.name}-*")
+    assert f"afresh (--rebuild); the previous run moved to {kept}" in done.stdout + done.stderr
+    steps = [json.loads(line)["step"] for line in (before / "losses.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, RECIPE["max_steps"] + 1))  # trained from step 1, not resumed
+    assert (kept / "final").is_dir() and (before / "final").is_dir()
+
+
+@pytest.mark.slow
 def test_a_build_waiting_for_a_live_runs_gpu_slot_says_so_and_stops_on_ctrl_c(shards_built, tmp_path):
     """A live run (here: a process that claimed the slot as Dagster's executor does) keeps the slot;
     the build names it, waits, and stops on SIGINT with exit 130; once the holder dies the next

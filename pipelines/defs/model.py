@@ -12,6 +12,7 @@ their reason; they never rank.
 
 # No `from __future__ import annotations` here: Dagster reads the config and resource
 # annotations of asset functions at definition time.
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -24,7 +25,7 @@ from pipelines.defs.metadata import tidy
 from pipelines.defs.release import ffe_shards, releases, shards_verified
 from pipelines.defs.writers import one_writer
 from pipelines.errors import FFEError
-from pipelines.instance import GPU_POOL
+from pipelines.instance import GPU_POOL, REBUILD_TAG
 from pipelines.resources import FFEStorage, PixelSmileResource
 from pixelsmile.train import OUTCOME, PARENT_ENV, parent_token, read_outcome
 from storage import tables
@@ -75,10 +76,14 @@ def pixelsmile_lora(
     name = model.model_name(recipe)
     try:
         config = model.training_config(layout, version, recipe)
+        out = Path(config.output_dir)
+        if context.run.tags.get(REBUILD_TAG) and out.exists():  # `ffe build --rebuild`: afresh, the old run kept
+            kept = out.with_name(f"replaced-{out.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+            out.rename(kept)
+            context.log.info(f"training {name} on {version} afresh (--rebuild); the previous run moved to {kept}")
         command = model.launch_command(model.write_training_config(config), pixelsmile.launcher, pixelsmile.processes)
     except FFEError as err:
         raise dg.Failure(str(err)) from None
-    out = Path(config.output_dir)
     (out / OUTCOME).unlink(missing_ok=True)  # this launch's outcome, not the last one's
     context.log.info(f"training {name} on {version}: {' '.join(command)}")
     try:
