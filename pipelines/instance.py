@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +60,19 @@ def dagster_home_env(home: Path) -> Iterator[None]:
 def open_instance(layout: Layout, echo: Callable[[str], None] | None = None) -> Iterator[dg.DagsterInstance]:
     """The work folder's Dagster instance, its `gpu` pool set and the runs of dead processes
     reclaimed (`echo` is told about each)."""
+    if not _writable(layout.root / "locks") and (layout.dagster_home / "dagster.yaml").is_file():
+        # A read-only work folder (a finished one mounted to look at): SQLite cannot open its
+        # records in place (it writes beside them even to read), so a copy of them is read;
+        # nothing is locked, reclaimed or set. Commands that write refuse the folder before this.
+        with tempfile.TemporaryDirectory(prefix="ffe-records-") as tmp:
+            home = Path(shutil.copytree(layout.dagster_home, Path(tmp) / "dagster", symlinks=True))
+            with dagster_home_env(home):
+                instance = dg.DagsterInstance.from_config(str(home))
+                try:
+                    yield instance
+                finally:
+                    instance.dispose()
+        return
     home = prepare_dagster_home(layout)
     with dagster_home_env(home):
         # Two commands on a fresh folder would both create the instance's SQLite tables ("table
@@ -70,6 +85,18 @@ def open_instance(layout: Layout, echo: Callable[[str], None] | None = None) -> 
             yield instance
         finally:
             instance.dispose()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in `folder` (or, while it does not exist, its parent): tried, as
+    mode bits say nothing about a read-only mount."""
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".ffe-write-test-"):
+            return True
+    except OSError:
+        return False
 
 
 def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:

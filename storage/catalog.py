@@ -143,7 +143,8 @@ def refresh_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
 
 def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection with every table as a view. Writes the views into `catalog.duckdb` when
-    `persist`; if another process holds that file's lock, falls back to an in-memory catalog. A
+    `persist`; if another process holds that file's lock, or it cannot be written (a read-only
+    folder or mount), falls back to an in-memory catalog. A
     catalog DuckDB cannot open (cut, overwritten) is moved aside to `catalog.duckdb.damaged` and
     made again: it holds only views, so nothing is lost."""
     con = None
@@ -154,21 +155,35 @@ def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnectio
             refresh_views(con, layout)
             return con
         except duckdb.Error as err:
-            if "lock" in str(err).lower():
-                con = None  # locked by another process: the views below are all we need
-            else:
-                if con is not None:
-                    con.close()
-                con = _remade(layout, err)
+            if con is not None:
+                con.close()
+            # Locked by another process, or a file that reads but cannot be written (a read-only
+            # mount): the in-memory views below are all this command needs. Only a file that does
+            # not even open read-only is damaged.
+            readable = not layout.catalog.exists() or _opens_read_only(layout)  # none yet: a read-only folder
+            con = None if "lock" in str(err).lower() or readable else _remade(layout, err)
     if con is None:
         con = duckdb.connect(":memory:")
     refresh_views(con, layout)
     return con
 
 
-def _remade(layout: Layout, err: duckdb.Error) -> duckdb.DuckDBPyConnection:
+def _opens_read_only(layout: Layout) -> bool:
+    try:
+        duckdb.connect(str(layout.catalog), read_only=True).close()
+        return True
+    except duckdb.Error:
+        return False
+
+
+def _remade(layout: Layout, err: duckdb.Error) -> duckdb.DuckDBPyConnection | None:
     damaged = layout.catalog.with_name(layout.catalog.name + ".damaged")
-    os.replace(layout.catalog, damaged)
+    try:
+        os.replace(layout.catalog, damaged)
+    except OSError as moved:  # a read-only folder, a file mounted on its own: views in memory this time
+        print(f"ffe: {layout.catalog} could not be opened ({' '.join(str(err).split())[:160]}) nor moved aside "
+              f"({moved.strerror}): using the tables directly this time", file=sys.stderr)  # fmt: skip
+        return None
     layout.catalog.with_name(layout.catalog.name + ".wal").unlink(missing_ok=True)  # the damaged file's log
     print(f"ffe: {layout.catalog} could not be opened ({' '.join(str(err).split())[:160]}): made again from "
           f"the tables; the damaged file is kept as {damaged.name}", file=sys.stderr)  # fmt: skip

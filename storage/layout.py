@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,25 @@ class Layout:
                     where = f"work folder {self.root} is not writable: {folder.name}/ in it is {why}"
                 raise ReadOnlyWorkFolder(f"{where}; builds write tables, originals and Dagster's records there: "
                                          "make it writable, or give another --workdir") from None
+        # Deeper folders (a release's runs/<version>, Dagster's history) by their access rights only:
+        # writing a file in each of hundreds would cost more than it tells.
+        for folder in self._folders_below(inside, depth=2):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ReadOnlyWorkFolder(f"work folder {self.root} is not writable: {folder.relative_to(self.root)}/ "
+                                         "in it is not writable; builds write tables, originals and Dagster's records "
+                                         "there: make it writable, or give another --workdir")  # fmt: skip
+
+    @staticmethod
+    def _folders_below(folders: list[Path], depth: int) -> Iterator[Path]:
+        """Folders under `folders`, `depth` levels down at most, links not followed."""
+        for folder in folders:
+            try:
+                below = [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            yield from below
+            if depth > 1:
+                yield from Layout._folders_below(below, depth - 1)
 
     @property
     def images(self) -> Path:

@@ -368,8 +368,9 @@ def test_a_damaged_catalog_is_made_again_and_outside_tools_read_it(tmp_path, dam
 
 
 def _read_only_argv(work: Path, argv: list[str]) -> list[str] | None:
-    """`argv` run with `work` read-only: by its mode when not root, else in a user namespace where
-    `work` is mounted read-only (root writes through any mode); None where neither is possible."""
+    """`argv` run with `work` (a folder or file) read-only: by its mode when not root (the caller
+    sets it), else in a user namespace where `work` is mounted read-only (root writes through any
+    mode); None where neither is possible."""
     if os.geteuid() != 0:
         return argv
     if shutil.which("unshare") is None:
@@ -404,6 +405,45 @@ def test_a_read_only_work_folder_is_named_before_any_work(tmp_path):
     assert done.returncode == 1, done.stdout[-2000:]
     assert f"work folder {work} is " in done.stderr and "give another --workdir" in done.stderr, done.stderr
     assert "unable to open database file" not in done.stderr
+
+
+def _run_read_only(target: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    wrapped = _read_only_argv(target, argv)
+    if wrapped is None:
+        pytest.skip("running as root with no user namespaces: no way to make a folder read-only here")
+    paths = [target, *target.rglob("*")] if target.is_dir() else [target]
+    if os.geteuid() != 0:
+        for p in paths:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        return subprocess.run(wrapped, capture_output=True, text=True, timeout=300)
+    finally:
+        for p in paths:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_read_only_folder_can_be_looked_at_and_a_read_only_part_is_named(tmp_path):
+    """status and check failed on the instance's lock in a read-only folder; a read-only folder
+    deeper in (Dagster's history) failed late; a read-only catalog was taken for a damaged one."""
+    from pixelsmile.synthetic import write_world_input
+
+    inp, work = tmp_path / "in", tmp_path / "work"
+    write_world_input(inp, people=2, faces_per_person=2)
+    assert _build(work, inp, "--select", "raw_images").returncode == 0
+    status = _run_read_only(work, [FFE, "status", "--workdir", str(work)])
+    assert status.returncode == 0 and "1 registered (4 files)" in status.stdout, status.stderr[-2000:]
+    check = _run_read_only(work, [FFE, "check", "--workdir", str(work)])
+    assert check.returncode == 0 and f"Dagster recorded is in {work}" in check.stdout, check.stderr[-2000:]
+
+    deeper = _run_read_only(work / "dagster" / "history", [FFE, "build", "--workdir", str(work), "--input", str(inp)])
+    assert deeper.returncode == 1, deeper.stdout[-2000:]
+    assert f"work folder {work} is not writable: dagster/history/ in it is not writable" in deeper.stderr
+
+    # The build ends by writing the catalog's views: a catalog that opens read-only is not damaged.
+    argv = [FFE, "build", "--workdir", str(work), "--input", str(inp), "--pre-cropped", "--select", "raw_images"]
+    again = _run_read_only(work / "catalog.duckdb", argv)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "could not be opened" not in again.stderr and not (work / "catalog.duckdb.damaged").exists()
 
 
 def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
