@@ -55,22 +55,37 @@ def link_outside(path: Path, root: Path) -> str | None:
     return None if real.is_relative_to(os.path.realpath(root)) else str(real)
 
 
-def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0) -> list[InputFile]:
+def scan_input(input_dir: str | os.PathLike[str], *, min_age_s: float = 0.0,
+               follow_links: bool = False) -> list[InputFile]:  # fmt: skip
     """Every non-hidden file under `input_dir`, sorted by path. Files modified within the last
     `min_age_s` seconds are left for a later scan: they may still be being copied in. Dangling
-    links are kept (ingest records them as unreadable rather than losing them)."""
+    links are kept (ingest records them as unreadable rather than losing them). A link to a folder
+    outside the input is listed as itself (ingest records it as `link_outside_input`), or, with
+    `follow_links`, walked into; one to a folder inside is not walked twice."""
     root = Path(input_dir).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {root} does not exist")
     newest_ok = time.time_ns() - int(min_age_s * 1e9)
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found, walked = [], {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=follow_links):
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = Path(folder) / d
+            if not path.is_symlink():
+                kept.append(d)
+            elif link_outside(path, root) is None or os.path.realpath(path) in walked:
+                continue  # inside the input (walked as itself), or a loop
+            elif follow_links:
+                walked.add(os.path.realpath(path))
+                kept.append(d)
+            else:
+                files.append(d)  # recorded, not walked
+        dirs[:] = kept
         for name in files:
             if name.startswith("."):
                 continue
             path = Path(folder) / name
-            st = path.lstat() if path.is_symlink() and not path.exists() else path.stat()
+            st = path.lstat() if path.is_symlink() and not path.is_file() else path.stat()
             if st.st_mtime_ns > newest_ok:
                 continue
             found.append(InputFile(str(path), st.st_size, st.st_mtime_ns))
@@ -150,9 +165,11 @@ def register_new_batch(
     domain: str = "real",
     pre_cropped: bool = False,
     provenance: str = "real",
+    follow_links: bool = False,
 ) -> Manifest | None:
     """Put every file of `input_dir` that no batch holds yet into a new batch; None if none. New
-    label files (`labels.csv`) go with the new images; alone, they wait for some."""
+    label files (`labels.csv`) go with the new images; alone, they wait for some. `follow_links`:
+    folders linked from outside the input are walked (setting input.follow_links)."""
     from curation.labels import is_label_file
 
     if domain not in DOMAINS:
@@ -163,7 +180,7 @@ def register_new_batch(
     with _registry_lock(layout):
         known = {f.key for m in manifests(layout) for f in (*m.files, *m.label_files)}
         scanned = [InputFile(stored_path(layout, f.path), f.size, f.mtime_ns)
-                   for f in scan_input(root, min_age_s=min_age_s)]  # fmt: skip
+                   for f in scan_input(root, min_age_s=min_age_s, follow_links=follow_links)]  # fmt: skip
         found = [f for f in scanned if f.key not in known]
         new = [f for f in found if not is_label_file(f.path)]
         if not new:

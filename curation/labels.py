@@ -197,6 +197,7 @@ def import_labels(layout: Layout, batch: str, label_files: list[str], image_file
             else:
                 labels[target] = label
     images = tables.read_partition(layout, "images", batch).select(["image_id", "source_uri"]).to_pylist()
+    problems += _labels_of_files_not_ingested(layout, batch, labels, {i["image_id"]: i["source_uri"] for i in images})
     rows = []
     for image in images:
         label = labels.get(image["source_uri"])
@@ -212,6 +213,46 @@ def import_labels(layout: Layout, batch: str, label_files: list[str], image_file
         for item, reason, detail in problems
     ])  # fmt: skip
     return {"labelled_images": len(rows), "label_problems": len(problems)}
+
+
+def _labels_of_files_not_ingested(layout: Layout, batch: str, labels: dict[str, dict],
+                                  sources: dict[str, str]) -> list[tuple[str, str, str]]:  # fmt: skip
+    """Labels whose file is not an image of the batch under its own path: a file with the same
+    bytes as one ingested before it (a link to it, a copy) gives its label to that image, where
+    that image is in this batch and has no label of its own; any other such label is recorded
+    (it was lost without a word: a link sorting before the labelled file took its place), but for
+    a refused file's, whose failure row already says why. Moves the
+    labels it applies in `labels` to their image's path; returns the problems."""
+    from curation import ingest
+    from storage.blobs import file_digest
+
+    ingested = set(sources.values())
+    if not (orphans := [t for t in labels if t not in ingested]):
+        return []
+    refused = {r["item"]: r for r in tables.read_partition(layout, "failures", ingest.failures_partition(batch))
+               .select(["item", "reason"]).to_pylist()}  # fmt: skip
+    problems = []
+    for target in orphans:
+        label = labels.pop(target)
+        why = refused.get(target, {}).get("reason", "not ingested")
+        try:
+            image_id = file_digest(layout.root / target)[0] if why == "duplicate" else None
+        except OSError as err:  # gone since it was ingested
+            why = f"duplicate, now unreadable: {err.strerror}"
+            image_id = None
+        if image_id is not None:
+            source = sources.get(image_id)
+            if source is not None and source not in labels:
+                labels[source] = label  # the same picture, ingested from `source`
+                continue
+            where = (f"is ingested from {source}, which has its own label" if source is not None
+                     else "was ingested in an earlier batch: label it there")  # fmt: skip
+            problems.append((target, "label_not_applied", f"{target} in {label['label_file']}: the same bytes "
+                             f"as image {image_id[:16]}..., which {where}"))  # fmt: skip
+        elif target not in refused:  # a refused image has its own failure row, which says why
+            problems.append((target, "label_not_applied", f"{target} in {label['label_file']}: its image was "
+                             f"not ingested ({why}), so its label is not used"))  # fmt: skip
+    return problems
 
 
 def labels_by_face(layout: Layout, batches: list[str]) -> dict[str, dict]:

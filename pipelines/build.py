@@ -348,8 +348,9 @@ def build(
     with open_instance(layout, echo) as instance, contextlib.ExitStack() as stack:
         if input_path is not None:
             try:
-                manifest = register_new_batch(layout, input_path, domain=settings.settings.input.domain,
-                                              pre_cropped=settings.settings.input.pre_cropped)  # fmt: skip
+                given = settings.settings.input
+                manifest = register_new_batch(layout, input_path, domain=given.domain, pre_cropped=given.pre_cropped,
+                                              follow_links=given.follow_links)  # fmt: skip
             except ValueError as err:
                 raise FFEError(str(err)) from None
             if manifest:

@@ -459,7 +459,8 @@ def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
     (inp / "shadow.png").symlink_to(outside / "x.png")
     (inp / "someone.png").symlink_to(secret)
     (inp / "inside.png").symlink_to(mine[1])  # a link within the input folder is fine
-    (inp / "linked_dir").symlink_to(outside, target_is_directory=True)  # not descended
+    (inp / "linked_dir").symlink_to(outside, target_is_directory=True)  # not walked: recorded
+    (inp / "again").symlink_to(inp, target_is_directory=True)  # inside (a loop): not walked twice
     (outside / "labels.csv").write_text(f"file,identity\n{mine[2]},x\n")
     (inp / "labels.csv").symlink_to(outside / "labels.csv")
     done = _build(work, inp, "--select", "raw_images")
@@ -467,7 +468,7 @@ def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
     layout = Layout.at(work)
     failures = {Path(r["item"]).name: r for r in tables.read_table(layout, "failures").to_pylist()}
     for name, target in (("shadow.png", outside / "x.png"), ("someone.png", secret),
-                         ("labels.csv", outside / "labels.csv")):  # fmt: skip
+                         ("labels.csv", outside / "labels.csv"), ("linked_dir", outside)):  # fmt: skip
         assert failures[name]["reason"] == "link_outside_input"
         assert f"a link to {target}, outside the input folder {inp}" in failures[name]["detail"]
     images = {r["source_uri"] for r in tables.read_table(layout, "images").to_pylist()}
@@ -480,10 +481,37 @@ def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
     env = {**os.environ, "FFE_INPUT_FOLLOW_LINKS": "true"}
     assert _build(other, inp, "--select", "raw_images", env=env).returncode == 0
     names = {r["source_uri"] for r in tables.read_table(Layout.at(other), "images").to_pylist()}
-    assert str(inp / "someone.png") in names and str(mine[0]) not in names  # the same bytes, first by path
+    # The linked folder is walked; its copy of the photo sorts first (the same bytes: first by path).
+    assert str(inp / "linked_dir" / "someone.png") in names and str(mine[0]) not in names
     reasons = {Path(r["item"]).name: r["reason"] for r in tables.read_table(Layout.at(other), "failures").to_pylist()}
     assert reasons.get("shadow.png") == "not_an_image"
     assert "x" in tables.read_table(Layout.at(other), "imported_labels").column("identity").to_pylist()
+
+
+def test_a_label_of_a_file_ingested_under_another_path_is_kept_or_recorded(tmp_path):
+    """A link inside the input sorting before a labelled file took its place (same bytes, first by
+    path) and the label was lost without a word."""
+    from pixelsmile.synthetic import write_world_input
+
+    inp, work = tmp_path / "in", tmp_path / "work"
+    write_world_input(inp, people=1, faces_per_person=3)
+    for own in inp.rglob("*.csv"):  # the world's own labels: this test writes its own
+        own.unlink()
+    a, b, _ = sorted(inp.rglob("*.png"))
+    (inp / "0_link.png").symlink_to(a)  # sorts first: the image is ingested from it
+    shutil.copy(b, inp / "0_copy.png")  # a copy of b, with its own label: b's label is the conflict
+    (inp / "broken.png").write_bytes(b"not a picture")
+    (inp / "labels.csv").write_text(f"file,identity\n{a.relative_to(inp)},ann\n0_copy.png,bea\n"
+                                    f"{b.relative_to(inp)},bob\nbroken.png,cat\n")  # fmt: skip
+    assert _build(work, inp, "--select", "raw_images").returncode == 0
+    layout = Layout.at(work)
+    images = {r["image_id"]: r["source_uri"] for r in tables.read_table(layout, "images").to_pylist()}
+    labelled = {images[r["image_id"]]: r["identity"] for r in tables.read_table(layout, "imported_labels").to_pylist()}
+    assert labelled == {str(inp / "0_link.png"): "ann", str(inp / "0_copy.png"): "bea"}
+    failures = {Path(r["item"]).name: r for r in tables.read_table(layout, "failures").to_pylist()
+                if r["reason"] == "label_not_applied"}  # fmt: skip
+    assert sorted(failures) == [b.name]  # broken.png's label goes with its own failure row (not_an_image)
+    assert f"which is ingested from {inp / '0_copy.png'}, which has its own label" in failures[b.name]["detail"]
 
 
 def test_label_rows_naming_files_outside_the_input_are_recorded(tmp_path):
