@@ -9,6 +9,7 @@ unreadable file, and the next `ffe build` rebuilds it from upstream: the same ro
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -120,14 +121,22 @@ def test_repair_builds_only_what_the_folder_was_built_with(built, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cut_manifest_is_named_listed_as_damaged_and_rebuilt(built, tmp_path):
+@pytest.mark.parametrize("damage", ["cut", "files_as_a_list"])
+def test_a_cut_manifest_is_named_listed_as_damaged_and_rebuilt(built, tmp_path, damage):
     """Found: a `manifest.json` cut to 20 bytes made every command (status, check, build, release
-    list) fail with a bare JSON error naming no file."""
+    list) fail with a bare JSON error naming no file; one whose "files" was a list, with a bare
+    AttributeError."""
     work_built, expected = built
     work = tmp_path / "work"
     shutil.copytree(work_built, work)
     manifest = _one(work, "releases/*/manifest.json")
-    manifest.write_bytes(manifest.read_bytes()[:20])
+    if damage == "cut":
+        manifest.write_bytes(manifest.read_bytes()[:20])
+    else:
+        raw = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**raw, "files": sorted(raw["files"])}))
+        verify = _ffe("release", "verify", raw["version"], work=work)
+        assert verify.returncode == 1 and "is damaged (its 'files' is a list, not a dict)" in verify.stderr
     listed = _ffe("check", work=work)
     assert listed.returncode == 1 and "manifest.json unreadable" in listed.stdout, listed.stdout + listed.stderr
     status = _ffe("status", work=work)

@@ -189,7 +189,26 @@ def read_manifest(layout: Layout, version: str) -> dict | None:
         raise StorageError(f"{layout.relative(path)} is damaged ({err}): `ffe build` rebuilds the release") from None
     if not isinstance(manifest, dict) or "version" not in manifest:
         raise StorageError(f"{layout.relative(path)} is damaged (not a release manifest): `ffe build` rebuilds it")
+    if why := _shape_problem(manifest):
+        raise StorageError(f"{layout.relative(path)} is damaged ({why}): `ffe build` rebuilds the release")
     return manifest
+
+
+def _shape_problem(manifest: dict) -> str | None:
+    """What in a manifest does not have the shape `build_release` writes (an edited or foreign file
+    would otherwise fail deep inside a reader with a bare AttributeError), or None."""
+    shapes = {"version": str, "complete": bool, "counts": dict, "files": dict, "shards": dict, "config": dict}
+    for key, kind in shapes.items():
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):  # None: not written yet
+            return f"its {key!r} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+    for name, entry in (manifest.get("files") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"its files entry {name!r} has no sha256"
+    for split, shards in (manifest.get("shards") or {}).items():
+        if not isinstance(shards, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                                   for x in shards):  # fmt: skip
+            return f"its shards of {split!r} are not a list of named shards"
+    return None
 
 
 def write_manifest(layout: Layout, version: str, manifest: dict) -> None:
