@@ -306,6 +306,33 @@ def parent_gone(token: str) -> bool:
         return False
 
 
+class _StopOnSigterm:
+    """SIGTERM (a scheduler, `kill`, a stopped container) asks the loop to stop between two steps
+    with one clear error, instead of dying mid-step with a traceback per process. Only where a
+    handler can be set (the main thread)."""
+
+    def __init__(self) -> None:
+        self.asked: str | None = None
+        self._before = None
+
+    def __enter__(self) -> _StopOnSigterm:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._before = signal.signal(signal.SIGTERM, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = "SIGTERM"
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._before is not None:
+            signal.signal(signal.SIGTERM, self._before)
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
@@ -467,6 +494,8 @@ class Trainer:
         if not which:
             return None
         if which == "latest":
+            for odd in sorted(set(self.out.glob("checkpoint-*")) - set(checkpoints(self.out))):
+                print(f"ignoring {odd}: not a checkpoint name (checkpoint-<step>)", file=sys.stderr, flush=True)
             folder = None
             for candidate in reversed(checkpoints(self.out)):
                 if (why := self._unreadable(candidate)) is None:
@@ -525,9 +554,13 @@ class Trainer:
             raise TrainingError(str(err)) from None
 
     def _train(self, progress: bool, on_log: Callable[[int, dict], None] | None) -> dict:
+        with _StopOnSigterm() as stop:
+            return self._loop(progress, on_log, os.environ.get(PARENT_ENV, ""), stop)
+
+    def _loop(self, progress: bool, on_log: Callable[[int, dict], None] | None, parent: str,
+              stop: _StopOnSigterm) -> dict:  # fmt: skip
         from storage.progress import progress_bar
 
-        parent = os.environ.get(PARENT_ENV, "")
         resumed = self.resume(self.config.resume)
         history = []
         main = self.accelerator.is_main_process
@@ -537,6 +570,9 @@ class Trainer:
             for batch in self.batches() if self.step < self.config.max_steps else ():  # a finished run reads nothing
                 if self.step >= self.config.max_steps:
                     break
+                if stop.asked:
+                    raise TrainingError(f"stopped by {stop.asked} at step {self.step}; its latest checkpoint kept "
+                                        "(the next run resumes from it)")  # fmt: skip
                 if parent and parent_gone(parent):  # checked each step: a psutil call, microseconds
                     pid = parent.split(":")[0]
                     raise TrainingError(f"the process that launched this training (pid {pid}) has gone; "

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,14 @@ def test_resume_skips_a_broken_newest_checkpoint_naming_it(world, tmp_path, kind
         Trainer(config(world, run, resume=str(run / "checkpoint-3"))).resume(str(run / "checkpoint-3"))
 
 
+def test_resume_names_a_folder_that_is_not_a_checkpoint_name(world, tmp_path, capfd):
+    train(config(world, tmp_path / "run", max_steps=3), progress=False)
+    (tmp_path / "run" / "checkpoint-abc").mkdir()
+    resumed = train(config(world, tmp_path / "run", resume="latest"), progress=False)
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["steps"] == 6
+    assert f"ignoring {tmp_path / 'run' / 'checkpoint-abc'}: not a checkpoint name" in capfd.readouterr().err
+
+
 def test_a_save_killed_midway_leaves_no_checkpoint_and_its_remains_are_swept(world, tmp_path, monkeypatch):
     trainer = Trainer(config(world, tmp_path / "run"))
     batches = trainer.batches()
@@ -195,6 +204,28 @@ def test_a_trainer_whose_launching_process_has_gone_stops_between_steps(world, t
     with pytest.raises(TrainingError, match=rf"the process that launched this training \(pid {gone.pid}\) has gone; "
                                             "stopped at step 0"):  # fmt: skip
         train(config(world, tmp_path / "orphan"), progress=False)
+
+
+def test_sigterm_stops_training_between_steps_with_one_clear_error(world, tmp_path):
+    """`kill` of a training process died mid-step with a traceback per process; it now stops at
+    the next step, keeps its checkpoints and says so (outcome.json too, by the CLI)."""
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(json.dumps({**config(world, tmp_path / "run", max_steps=100000, checkpointing_steps=2).__dict__,
+                                  "resume": "latest"}))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "pixelsmile.cli", "train", "--config", str(recipe)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        while not checkpoints(tmp_path / "run"):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "pixelsmile train: error: stopped by SIGTERM at step " in err and "its latest checkpoint kept" in err
+    outcome = json.loads((tmp_path / "run" / "outcome.json").read_text())
+    assert outcome["status"] == "failed" and outcome["error"].startswith("stopped by SIGTERM at step ")
 
 
 def test_config_mistakes_are_one_clear_error(world, tmp_path):
