@@ -44,10 +44,17 @@ class Problem:
     partition: str | None  # a batch, a release version, or None (across batches)
     item: str  # the file, relative to the work folder
     reason: str  # missing | unreadable | wrong_size | crop_missing | crop_cut | original_missing | original_wrong_size
+    more: tuple[str, ...] = ()  # further files of the same partition and reason
+
+    SHOWN = 5  # of `more`, named in a line; --json lists all
 
     def describe(self) -> str:
         where = f"{self.asset} {self.partition}" if self.partition else self.asset
-        return f"{where}: {self.item} {self.reason.replace('_', ' ')}"
+        line = f"{where}: {self.item} {self.reason.replace('_', ' ')}"
+        if self.more:
+            rest = f", and {len(self.more) - self.SHOWN} more (`ffe check --json` lists all)"
+            line += f"; so are {', '.join(self.more[: self.SHOWN])}{rest if len(self.more) > self.SHOWN else ''}"
+        return line
 
 
 def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
@@ -116,8 +123,8 @@ def _file_problems(layout: Layout, faces_broken: set[str | None], images_broken:
 
 
 def _first_of(asset: str, batch: str, items: list[str], reason: str) -> Problem:
-    """One problem for a batch's files of one kind, naming the first and counting the rest."""
-    return Problem(asset, batch, f"{items[0]} (and {len(items) - 1} more)" if len(items) > 1 else items[0], reason)
+    """One problem for a batch's files of one kind: the first, and the others in `more`."""
+    return Problem(asset, batch, items[0], reason, tuple(items[1:]))
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: what a cut file lacks

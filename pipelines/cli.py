@@ -262,12 +262,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Exit 0 when the folder holds everything Dagster recorded (after --repair: when the rebuild
-    restored it), else 1."""
+    """Exit 0 when the folder holds everything Dagster recorded and its catalog opens (after
+    --repair: when the rebuild restored them), else 1."""
     from pipelines.check import as_rows, check
     from pipelines.instance import open_instance
+    from storage import catalog
 
     layout = _existing_layout(args.workdir)
+    if bad_catalog := catalog.damaged(layout):
+        if args.repair:
+            catalog.connect(layout).close()  # made again from the tables
+            print(f"made again: {bad_catalog.split(' ', 1)[0]}")
+        else:
+            print(f"{bad_catalog}", file=sys.stderr)
     with open_instance(layout) as instance:
         problems = check(layout, instance)
         built = sorted({r.asset_entry.asset_key.to_user_string() for r in instance.get_asset_records()
@@ -296,7 +303,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {p.describe()}")
     else:
         print(f"every table, crop, original and release file Dagster recorded is in {layout.root}")
-    return EXIT_ERROR if problems else 0
+    return EXIT_ERROR if problems or (bad_catalog and not args.repair) else 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:

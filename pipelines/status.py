@@ -65,6 +65,7 @@ def status(layout: Layout) -> dict:
         ).fetchall()
     with open_instance(layout) as instance:  # what Dagster says is built but the folder lacks
         broken = [p.describe() for p in check(layout, instance)]
+    broken += [line] if (line := catalog.damaged(layout)) else []
     batches = manifests(layout)
     not_ingested = [m.batch for m in batches if not batch_is_ingested(layout, m.batch)]
     behind = _behind(layout, batches, not_ingested, unassigned)

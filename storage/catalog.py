@@ -168,6 +168,14 @@ def connect(layout: Layout, *, persist: bool = True) -> duckdb.DuckDBPyConnectio
     return con
 
 
+def damaged(layout: Layout) -> str | None:
+    """A line naming `catalog.duckdb` when it exists and does not open (outside tools then fail;
+    `ffe build` makes it again), else None."""
+    if not layout.catalog.exists() or _opens_read_only(layout):
+        return None
+    return f"{layout.relative(layout.catalog)} unreadable (the views outside tools read; `ffe build` makes it again)"
+
+
 def _opens_read_only(layout: Layout) -> bool:
     try:
         duckdb.connect(str(layout.catalog), read_only=True).close()

@@ -146,3 +146,15 @@ def test_a_cut_manifest_is_named_listed_as_damaged_and_rebuilt(built, tmp_path, 
     rebuilt = _ffe("build", "--select", "+ffe_shards", work=work)
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
     assert fingerprint(work) == expected and _ffe("check", work=work).returncode == 0
+
+
+def test_a_problem_of_several_files_names_them():
+    """`ffe check` said "(and 2 more)" without naming them."""
+    from pipelines.check import Problem, _first_of, as_rows
+
+    few = _first_of("raw_images", "batch-1", ["images/a.png", "images/b.png", "images/c.png"], "original_missing")
+    assert few.describe() == "raw_images batch-1: images/a.png original missing; so are images/b.png, images/c.png"
+    many = _first_of("raw_images", "batch-1", [f"images/{i}.png" for i in range(9)], "original_missing")
+    assert many.describe().endswith("images/5.png, and 3 more (`ffe check --json` lists all)")
+    assert as_rows([many])[0]["more"] == tuple(f"images/{i}.png" for i in range(1, 9))
+    assert Problem("faces", None, "x", "missing").describe() == "faces: x missing"

@@ -359,6 +359,11 @@ def test_a_damaged_catalog_is_made_again_and_outside_tools_read_it(tmp_path, dam
     catalog = work / "catalog.duckdb"
     data = catalog.read_bytes()
     catalog.write_bytes(b"not a database " * 100 if damage == "garbage" else data[: len(data) // 3])
+    said = "catalog.duckdb unreadable (the views outside tools read; `ffe build` makes it again)"
+    status = subprocess.run([FFE, "status", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and said in status.stdout, status.stdout + status.stderr
+    check = subprocess.run([FFE, "check", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and said in check.stderr, check.stdout + check.stderr
     done = _build(work, inp, "--select", "raw_images")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{catalog} could not be opened" in done.stderr and "kept as catalog.duckdb.damaged" in done.stderr
