@@ -26,6 +26,7 @@ import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
+from curation.batches import link_outside, load_manifest
 from storage import tables
 from storage.failures import UNEXPECTED, describe
 from storage.layout import Layout
@@ -90,9 +91,12 @@ def _target(folder: Path, name: str) -> str:
     return os.path.normpath(unicodedata.normalize("NFC", str(folder)) + "/" + name)
 
 
-def _parse(path: Path, files: set[str]) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+def _parse(path: Path, files: set[str],
+           refused_root: Path | None = None) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:  # fmt: skip
     """(labels by absolute file path, problems as (item, reason, detail)) of one label file. Every row
-    that is not used is a problem (file:line and why), except rows naming files of earlier batches."""
+    that is not used is a problem (file:line and why), except rows naming files of earlier batches.
+    `refused_root`: the input folder, when links out of it are not read (a row naming a file
+    through one is then `link_outside_input`)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
@@ -121,7 +125,7 @@ def _parse(path: Path, files: set[str]) -> tuple[dict[str, dict], list[tuple[str
     for line, raw in enumerate(table[1:], start=2):
         item = f"{path}:{line}"
         try:
-            found = _row(raw, columns, given, folder, normalized, delimiter == ";", len(table[0]))
+            found = _row(raw, columns, given, folder, normalized, delimiter == ";", len(table[0]), refused_root)
         except _Unused as why:
             problems.append((item, why.reason, f"{path} line {line}: {why.detail}"))
             continue
@@ -145,7 +149,7 @@ class _Unused(Exception):
 
 
 def _row(raw: list[str], columns: dict[str, int], given: list[str], folder: Path, files: dict[str, str],
-         decimal_comma: bool, width: int) -> tuple[str, dict] | None:  # fmt: skip
+         decimal_comma: bool, width: int, refused_root: Path | None = None) -> tuple[str, dict] | None:  # fmt: skip
     """One row: (the file it labels, {identity, scores}); None for a file of an earlier batch."""
     extra = [c for c in raw[width:] if c.strip()]
     if extra:
@@ -159,6 +163,9 @@ def _row(raw: list[str], columns: dict[str, int], given: list[str], folder: Path
             raise _Unused("outside_collection", f"{cell['file']!r} is outside the folder of the label file")
         if not os.path.lexists(target):
             raise _Unused("unknown_file", f"no file {cell['file']!r} in the input")
+        if refused_root is not None and (real := link_outside(Path(target), refused_root)):
+            raise _Unused("link_outside_input", f"{cell['file']!r} is reached through a link to {real}, outside "
+                          f"the input folder {refused_root}: not read (setting input.follow_links)")  # fmt: skip
         return None
     scores = None
     if given:
@@ -176,8 +183,6 @@ def import_labels(layout: Layout, batch: str, label_files: list[str], image_file
     """Write `imported_labels/<batch>` (one row per ingested image a label file names) and the
     rows it cannot use to `failures`. Reruns rewrite both: they depend on the batch alone. A label
     file that is a link out of the batch's input folder is not read unless `follow_links`."""
-    from curation.batches import link_outside, load_manifest
-
     root = layout.root / load_manifest(layout, batch).input_dir
     # Manifest paths are relative to the work folder where inside it; label rows name absolute ones.
     stored = {str(layout.root / f): f for f in image_files}
@@ -188,7 +193,7 @@ def import_labels(layout: Layout, batch: str, label_files: list[str], image_file
             problems.append((str(layout.root / path), "link_outside_input", f"{layout.root / path}: a link to "
                              f"{target}, outside the input folder {root}: not read (setting input.follow_links)"))
             continue
-        found, bad = _parse(layout.root / path, set(stored))
+        found, bad = _parse(layout.root / path, set(stored), None if follow_links else root)
         problems += bad
         for target, label in ((stored[t], v) for t, v in found.items()):
             if target in labels:

@@ -31,8 +31,32 @@ from storage.layout import Layout
 from storage.releases.build import read_manifest
 from storage.releases.plan import release_dir
 
-# Assets that write one table partition per batch, every time they run.
-PER_BATCH = {"raw_images": "images", "faces": "faces", "face_embeddings": "face_embeddings", "prelabels": "prelabels"}
+# Assets that write one partition of each of these tables per batch, every time they run:
+# (table, the partition's name from the batch's). Failures too: a lost failures partition would
+# hide why files were refused, and a lost `imported_labels` the labels a person gave.
+_OWN = ("{batch}",)
+PER_BATCH = {
+    "raw_images": (("images", _OWN), ("imported_labels", _OWN), ("failures", ("raw_images", "{batch}")),
+                   ("failures", ("labels", "{batch}"))),
+    "faces": (("faces", _OWN), ("failures", ("faces", "{batch}"))),
+    "face_embeddings": (("face_embeddings", _OWN), ("failures", ("face_embeddings", "{batch}"))),
+    "prelabels": (("prelabels", _OWN), ("failures", ("prelabels", "{batch}"))),
+}  # fmt: skip
+
+
+def _partition(name: tuple[str, ...], batch: str) -> str:
+    return batch if name == _OWN else tables.failures_partition(name[0], batch)
+
+
+def _owner(layout: Layout, path: Path) -> tuple[str, str | None]:
+    """(the asset that writes table file `path`, its batch or None)."""
+    table, stem = path.parent.name, path.stem
+    for asset, files in PER_BATCH.items():
+        for t, name in files:
+            batch = stem if name == _OWN else stem.removeprefix(tables.failures_partition(name[0], ""))
+            if t == table and _partition(name, batch) == stem:
+                return asset, batch
+    return next((a for a, t in ACROSS.items() if t == table), table), None
 # Assets across batches that write `<table>/all.parquet` every time they run.
 ACROSS = {"affect_scores": "affect_scores"}
 RELEASE_ASSET = "ffe_release"
@@ -64,11 +88,12 @@ def _materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
 def check(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
     """Every difference between Dagster's records and the work folder (module doc)."""
     problems: list[Problem] = []
-    for asset, table in PER_BATCH.items():
+    for asset, files in PER_BATCH.items():
         for batch in sorted(_materialized(instance, asset)):
-            path = layout.table_file(table, batch)
-            if reason := tables.parquet_problem(path):
-                problems.append(Problem(asset, batch, layout.relative(path), reason))
+            for table, name in files:
+                path = layout.table_file(table, _partition(name, batch))
+                if reason := tables.parquet_problem(path):
+                    problems.append(Problem(asset, batch, layout.relative(path), reason))
     for asset, table in ACROSS.items():
         if instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None:
             path = layout.table_file(table, "all")
@@ -77,9 +102,8 @@ def check(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
     for table in sorted(p.name for p in layout.tables.glob("*") if p.is_dir()):  # any other file that is cut
         for path in sorted(layout.table_dir(table).glob("*.parquet")):
             if tables.parquet_problem(path) and not any(p.item == layout.relative(path) for p in problems):
-                owner = next((a for a, t in {**PER_BATCH, **ACROSS}.items() if t == table), table)
-                problems.append(Problem(owner, path.stem if owner in PER_BATCH else None, layout.relative(path),
-                                        "unreadable"))  # fmt: skip
+                owner, batch = _owner(layout, path)
+                problems.append(Problem(owner, batch, layout.relative(path), "unreadable"))
     problems += _file_problems(layout, {p.partition for p in problems if p.asset == "faces"},
                                {p.partition for p in problems if p.asset == "raw_images"})  # fmt: skip
     problems += _release_problems(layout, instance)

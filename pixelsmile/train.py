@@ -128,6 +128,11 @@ class TrainConfig:
             raise TrainingError("output_dir is required")
         if bool(config.release) == bool(config.train_jsonl):
             raise TrainingError("give exactly one of release (a release folder) and train_jsonl")
+        # The pixel net halves the image once; Qwen-Image's VAE shrinks by 8 and packs 2x2 latents.
+        multiple = {"pixel": 2, "qwen": 16}[config.backbone]
+        if config.resolution % multiple:
+            raise TrainingError(f"resolution must be a multiple of {multiple} for the {config.backbone} backbone, "
+                                f"not {config.resolution}")  # fmt: skip
         return config
 
     @classmethod

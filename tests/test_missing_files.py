@@ -56,6 +56,9 @@ DAMAGE = {
     "faces_cut": ("tables/faces/*.parquet", _cut, "faces batch-"),
     "embeddings_deleted": ("tables/face_embeddings/*.parquet", Path.unlink, "face_embeddings batch-"),
     "prelabels_cut": ("tables/prelabels/*.parquet", _cut, "prelabels batch-"),
+    # Found: a deleted labels table went unnoticed by check, status and build (the labels were lost).
+    "imported_labels_deleted": ("tables/imported_labels/*.parquet", Path.unlink, "raw_images batch-"),
+    "ingest_failures_deleted": ("tables/failures/raw_images__*.parquet", Path.unlink, "raw_images batch-"),
     "affect_scores_deleted": ("tables/affect_scores/all.parquet", Path.unlink, "affect_scores: "),
     "identities_cut": ("tables/identities/*.parquet", _cut, "identities: "),
     "crop_deleted": ("crops/**/*.png", Path.unlink, "crop missing"),

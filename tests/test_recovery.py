@@ -267,6 +267,8 @@ def test_each_assets_settings_are_checked_by_its_domains_rules_before_any_run(tm
         "release_plan: {val_fraction: 2.5}": "val_fraction and bench_fraction must be in [0, 1)",
         "release_plan: {val_fraction: 0.6, bench_fraction: 0.5}": "release_plan: invalid release config",
         "release_plan: {domains: [real, cartoon]}": "unknown domain(s) ['cartoon']",
+        "release_plan: {domains: []}": "domains must name at least one of real, anime",
+        "release_plan: {provenances: []}": "provenances must name at least one of real, generated",
         "release_plan: {pairs: [[happy, glad]]}": "pair ['happy', 'glad'] must name two different categories",
         "expression_variants: {intensities: [2.0]}": "intensities must be in (0, 1.5], not (2.0,)",
     }  # fmt: skip
@@ -318,6 +320,7 @@ def test_a_batch_ingested_under_narrow_settings_is_ingested_again_with_rebuild(t
         (b"\xff\xfemax_steps: 10\n", "is not UTF-8 text (byte 0)"),
         (b"[1, 2]\n", "must be a mapping of TrainConfig fields"),
         (b"tau: .nan\n", "tau must be a finite number, not nan"),
+        (b"resolution: 33\n", "resolution must be a multiple of 2 for the pixel backbone, not 33"),
         (b"max_steps: 10\nmax_steps: 20\n", "key 'max_steps' is given twice"),
     ],
 )
@@ -465,6 +468,9 @@ def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
     (inp / "someone.png").symlink_to(secret)
     (inp / "inside.png").symlink_to(mine[1])  # a link within the input folder is fine
     (inp / "linked_dir").symlink_to(outside, target_is_directory=True)  # not walked: recorded
+    (inp / "sub").mkdir()
+    (inp / "sub" / "linked").symlink_to(outside, target_is_directory=True)
+    (inp / "sub" / "labels.csv").write_text("file,identity\nlinked/someone.png,y\n")  # a row through it: recorded
     (inp / "again").symlink_to(inp, target_is_directory=True)  # inside (a loop): not walked twice
     (outside / "labels.csv").write_text(f"file,identity\n{mine[2]},x\n")
     (inp / "labels.csv").symlink_to(outside / "labels.csv")
@@ -476,6 +482,8 @@ def test_links_leaving_the_input_folder_are_refused_and_recorded(tmp_path):
                          ("labels.csv", outside / "labels.csv"), ("linked_dir", outside)):  # fmt: skip
         assert failures[name]["reason"] == "link_outside_input"
         assert f"a link to {target}, outside the input folder {inp}" in failures[name]["detail"]
+    assert failures["labels.csv:2"]["reason"] == "link_outside_input"
+    assert f"reached through a link to {secret}, outside the input folder {inp}" in failures["labels.csv:2"]["detail"]
     images = {r["source_uri"] for r in tables.read_table(layout, "images").to_pylist()}
     assert len(images) == len(mine) and not images & {str(inp / "shadow.png"), str(inp / "someone.png")}
     assert len(images & {str(inp / "inside.png"), str(mine[1])}) == 1  # read: the link or its target, once

@@ -45,6 +45,8 @@ class ReleaseConfig:
             problems.append("score_decimals must be 0..6")
         if unknown := sorted(set(self.domains) - {"real", "anime"}):
             problems.append(f"unknown domain(s) {unknown}: real, anime")
+        elif not self.domains:
+            problems.append("domains must name at least one of real, anime")
         if not 0 < self.min_target_score <= 1:
             problems.append("min_target_score must be in (0, 1]")
         if self.intensity_bins < 1:
@@ -58,6 +60,8 @@ class ReleaseConfig:
             problems.append("shard_target_bytes must be positive")
         if unknown := sorted(set(self.provenances) - {"real", "generated"}):
             problems.append(f"unknown provenance(s) {unknown}: real, generated")
+        elif not self.provenances:
+            problems.append("provenances must name at least one of real, generated")
         if self.max_generated_per_real < 0:
             problems.append("max_generated_per_real must be >= 0")
         if self.missing_crop not in MISSING_CROP_POLICIES:
