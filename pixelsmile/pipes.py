@@ -16,6 +16,10 @@ from typing import Any
 PIPES_CONTEXT = "DAGSTER_PIPES_CONTEXT"  # set by Dagster's Pipes clients
 
 
+class ChannelClosed(RuntimeError):
+    """Dagster Pipes' message channel is gone: nobody hears this process any more."""
+
+
 class Reporter:
     def __init__(self, pipes=None):
         self._pipes = pipes
@@ -26,11 +30,21 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self._pipes is not None:
-            self._pipes.log.info(message)
+            self._said(lambda: self._pipes.log.info(message))
 
     def materialized(self, metadata: dict[str, Any]) -> None:
         if self._pipes is not None:
-            self._pipes.report_asset_materialization(metadata=metadata)
+            self._said(lambda: self._pipes.report_asset_materialization(metadata=metadata))
+
+    @staticmethod
+    def _said(send) -> None:
+        """Send one message; the channel gone (its temporary file removed) means the run that
+        launched this process has ended: said so, not as a bare "No such file" naming a temp file."""
+        try:
+            send()
+        except OSError as err:
+            raise ChannelClosed(f"the Dagster run that launched this training stopped listening ({err.strerror}): "
+                                "it was interrupted or has ended") from None
 
 
 def main_process() -> bool:

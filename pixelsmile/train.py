@@ -311,31 +311,44 @@ def parent_gone(token: str) -> bool:
         return False
 
 
-class _StopOnSigterm:
-    """SIGTERM (a scheduler, `kill`, a stopped container) asks the loop to stop between two steps
-    with one clear error, instead of dying mid-step with a traceback per process. Only where a
-    handler can be set (the main thread)."""
+class _StopOnSignal:
+    """SIGTERM (a scheduler, `kill`, a stopped container) or SIGINT (Ctrl-C) asks the loop to stop
+    between two steps with one clear error, instead of dying mid-step with a traceback per process;
+    a second one stops at once. Only where handlers can be set (the main thread)."""
 
     def __init__(self) -> None:
         self.asked: str | None = None
-        self._before = None
+        self._before: dict = {}
 
-    def __enter__(self) -> _StopOnSigterm:
+    def __enter__(self) -> _StopOnSignal:
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._before = signal.signal(signal.SIGTERM, self._ask)
+            self._before = {s: signal.signal(s, self._ask) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def _ask(self, signum, frame) -> None:
-        self.asked = "SIGTERM"
+        import signal
+
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
         import signal
 
-        if self._before is not None:
-            signal.signal(signal.SIGTERM, self._before)
+        for s, handler in self._before.items():
+            signal.signal(s, handler)
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2` ... : the first that does not exist."""
+    n, free = 0, path
+    while free.exists() or free.is_symlink():
+        n += 1
+        free = path.with_name(f"{path.name}.{n}")
+    return free
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -499,7 +512,8 @@ class Trainer:
         if not which:
             return None
         if which == "latest":
-            for odd in sorted(set(self.out.glob("checkpoint-*")) - set(checkpoints(self.out))):
+            named = set(self.out.glob("checkpoint-*")) - set(self.out.glob("*.damaged*"))
+            for odd in sorted(named - set(checkpoints(self.out))):
                 print(f"ignoring {odd}: not a checkpoint name (checkpoint-<step>)", file=sys.stderr, flush=True)
             folder = None
             for candidate in reversed(checkpoints(self.out)):
@@ -508,6 +522,8 @@ class Trainer:
                     break
                 self.skipped.append(f"{candidate}: {why}")
                 print(f"skipping checkpoint {candidate}: {why}", file=sys.stderr, flush=True)
+                if self.accelerator.is_main_process:  # kept to look at, out of the rotation's count
+                    candidate.rename(_free_name(candidate.with_name(candidate.name + ".damaged")))
             if folder is None:
                 return None  # nothing to resume: start from scratch
         else:
@@ -521,6 +537,22 @@ class Trainer:
         self.step = int(state["step"])
         self.noise.set_state(state["noise"])
         return folder
+
+    def _trim_log(self) -> None:
+        """Keep the loss log's steps up to the one resumed from (an interrupted run wrote some past
+        its last checkpoint, which the resumed run writes again; a run from scratch drops all)."""
+        if not self.log_path.is_file():
+            return
+        from storage.atomic import atomic_write_text
+
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill
+        atomic_write_text(self.log_path, "".join(kept))
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -559,27 +591,34 @@ class Trainer:
             raise TrainingError(str(err)) from None
 
     def _train(self, progress: bool, on_log: Callable[[int, dict], None] | None) -> dict:
-        with _StopOnSigterm() as stop:
+        with _StopOnSignal() as stop:
             return self._loop(progress, on_log, os.environ.get(PARENT_ENV, ""), stop)
 
     def _loop(self, progress: bool, on_log: Callable[[int, dict], None] | None, parent: str,
-              stop: _StopOnSigterm) -> dict:  # fmt: skip
+              stop: _StopOnSignal) -> dict:  # fmt: skip
         from storage.progress import progress_bar
 
         resumed = self.resume(self.config.resume)
+        launcher = os.getppid()
         history = []
         main = self.accelerator.is_main_process
+        if main:
+            self._trim_log()
         bar = progress_bar(total=self.config.max_steps, initial=self.step, desc="train", unit="step",
                            disable=not (progress and main))  # fmt: skip
-        with open(self.log_path if main else os.devnull, "a") as log:
+        # Line-buffered: a killed run loses at most the step it was writing.
+        with open(self.log_path if main else os.devnull, "a", buffering=1) as log:
             for batch in self.batches() if self.step < self.config.max_steps else ():  # a finished run reads nothing
                 if self.step >= self.config.max_steps:
                     break
                 if stop.asked:
                     raise TrainingError(f"stopped by {stop.asked} at step {self.step}; its latest checkpoint kept "
                                         "(the next run resumes from it)")  # fmt: skip
-                if parent and parent_gone(parent):  # checked each step: a psutil call, microseconds
-                    pid = parent.split(":")[0]
+                # Checked each step (microseconds), for a trainer a build launched: that build, or
+                # the launcher (`accelerate launch`) between them, gone: nobody records its result.
+                # (A trainer started by hand may outlive its shell: `nohup`.)
+                if parent and (parent_gone(parent) or os.getppid() != launcher):
+                    pid = parent.split(":")[0] if parent_gone(parent) else launcher
                     raise TrainingError(f"the process that launched this training (pid {pid}) has gone; "
                                         f"stopped at step {self.step}, its latest checkpoint kept")  # fmt: skip
                 terms = self.train_step(batch)
@@ -609,7 +648,7 @@ def write_outcome(output_dir: Path, *, result: dict | None = None, error: str | 
     process's exit code alone cannot say that the loss went NaN at step 812)."""
     from storage.atomic import atomic_write_text
 
-    last = (result or {}).get("last") or {}
+    last = (result or {}).get("last") or _last_logged(output_dir)  # nothing left to train: the log's last
     outcome = {"status": "failed" if error else "ok", "error": error,
                "steps": (result or {}).get("steps"), "weights": (result or {}).get("weights"),
                "last_loss": last.get("total"), "resumed_from": (result or {}).get("resumed_from"),
@@ -617,6 +656,14 @@ def write_outcome(output_dir: Path, *, result: dict | None = None, error: str | 
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / OUTCOME, json.dumps(outcome, indent=1) + "\n")
     return outcome
+
+
+def _last_logged(output_dir: Path) -> dict:
+    try:
+        lines = (Path(output_dir) / "losses.jsonl").read_text().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def read_outcome(output_dir: Path) -> dict | None:

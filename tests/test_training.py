@@ -72,12 +72,16 @@ def test_a_resumed_run_reaches_the_same_losses_as_an_uninterrupted_one(world, tm
         if killed.step == 3:
             killed.save_checkpoint()
     del killed
+    # What the killed run logged: past its checkpoint, the last line cut by the kill.
+    (tmp_path / "split" / "losses.jsonl").write_text("".join(json.dumps({"step": n, "total": 1.0}) + "\n"
+                                                             for n in range(1, 5)) + '{"step": 5, "to')  # fmt: skip
     resumed = train(config(world, tmp_path / "split", resume="latest"), progress=False)
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["steps"] == 6
     for a, b in zip(whole["history"][3:], resumed["history"], strict=True):
         assert a["total"] == pytest.approx(b["total"], rel=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "split" / "losses.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged] == [4, 5, 6]  # the resumed part (the killed one logged nothing here)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]  # each step once: 4 and 5 of the killed run dropped
+    assert logged[3]["total"] != 1.0
     w1 = torch.load(tmp_path / "whole" / "final" / "pixel_edit_net.pt")
     w2 = torch.load(tmp_path / "split" / "final" / "pixel_edit_net.pt")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
@@ -119,6 +123,7 @@ def test_resume_skips_a_broken_newest_checkpoint_naming_it(world, tmp_path, kind
     for a, b in zip(whole["history"][3:], resumed["history"], strict=True):
         assert a["total"] == pytest.approx(b["total"], rel=1e-5)
     assert [c.name for c in checkpoints(run)] == ["checkpoint-3", "checkpoint-6"]  # saved whole again
+    assert (run / "checkpoint-6.damaged").exists()  # kept to look at, out of the rotation's count
     with pytest.raises(TrainingError, match=r"cannot resume from .*checkpoint-3: optimizer.bin unreadable"):
         _damage(run / "checkpoint-3", "cut_optimizer")
         Trainer(config(world, run, resume=str(run / "checkpoint-3"))).resume(str(run / "checkpoint-3"))
