@@ -99,13 +99,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="push: push again the faces whose task was deleted in Label Studio")  # fmt: skip
 
     p = sub.add_parser("settings", help="how the work folder is built: show, set or unset a setting")
-    p.add_argument("action", choices=["show", "set", "unset"])
-    p.add_argument("key", nargs="?", help="a dotted key such as bench.judge (show: a key or a section)")
-    p.add_argument("value", nargs="?", help="set: the value (text as given; numbers and true/false read as such; "
-                   "a relative path from where you stand)")  # fmt: skip
-    _workdir_arg(p)
-    _settings_arg(p)
-    p.add_argument("--json", action="store_true", help="show: print JSON")
+    # One parser per action, so options may come before or after KEY VALUE (`set --workdir W k v`).
+    ss = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = ss.add_parser("show", help="every setting (or one key, or a section) with its value and source")
+    q.add_argument("key", nargs="?", help="a dotted key such as bench.judge, or a section such as bench")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = ss.add_parser("set", help="store KEY = VALUE in the work folder's settings file")
+    q.add_argument("key", help="a dotted key such as bench.judge")
+    q.add_argument("value", help="the value (text as given; numbers and true/false read as such; a relative path "
+                   "from where you stand)")  # fmt: skip
+    q = ss.add_parser("unset", help="back to the default for KEY")
+    q.add_argument("key", help="a dotted key such as bench.judge")
+    for q in ss.choices.values():
+        _workdir_arg(q)
+        _settings_arg(q)
+    ss.choices["set"].set_defaults(json=False)
+    ss.choices["unset"].set_defaults(json=False, value=None)
+    ss.choices["show"].set_defaults(value=None)
 
     p = sub.add_parser("release", help="dataset releases: build, list, show, diff, verify")
     rs = p.add_subparsers(dest="action", required=True, metavar="ACTION")

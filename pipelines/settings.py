@@ -34,7 +34,7 @@ SETTINGS_FILE = "settings.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class InputSettings(_Section):
@@ -355,9 +355,15 @@ def set_value(workdir: str | os.PathLike[str], key: str, value: str | None,
             parsed = _stored(workdir, key, absolute) if target == workdir / SETTINGS_FILE else absolute
         current[key] = parsed
     sources = {k: f"file {target}" for k in current} | {key: "the value given"}
-    _build({**DEFAULTS, **current}, sources)  # validates
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, render_file(current))
+    checked = _build({**DEFAULTS, **current}, sources)  # validates
+    if key in current and not isinstance(current[key], str):  # as validated: `1e3` steps stored as 1000
+        section, name = key.split(".")
+        current[key] = getattr(getattr(checked, section), name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, render_file(current))
+    except OSError as err:  # a read-only work folder, a full disk
+        raise FFEError(f"cannot write settings file {target}: {err.strerror}; nothing saved") from None
     return load(workdir, env={}, file=file)
 
 

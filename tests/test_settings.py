@@ -197,3 +197,14 @@ def test_settings_set_refuses_a_file_that_cannot_be_used_and_saves_nothing(tmp_p
     path.write_text("max_steps: 30\n" if key == "train.recipe" else "bootstrap: 50\n")
     if key != "generator.path":
         assert settings.set_value(tmp_path / "work", key, str(path)).flat[key] == str(path)
+
+
+def test_settings_set_takes_options_anywhere_and_stores_the_checked_value(tmp_path, capsys):
+    """Found by a new user: `ffe settings set --workdir W KEY VALUE` was "unrecognized arguments";
+    `generator.steps 1e3` was stored as 1000.0; `nan` for a number was "should be <= 3600"."""
+    work = str(tmp_path / "work")
+    assert main(["settings", "set", "--workdir", work, "generator.steps", "1e3"]) == 0
+    assert yaml.safe_load((tmp_path / "work" / "settings.yaml").read_text())["generator"]["steps"] == 1000
+    assert main(["settings", "set", "input.settle_seconds", "nan", "--workdir", work]) == 1
+    said = "input.settle_seconds = 'nan' (from the value given): Input should be a finite number"
+    assert said in capsys.readouterr().err
