@@ -114,8 +114,28 @@ def check_run_config(defs: dg.Definitions, config: dict[str, Any], source: str =
                     problems.append(said if said.startswith(f"{name}.") else f"{where}: {said}")
                     continue
                 problems.append(f"{where}: {said} (given {e.get('input')!r})")
+    if not problems:  # Dagster's own config types, which the run will be checked against (text for a number)
+        problems = _dagster_config_problems(defs, config)
     if problems:
         raise FFEError(f"{source}: " + "; ".join(problems))
+
+
+def _dagster_config_problems(defs: dg.Definitions, config: dict[str, Any]) -> list[str]:
+    """Each value Dagster's config system would refuse once a run starts, as `asset.key: why`."""
+    problems = []
+    for job in JOBS:
+        job_def = defs.resolve_job_def(job.name)
+        ops = {k: v for k, v in config.get("ops", {}).items() if k in job_def.graph.node_dict}
+        if not ops:
+            continue
+        try:
+            dg.validate_run_config(job_def, {**config, "ops": ops})
+        except dg.DagsterInvalidConfigError as err:
+            for e in err.errors:
+                names = [getattr(entry, "field_name", None) for entry in e.stack.entries]
+                where = ".".join(n for n in names if n and n not in ("ops", "config")) or "config"
+                problems.append(f"{where}: {e.message.split('. ', 1)[-1].rstrip('.')}")
+    return problems
 
 
 def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None]) -> Path | None:
@@ -381,6 +401,7 @@ def build(
                     broken.pop((k.to_user_string(), partition), None)
 
         def run_job(partition: str | None, job_name: str, keys: list[dg.AssetKey]) -> bool:
+            ran.update(k.to_python_identifier() for k in keys)
             ok, error = _execute(defs, instance, layout, job_name, partition, keys, config, echo,
                                  rebuild=partition in asked)  # fmt: skip
             return record(partition, job_name, ok, error)
@@ -402,6 +423,8 @@ def build(
                  f"({max(1, cores() // workers)} core(s) each)")  # fmt: skip
             futures = {pool.submit(_execute_in_worker, layout.root, settings, plan, p, config): p
                        for p, plan in plans.items()}  # fmt: skip
+            ran.update(dg.AssetKey.from_user_string(k).to_python_identifier()
+                       for plan in plans.values() for _, ks in plan for k in ks)  # fmt: skip
             for future in as_completed(futures):
                 p = futures[future]
                 try:
@@ -418,7 +441,7 @@ def build(
         broken = broken_partitions(set_aside(layout, check(layout, instance), echo))
         for (asset, partition), why in broken.items():
             echo(f"rebuilding {asset}{' ' + partition if partition else ''}: {why.split(': ', 1)[-1]}")
-        asked = set(rebuild)
+        asked, ran = set(rebuild), set()
         if rebuild:
             known_batches, known_versions = {m.batch for m in manifests(layout)}, set(planned_versions(layout))
             if unknown := [r for r in rebuild if r not in known_batches | known_versions]:
@@ -505,6 +528,9 @@ def build(
                               not (read_manifest(layout, v) or {}).get("complete")
                               or gone_file(dg.AssetKey(RELEASE_ASSET), v)))
             report.releases = versions
+        if unused := sorted(set(config.get("ops", {})) - ran):
+            echo(f"note: the config's settings for {', '.join(unused)} were not used: nothing of theirs was "
+                 "built (what is built is not built again for new settings; `--rebuild PARTITION` does)")  # fmt: skip
 
     catalog.connect(layout).close()  # persist fresh views for outside tools
     return report

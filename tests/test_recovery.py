@@ -276,6 +276,9 @@ def test_each_assets_settings_are_checked_by_its_domains_rules_before_any_run(tm
         with pytest.raises(FFEError) as err:
             check_run_config(defs, normalise_run_config(loads(text)), "config x.yaml")
         assert str(err.value).startswith("config x.yaml: ") and message in str(err.value), (text, str(err.value))
+    # Dagster's own types, which each run is checked against once it starts: text for a number.
+    with pytest.raises(FFEError, match=r"raw_images.max_megapixels: Value \"5\" of type .*str.* type \"Float\""):
+        check_run_config(defs, normalise_run_config(loads('raw_images: {max_megapixels: "5"}')), "config x.yaml")
     # YAML 1.2 numbers: 1e3 is a thousand, not text; accepted as one.
     config = loads("raw_images: {max_megapixels: 1e3}\nrelease_plan: {val_fraction: 5e-2}")
     assert config["raw_images"]["max_megapixels"] == 1000.0 and config["release_plan"]["val_fraction"] == 0.05
@@ -299,6 +302,9 @@ def test_a_batch_ingested_under_narrow_settings_is_ingested_again_with_rebuild(t
     assert "accepted: JPEG" in failures[0]["detail"]
     again = _build(work, inp, "--select", "raw_images+")
     assert "1 partition(s) (batches, releases) already built" in again.stdout  # built: settings are no input
+    (tmp_path / "png.yaml").write_text("raw_images:\n  formats: [PNG]\n")
+    unused = _build(work, inp, "--config", str(tmp_path / "png.yaml"), "--select", "raw_images")
+    assert "note: the config's settings for raw_images were not used: nothing of theirs was built" in unused.stdout
     (batch,) = [m.batch for m in manifests(layout)]
     bad = _build(work, inp, "--rebuild", "batch-000000000000")
     assert bad.returncode == 1 and "--rebuild batch-000000000000: no such batch or release" in bad.stderr
