@@ -133,13 +133,14 @@ def test_errors_are_one_clear_line(tmp_path, sample_dir, capsys, argv, message):
 
 def test_a_failing_step_fails_the_build_and_names_the_batch(tmp_path, sample_dir, capsys):
     cfg = tmp_path / "ffe.yaml"
-    cfg.write_text("faces:\n  landmarker_model: /nowhere/face_landmarker.task\n")
+    (tmp_path / "junk.task").write_bytes(b"not a model")  # there, so not refused up front; fails in its step
+    cfg.write_text(f"faces:\n  landmarker_model: {tmp_path}/junk.task\n")
     code, out, _ = ffe(
         capsys, "build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
         "--select", "+faces",
     )  # fmt: skip
     assert code == 1
-    assert "FAILED batch-" in out and "/nowhere/face_landmarker.task does not exist" in out and "1 failed" in out
+    assert "FAILED batch-" in out and f"{tmp_path}/junk.task is not a valid" in out and "1 failed" in out
 
 
 def test_a_setting_out_of_range_is_refused_before_any_run(tmp_path, sample_dir, capsys):

@@ -107,14 +107,22 @@ def test_interrupted_faces_step_resumes(layout, sample_dir):
 
 
 def test_a_missing_model_fails_the_build_naming_key_and_path(tmp_path, sample_dir, capsys):
+    """Refused before any run (it failed in its step, after the batch was ingested); a file that is
+    there but not a model still fails in the step, naming key and path."""
     cfg = tmp_path / "ffe.yaml"
     cfg.write_text(f"faces:\n  landmarker_model: {tmp_path}/missing.task\n")
+    code = main(["build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
+                 "--select", "faces"])  # fmt: skip
+    assert code == 1 and not (tmp_path / "w").exists()
+    assert f"faces.landmarker_model: model file {tmp_path}/missing.task does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.task").write_bytes(b"not a model")
+    cfg.write_text(f"faces:\n  landmarker_model: {tmp_path}/junk.task\n")
     code = main(["build", "--input", str(sample_dir), "--workdir", str(tmp_path / "w"), "--config", str(cfg),
                  "--select", "faces"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 1
     (line,) = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert "faces.landmarker_model" in line and f"{tmp_path}/missing.task does not exist" in line
+    assert "faces.landmarker_model" in line and f"{tmp_path}/junk.task is not a valid" in line
 
 
 def test_anime_pre_cropped_batch_keeps_whole_images(tmp_path, capsys):

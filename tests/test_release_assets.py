@@ -75,7 +75,8 @@ def test_a_bad_release_config_fails_release_plan_with_its_reason(tmp_path):
         result = _materialize(defs, instance, ["release_plan"], run_config=bad)
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert "val_fraction + bench_fraction" in failure.step_failure_data.error.message
+    error = failure.step_failure_data.error  # the Config's own check (`ffe build` makes it before any run)
+    assert "val_fraction + bench_fraction" in error.message + (error.cause.message if error.cause else "")
 
 
 @pytest.mark.slow
