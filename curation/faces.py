@@ -53,6 +53,7 @@ class FaceSettings:
             raise ValueError(f"faces.detector must be dlib_hog, scrfd or landmarker, not {self.detector!r}")
         if self.max_faces < 1 or self.crop_size < 64:
             raise ValueError("faces.max_faces must be >= 1 and faces.crop_size >= 64")
+        self.quality.validate()
         # The model files named, checked before any image is read (a ModelError; `ffe build` checks
         # this before any run: pipelines/defs/checked.py).
         if self.landmarker_model:

@@ -52,6 +52,10 @@ class GenerationSettings:
     def __post_init__(self):
         if unknown := sorted(set(self.categories) - set(CATEGORIES)):
             raise ValueError(f"generation: unknown categories {unknown}")
+        if not self.categories:
+            raise ValueError("generation: categories must name at least one expression")
+        if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
+            raise ValueError(f"generation: seeds must be integers in [0, 2**32), not {list(self.seeds)}")
         if not self.intensities or any(not 0.0 < a <= 1.5 for a in self.intensities):
             raise ValueError(f"generation: intensities must be in (0, 1.5], not {self.intensities}")
         if self.max_variants < 0:

@@ -158,9 +158,9 @@ def _row(raw: list[str], columns: dict[str, int], given: list[str], folder: Path
     if not cell["file"]:
         raise _Unused("unknown_file", "no file named")
     target = _target(folder, cell["file"])
+    if not Path(target).is_relative_to(folder):  # `../x.png` too, though x.png is an image of the batch
+        raise _Unused("outside_collection", f"{cell['file']!r} is outside the folder of the label file")
     if target not in files:
-        if not Path(target).is_relative_to(folder):
-            raise _Unused("outside_collection", f"{cell['file']!r} is outside the folder of the label file")
         if not os.path.lexists(target):
             raise _Unused("unknown_file", f"no file {cell['file']!r} in the input")
         if refused_root is not None and (real := link_outside(Path(target), refused_root)):

@@ -31,6 +31,8 @@ def model_file(configured: str, key: str, default: Callable[[], Path] | None = N
     if not configured and default is None:
         raise ModelError(f"{key}: no model path is configured")
     path = Path(configured).expanduser() if configured else default()
+    if path.is_dir():
+        raise ModelError(f"{key}: {path} is a folder, not a model file")
     if not path.is_file():
         raise ModelError(f"{key}: model file {path} does not exist")
     if path.stat().st_size == 0:

@@ -21,6 +21,18 @@ class QualityThresholds:
     # (an aligned FFHQ/CelebA-style crop) is not rejected: the crop's margin is padded.
     max_out_of_frame: float = 0.05  # an ArcFace-aligned 112 px crop cuts ~2% (the chin)
 
+    def validate(self) -> None:
+        """ValueError naming each threshold outside what its measure can take."""
+        problems = [f"faces.{k} must be >= 0" for k in ("min_face_px", "min_sharpness") if getattr(self, k) < 0]
+        if not 0 <= self.min_brightness <= self.max_brightness <= 255:
+            problems.append("faces.min_brightness and max_brightness must satisfy 0 <= min <= max <= 255")
+        problems += [f"faces.{k} must be in [0, 180] degrees" for k in ("max_abs_yaw", "max_abs_pitch", "max_abs_roll")
+                     if not 0 <= getattr(self, k) <= 180]  # fmt: skip
+        if not 0 <= self.max_out_of_frame <= 1:
+            problems.append("faces.max_out_of_frame is a share of landmarks, in [0, 1]")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def sharpness(grey_crop: np.ndarray) -> float:
     """Variance of the Laplacian at a fixed 128 px, so that crops of any size compare: a face that

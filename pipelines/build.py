@@ -104,6 +104,9 @@ def check_run_config(defs: dg.Definitions, config: dict[str, Any], source: str =
         if odd := [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]:
             problems += [f"{name}.{k}: must be a finite number (given {values[k]!r})" for k in odd]
             continue
+        if odd := [k for k, v in values.items() if isinstance(v, bool) and fields[k].annotation in (int, float)]:
+            problems += [f"{name}.{k}: must be a number, not {str(values[k]).lower()}" for k in odd]
+            continue
         try:
             param.annotation(**values)
         except pydantic.ValidationError as err:
@@ -144,7 +147,8 @@ def resolve_input(settings: ffe_settings.Effective, echo: Callable[[str], None])
     path = settings.input_path
     if settings.settings.input.folder:
         if not path.is_dir():
-            raise FFEError(f"input folder {path} does not exist ({settings.sources['input.folder']})")
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise FFEError(f"input folder {path} {what} ({settings.sources['input.folder']})")
         return path
     if not path.is_dir():
         if manifests(Layout.at(settings.workdir)):
@@ -524,9 +528,10 @@ def build(
             versions = planned_versions(layout)
             _add_partitions(instance, releases, versions)
             per_partition(versions, per_release, per_release_up,
-                          gone=lambda k, v: v in asked or k.to_user_string() in RELEASE_FILES and (
+                          gone=lambda k, v: v in asked or (k.to_user_string() in RELEASE_FILES and (
                               not (read_manifest(layout, v) or {}).get("complete")
-                              or gone_file(dg.AssetKey(RELEASE_ASSET), v)))
+                              or gone_file(dg.AssetKey(RELEASE_ASSET), v))) or (
+                              k.to_user_string() not in RELEASE_FILES and gone_file(k, v)))  # a bench row
             report.releases = versions
         if unused := sorted(set(config.get("ops", {})) - ran):
             echo(f"note: the config's settings for {', '.join(unused)} were not used: nothing of theirs was "

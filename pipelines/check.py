@@ -107,6 +107,25 @@ def check(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
     problems += _file_problems(layout, {p.partition for p in problems if p.asset == "faces"},
                                {p.partition for p in problems if p.asset == "raw_images"})  # fmt: skip
     problems += _release_problems(layout, instance)
+    problems += _bench_problems(layout, instance)
+    return problems
+
+
+def _bench_problems(layout: Layout, instance: dg.DagsterInstance) -> list[Problem]:
+    """The leaderboard rows (`bench_runs/<run id>`) each release's latest bench recorded, gone or
+    cut: rebuilt by benching again (the same tasks, judge and weights give the same row)."""
+    problems, key = [], dg.AssetKey("ffe_bench")
+    for version in sorted(_materialized(instance, "ffe_bench")):
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[version]), limit=1, ascending=False
+        ).records or (None,)
+        metadata = record.asset_materialization.metadata if record and record.asset_materialization else {}
+        for name in ("run_id", "baseline_run_id"):
+            if (run_id := getattr(metadata.get(name), "value", None)) is None:
+                continue  # skipped (nothing to bench), or benched before the baseline was recorded here
+            path = layout.table_file("bench_runs", str(run_id))
+            if reason := tables.parquet_problem(path):
+                problems.append(Problem("ffe_bench", version, layout.relative(path), reason))
     return problems
 
 

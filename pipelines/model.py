@@ -50,9 +50,12 @@ def load_recipe(path: str) -> dict:
     if not path:
         return dict(TINY_RECIPE)
     try:
-        recipe = read_yaml(path, "training recipe") or {}
+        recipe = read_yaml(path, "training recipe")
     except YamlFileError as err:
         raise FFEError(str(err)) from None
+    if recipe is None:  # not the default: a person named this file and meant something by it
+        raise FFEError(f"training recipe {path} is empty: write its TrainConfig fields, or unset train.recipe "
+                       "for the default recipe")  # fmt: skip
     if not isinstance(recipe, dict):
         raise FFEError(f"training recipe {path} must be a mapping of TrainConfig fields")
     if clash := [k for k in SET_BY_THE_LOOP if k in recipe]:

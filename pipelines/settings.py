@@ -347,6 +347,8 @@ def set_value(workdir: str | os.PathLike[str], key: str, value: str | None,
         parsed: Any = value if _annotation(key) is str else (yamlfile.loads(value) if value.strip() else "")
         if key in PATHS and parsed:
             absolute = os.path.normpath(Path(str(parsed)).expanduser().resolve())
+            if key == "input.folder" and Path(absolute).exists() and not Path(absolute).is_dir():
+                raise FFEError(f"setting {key}: {absolute} is a file, not a folder; nothing saved")
             if key in MUST_EXIST or key in CHECKED_FILES:  # refused here, not at the next build
                 try:
                     check_file(key, absolute)

@@ -618,9 +618,9 @@ class Trainer:
                 # the launcher (`accelerate launch`) between them, gone: nobody records its result.
                 # (A trainer started by hand may outlive its shell: `nohup`.)
                 if parent and (parent_gone(parent) or os.getppid() != launcher):
-                    pid = parent.split(":")[0] if parent_gone(parent) else launcher
-                    raise TrainingError(f"the process that launched this training (pid {pid}) has gone; "
-                                        f"stopped at step {self.step}, its latest checkpoint kept")  # fmt: skip
+                    who = (f"the process that launched this training (pid {parent.split(':')[0]})"
+                           if parent_gone(parent) else f"its launcher (`accelerate launch`, pid {launcher})")
+                    raise TrainingError(f"{who} has gone; stopped at step {self.step}, its latest checkpoint kept")
                 terms = self.train_step(batch)
                 history.append(terms)
                 log.write(json.dumps({"step": self.step, **terms}) + "\n")

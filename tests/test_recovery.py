@@ -171,6 +171,24 @@ def test_rebuild_of_a_release_builds_its_files_and_trains_its_model_afresh(clean
 
 
 @pytest.mark.slow
+def test_a_deleted_leaderboard_row_is_named_by_check_and_benched_again(clean_build, tmp_path):
+    """Found by a new user: deleting a `bench_runs` row went unnoticed by check, status and repair."""
+    work = tmp_path / "work"
+    shutil.copytree(clean_build, work, symlinks=True)
+    gone = next(p for p in sorted((work / "tables" / "bench_runs").glob("*.parquet")) if "no-edit" not in p.name)
+    row = [r for r in tables.read_table(Layout.at(work), "bench_runs").to_pylist() if r["run_id"] == gone.stem]
+    gone.unlink()
+    check = subprocess.run([FFE, "check", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    said = f"ffe_bench {row[0]['release']}: tables/bench_runs/{gone.name} missing"
+    assert check.returncode == 1 and said in check.stdout, check.stdout + check.stderr
+    repair = subprocess.run([FFE, "check", "--repair", "--workdir", str(work)], capture_output=True, text=True,
+                            timeout=600, env=_env(tmp_path))  # fmt: skip
+    assert repair.returncode == 0, repair.stdout[-3000:] + repair.stderr[-3000:]
+    again = [r for r in tables.read_table(Layout.at(work), "bench_runs").to_pylist() if r["run_id"] == gone.stem]
+    assert [(r["model"], r["mscr"], r["hes"]) for r in again] == [(r["model"], r["mscr"], r["hes"]) for r in row]
+
+
+@pytest.mark.slow
 def test_a_build_waiting_for_a_live_runs_gpu_slot_says_so_and_stops_on_ctrl_c(shards_built, tmp_path):
     """A live run (here: a process that claimed the slot as Dagster's executor does) keeps the slot;
     the build names it, waits, and stops on SIGINT with exit 130; once the holder dies the next
@@ -267,7 +285,16 @@ def test_each_assets_settings_are_checked_by_its_domains_rules_before_any_run(tm
         "release_plan: {val_fraction: 2.5}": "val_fraction and bench_fraction must be in [0, 1)",
         "release_plan: {val_fraction: 0.6, bench_fraction: 0.5}": "release_plan: invalid release config",
         "release_plan: {domains: [real, cartoon]}": "unknown domain(s) ['cartoon']",
-        "release_plan: {domains: []}": "domains must name at least one of real, anime",
+        "release_plan: {domains: []}": "domains must name at least one of real, anime, each once, not []",
+        "release_plan: {domains: [real, real]}": "each once, not ['real', 'real']",
+        "release_plan: {pairs: [[happy, sad], [sad, happy]]}": "pair ['sad', 'happy'] is given twice",
+        "release_plan: {val_fraction: true}": "release_plan.val_fraction: must be a number, not true",
+        "faces: {min_brightness: 300}": "faces.min_brightness and max_brightness must satisfy 0 <= min <= max <= 255",
+        "faces: {max_out_of_frame: 5}": "faces.max_out_of_frame is a share of landmarks, in [0, 1]",
+        "affect_scores: {min_alpha: 7}": "affect_scores.min_alpha: Input should be less than or equal to 1",
+        "expression_variants: {categories: []}": "categories must name at least one expression",
+        "expression_variants: {seeds: [99999999999]}": "seeds must be integers in [0, 2**32)",
+        f"faces: {{scrfd_model: {tmp_path}, detector: scrfd}}": f"scrfd_model: {tmp_path} is a folder, not a model",
         "release_plan: {provenances: []}": "provenances must name at least one of real, generated",
         "release_plan: {pairs: [[happy, glad]]}": "pair ['happy', 'glad'] must name two different categories",
         "expression_variants: {intensities: [2.0]}": "intensities must be in (0, 1.5], not (2.0,)",
@@ -327,6 +354,7 @@ def test_a_batch_ingested_under_narrow_settings_is_ingested_again_with_rebuild(t
         (b"[1, 2]\n", "must be a mapping of TrainConfig fields"),
         (b"tau: .nan\n", "tau must be a finite number, not nan"),
         (b"resolution: 33\n", "resolution must be a multiple of 2 for the pixel backbone, not 33"),
+        (b"", "is empty: write its TrainConfig fields, or unset train.recipe for the default recipe"),
         (b"max_steps: 10\nmax_steps: 20\n", "key 'max_steps' is given twice"),
     ],
 )
@@ -541,7 +569,12 @@ def test_label_rows_naming_files_outside_the_input_are_recorded(tmp_path):
     outside = tmp_path / "outside.png"
     shutil.copy(next(inp.rglob("*.png")), outside)
     (inp / "labels.csv").write_text(f"file,identity\n../outside.png,a\n{outside},b\n/etc/hostname,c\n")
+    # A row leaving its label file's folder for an image of the batch: refused too (it was applied).
+    (inp / "lab").mkdir()
+    (inp / "lab" / "labels.csv").write_text(f"file,identity\n../{next(inp.rglob('*.png')).relative_to(inp)},d\n")
     assert _build(work, inp, "--select", "raw_images").returncode == 0
     rows = tables.read_table(Layout.at(work), "failures").to_pylist()
-    assert sorted((r["item"].rsplit(":", 1)[-1], r["reason"]) for r in rows) == [
-        ("2", "outside_collection"), ("3", "outside_collection"), ("4", "outside_collection")]
+    assert sorted((r["item"].rsplit("/", 2)[-2:][0], r["item"].rsplit(":", 1)[-1], r["reason"]) for r in rows) == [
+        ("in", "2", "outside_collection"), ("in", "3", "outside_collection"), ("in", "4", "outside_collection"),
+        ("lab", "2", "outside_collection")]  # fmt: skip
+    assert "d" not in tables.read_table(Layout.at(work), "imported_labels").column("identity").to_pylist()

@@ -96,7 +96,8 @@ def annotation_sync(context: dg.SensorEvaluationContext, label_studio: LabelStud
 
 class AffectScoresConfig(dg.Config):
     min_coverage: float = Field(0.95, ge=0.0, le=1.0, description="share of release-eligible faces with a score")
-    min_alpha: float = Field(0.6, description="Krippendorff's alpha (interval) per category, human ratings")
+    min_alpha: float = Field(0.6, ge=-1.0, le=1.0, description="Krippendorff's alpha (interval) per category, "
+                             "human ratings")  # fmt: skip
 
 
 COVERAGE = "coverage"

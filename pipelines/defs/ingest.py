@@ -45,7 +45,7 @@ class IngestConfig(dg.Config):
     """Run config of `raw_images`; defaults come from `IngestSettings`."""
 
     max_megapixels: float = Field(_DEFAULTS.max_megapixels, gt=0, description="larger images are refused undecoded")
-    min_side: int = Field(_DEFAULTS.min_side, ge=1, description="images with a shorter side are refused")
+    min_side: int = Field(_DEFAULTS.min_side, ge=1, le=1_000_000, description="images with a shorter side are refused")
     formats: list[str] = Field(list(_DEFAULTS.formats), min_length=1, description="PIL format names accepted")
     chunk_size: int = Field(_DEFAULTS.chunk_size, gt=0, description="files per staged chunk (resume unit)")
     workers: int = Field(_DEFAULTS.workers, ge=0, description="decoding processes; 0 = one per core")

@@ -143,6 +143,7 @@ def ffe_bench(
     return dg.MaterializeResult(
         metadata=tidy({
             "run_id": run_id,
+            "baseline_run_id": baseline_id,  # `ffe check` finds both rows (tables/bench_runs/<id>.parquet)
             "model": trained.name,
             "judge": judge_id,
             **{k: row[k] for k in ("mscr", "acc12", "cls12", "id_sim", "hes")},

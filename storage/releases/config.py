@@ -45,15 +45,19 @@ class ReleaseConfig:
             problems.append("score_decimals must be 0..6")
         if unknown := sorted(set(self.domains) - {"real", "anime"}):
             problems.append(f"unknown domain(s) {unknown}: real, anime")
-        elif not self.domains:
-            problems.append("domains must name at least one of real, anime")
+        elif not self.domains or len(set(self.domains)) != len(self.domains):
+            problems.append(f"domains must name at least one of real, anime, each once, not {list(self.domains)}")
         if not 0 < self.min_target_score <= 1:
             problems.append("min_target_score must be in (0, 1]")
         if self.intensity_bins < 1:
             problems.append("intensity_bins must be at least 1")
+        seen: set[frozenset] = set()
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(CATEGORIES):
                 problems.append(f"pair {list(pair)} must name two different categories of {list(CATEGORIES)}")
+            elif frozenset(pair) in seen:
+                problems.append(f"pair {list(pair)} is given twice (a pair has no order)")
+            seen.add(frozenset(pair))
         if self.extra_pairs < 0 or self.max_triplets_per_pair < 1:
             problems.append("extra_pairs must be >= 0 and max_triplets_per_pair >= 1")
         if self.shard_target_bytes < 1:
