@@ -19,7 +19,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatu
 
 from pipelines.errors import FFEError
 from storage.atomic import atomic_write_bytes
-from storage.layout import Layout
+from storage.layout import Layout, write_refused
 from storage.locks import work_lock
 
 INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -92,11 +92,7 @@ def _writable(folder: Path) -> bool:
     mode bits say nothing about a read-only mount."""
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".ffe-write-test-"):
-            return True
-    except OSError:
-        return False
+    return write_refused(folder) is None
 
 
 def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:

@@ -43,10 +43,7 @@ class Layout:
         if existing == self.root:
             inside = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
         for folder in [existing, *inside]:
-            try:
-                with tempfile.TemporaryFile(dir=folder, prefix=".ffe-write-test-"):
-                    pass
-            except OSError as err:
+            if (err := write_refused(folder)) is not None:
                 why = "on a read-only file system" if err.errno == errno.EROFS else f"not writable ({err.strerror})"
                 if folder == self.root:
                     where = f"work folder {self.root} is {why}"
@@ -146,3 +143,13 @@ class Layout:
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+def write_refused(folder: Path) -> OSError | None:
+    """Why a file cannot be made in `folder` (None: it can): tried, as mode bits say nothing about
+    a read-only mount, or to root."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".ffe-write-test-"):
+            return None
+    except OSError as err:
+        return err
