@@ -45,11 +45,12 @@ demo: install
 	$(BIN)/ffe release show latest
 	# Rebuild the release from its plan in a scratch folder: every file and shard, the same sha256.
 	$(BIN)/ffe release verify latest --rebuild
-	# The whole loop on the synthetic world (labelled drawn faces, so no face model decides them):
-	# ingest, curation, a release, the tiny model trained through Dagster Pipes, benched, ranked.
+	# The whole loop on the synthetic world (labelled drawn faces, taken whole: no face model decides
+	# them): ingest, curation, a release, PixelSmile fine-tuning the world's base editor through
+	# Dagster Pipes, benched beside the base untrained and no edit, ranked (docs/model.md).
 	test -d ffe_world/input || $(BIN)/python -c \
-		"from pixelsmile.synthetic import write_world_input; write_world_input('ffe_world/input', people=24)"
-	FFE_JUDGE=synthetic $(BIN)/ffe build --input ffe_world/input --workdir ffe_world --pre-cropped
+		"from pixelsmile.synthetic import write_world_input; write_world_input('ffe_world/input', people=60)"
+	FFE_JUDGE=synthetic $(BIN)/ffe build --input ffe_world/input --workdir ffe_world --whole-images
 	$(BIN)/ffe bench show --workdir ffe_world
 	@echo "Next: .venv/bin/ffe ui --workdir ffe_world  (the folder remembers how it is built: ffe settings show --workdir ffe_world)"
 

@@ -88,7 +88,7 @@ def whole_loop(people: int) -> dict:
 
     from pipelines.build import build
     from pipelines.instance import open_instance
-    from pipelines.model import TINY_RECIPE, training_config
+    from pipelines.model import DEFAULT_RECIPE, training_config
     from pixelsmile.synthetic import write_world_input
     from pixelsmile.train import Trainer
     from storage.layout import Layout
@@ -110,7 +110,7 @@ def whole_loop(people: int) -> dict:
                 for stat in instance.get_run_step_stats(run.run_id):
                     if stat.end_time and stat.start_time:
                         steps[stat.step_key] = steps.get(stat.step_key, 0.0) + stat.end_time - stat.start_time
-        config = training_config(layout, version, TINY_RECIPE)
+        config = training_config(layout, version, DEFAULT_RECIPE)
         config.output_dir, config.resume = str(Path(tmp) / "direct"), ""
         start = time.perf_counter()
         Trainer(config).train(progress=False)

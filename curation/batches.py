@@ -104,6 +104,7 @@ class Manifest:
     files: tuple[InputFile, ...]
     domain: str = "real"  # real | anime: FFE is half of each
     pre_cropped: bool = False  # every image is one face: taken whole where no face is found
+    whole_images: bool = False  # every image is one face, taken whole: no detection (a synthetic world)
     label_files: tuple[InputFile, ...] = ()  # labels.csv files registered with these images (curation/labels.py)
     provenance: str = "real"  # real | generated (expression variants: curation/generation.py)
 
@@ -117,6 +118,7 @@ class Manifest:
             files=tuple(InputFile(**f) for f in raw["files"]),
             domain=raw.get("domain", "real"),
             pre_cropped=bool(raw.get("pre_cropped", False)),
+            whole_images=bool(raw.get("whole_images", False)),
             label_files=tuple(InputFile(**f) for f in raw.get("label_files", ())),
             provenance=raw.get("provenance", "real"),
         )
@@ -166,6 +168,7 @@ def register_new_batch(
     pre_cropped: bool = False,
     provenance: str = "real",
     follow_links: bool = False,
+    whole_images: bool = False,
 ) -> Manifest | None:
     """Put every file of `input_dir` that no batch holds yet into a new batch; None if none. New
     label files (`labels.csv`) go with the new images; alone, they wait for some. `follow_links`:
@@ -191,7 +194,8 @@ def register_new_batch(
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
             files=tuple(new),
             domain=domain,
-            pre_cropped=pre_cropped,
+            pre_cropped=pre_cropped or whole_images,
+            whole_images=whole_images,
             label_files=tuple(f for f in found if is_label_file(f.path)),
             provenance=provenance,
         )

@@ -34,6 +34,7 @@ class CurationRun:
     settings: FaceSettings
     domain: str
     pre_cropped: bool
+    whole_images: bool = False
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _curate_one(layout: Layout, run: CurationRun, batch: str, image: dict) -> tu
         return failure("unreadable_original", f"{image['path']} ({image['source_uri']}): {describe_error(err)}")
     models = face_models(run.settings)
     seen: dict = {}
-    found = find_faces(rgb, models, run.settings, pre_cropped=run.pre_cropped, seen=seen)
+    found = find_faces(rgb, models, run.settings, pre_cropped=run.pre_cropped, whole=run.whole_images, seen=seen)
     if not found and seen.get("unconfirmed"):  # a detector saw something no landmarker could place
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
         detail = (f"{seen['unconfirmed']} face-like region(s) in {image['source_uri']} ({size}), "
@@ -127,7 +128,7 @@ def curate_batch(
     settings.validate()
     manifest = load_manifest(layout, batch)
     face_models(settings)  # a missing or broken model fails here, once, before any work
-    run = CurationRun(settings, manifest.domain, manifest.pre_cropped)
+    run = CurationRun(settings, manifest.domain, manifest.pre_cropped, manifest.whole_images)
     images = tables.read_partition(layout, "images", batch).select(["image_id", "path", "source_uri"]).to_pylist()
 
     staging = Staging(layout, STAGE, batch, ["faces", "failures"])

@@ -16,7 +16,9 @@ box where the landmarker finds no face is dropped (HOG's weak boxes on clothing)
   each way; the turn with the most faces wins, and is recorded per face (`rotation`). Its faces'
   landmarks are mapped back to the photo as stored, so the crop is the same as the upright photo's.
 
-In a batch marked `pre_cropped` (anime sets), an image with no face found is taken whole as the face.
+In a batch marked `pre_cropped` (anime sets), an image with no face found is taken whole as the face;
+in one marked `whole_images` (a synthetic world, a set aligned already), every image is taken whole
+without detection: a detector's crop would reframe some images and not others.
 """
 
 from __future__ import annotations
@@ -297,10 +299,13 @@ def _turned_back(f: Found, k: int, shape: tuple) -> Found:
 
 
 def find_faces(rgb: np.ndarray, models: FaceModels, s: FaceSettings, *, pre_cropped: bool = False,
-               seen: dict | None = None) -> list[Found]:  # fmt: skip
+               whole: bool = False, seen: dict | None = None) -> list[Found]:  # fmt: skip
     """Every face of `rgb` (up to `max_faces`, largest first); a photo with no upright face is tried
     turned by a quarter, a half and three quarters (see the module's doc). `seen` gets the number of
-    detector boxes where no face could be confirmed (`unconfirmed`), in the photo as it lies."""
+    detector boxes where no face could be confirmed (`unconfirmed`), in the photo as it lies.
+    `whole`: the image is the face, as it is (no detection)."""
+    if whole:
+        return [Found("whole_image", None)]
     found = _faces_in(rgb, models, s, seen)
     if not any(_upright(f) for f in found):
         best, best_score = found, (0, 0.0)

@@ -178,5 +178,9 @@ def bench_command(args: argparse.Namespace, layout: Layout) -> int:
             print(json.dumps(leaderboard_json(rows, failed), indent=2, default=str))
         else:
             print(render_leaderboard(rows, failed))
+            reports = [(r, layout.runs / r["release"] / r["run_id"] / "bench" / "report.html")
+                       for r in rows if r["kind"] == "measured"]  # fmt: skip
+            for r, report in [(r, path) for r, path in reports if path.is_file()]:
+                print(f"report of {r['model']} on {r['release']} (sweep strips, CLS curves, confusion): {report}")
         return 0
     raise AssertionError(args.action)  # argparse allows no other action

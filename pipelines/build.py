@@ -327,6 +327,7 @@ def build(
     *,
     domain: str | None = None,
     pre_cropped: bool | None = None,
+    whole_images: bool | None = None,
     register_input: bool = True,
     settings: ffe_settings.Effective | None = None,
     config_source: str = "config",
@@ -339,7 +340,7 @@ def build(
     a batch ingested under other `formats` or `max_megapixels`), with what they feed."""
     if settings is None:
         flags = {"input.folder": str(input_dir) if input_dir is not None else None, "input.domain": domain,
-                 "input.pre_cropped": pre_cropped}  # fmt: skip
+                 "input.pre_cropped": pre_cropped, "input.whole_images": whole_images}  # fmt: skip
         settings = ffe_settings.load(layout.root, flags=flags)
     defs = build_definitions(settings=settings)
     graph = defs.resolve_asset_graph()
@@ -374,6 +375,7 @@ def build(
             try:
                 given = settings.settings.input
                 manifest = register_new_batch(layout, input_path, domain=given.domain, pre_cropped=given.pre_cropped,
+                                              whole_images=given.whole_images,
                                               follow_links=given.follow_links)  # fmt: skip
             except ValueError as err:
                 raise FFEError(str(err)) from None

@@ -120,7 +120,7 @@ def _bench_problems(layout: Layout, instance: dg.DagsterInstance) -> list[Proble
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[version]), limit=1, ascending=False
         ).records or (None,)
         metadata = record.asset_materialization.metadata if record and record.asset_materialization else {}
-        for name in ("run_id", "baseline_run_id"):
+        for name in ("run_id", "baseline_run_id", "base_run_id"):
             if (run_id := getattr(metadata.get(name), "value", None)) is None:
                 continue  # skipped (nothing to bench), or benched before the baseline was recorded here
             path = layout.table_file("bench_runs", str(run_id))

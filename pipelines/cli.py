@@ -47,6 +47,12 @@ def _input_args(p: argparse.ArgumentParser, input_help: str) -> None:
         default=None,
         help="each new image is one face: taken whole where none is found (setting input.pre_cropped)",
     )
+    p.add_argument(
+        "--whole-images",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each new image is one face taken whole, no face detection (setting input.whole_images)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,6 +219,7 @@ def _effective_settings(args: argparse.Namespace, *, save: bool = False, require
             raise FFEError(str(err)) from None
     flags = {"input.folder": getattr(args, "input", None), "input.domain": getattr(args, "domain", None),
              "input.pre_cropped": getattr(args, "pre_cropped", None),
+             "input.whole_images": getattr(args, "whole_images", None),
              "build.workers": getattr(args, "workers", None)}  # fmt: skip
     effective = settings.load(args.workdir, file=args.settings, flags=flags)
     for line in settings.unknown_env():

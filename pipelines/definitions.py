@@ -71,12 +71,14 @@ def build_definitions(
     domain: str | None = None,
     pre_cropped: bool | None = None,
     settings: ffe_settings.Effective | None = None,
+    whole_images: bool | None = None,
 ) -> dg.Definitions:
     """The graph over one work folder, its resources from the folder's settings (`settings`, else
     <workdir>/settings.yaml or $FFE_SETTINGS, with $FFE_* overrides: pipelines/settings.py). The
     other arguments override single resources or values (tests, `ffe build`'s flags)."""
     if settings is None:
-        flags = {"input.folder": input_dir or None, "input.domain": domain, "input.pre_cropped": pre_cropped}
+        flags = {"input.folder": input_dir or None, "input.domain": domain, "input.pre_cropped": pre_cropped,
+                 "input.whole_images": whole_images}  # fmt: skip
         settings = ffe_settings.load(workdir or default_workdir(), file=os.environ.get("FFE_SETTINGS") or None,
                                      flags=flags)  # fmt: skip
     resources = resources_from_settings(settings)

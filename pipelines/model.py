@@ -20,24 +20,30 @@ from pathlib import Path
 import yaml
 
 from pipelines.errors import FFEError
+from pixelsmile import world_models
 from pixelsmile.train import TrainConfig, TrainingError
+from storage.blobs import file_digest
 from storage.layout import Layout
 from storage.releases.plan import release_dir
 from storage.yamlfile import YamlFileError, read_yaml
 
-# The embedded default's recipe: the pixel-space model, small enough to train in a minute on a CPU
-# (docs/model.md). A real recipe (the Qwen backbone, a LoRA, encoders for L_SC and L_ID) is a YAML
-# of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_RECIPE).
-TINY_RECIPE = {
+# The default recipe: PixelSmile's full objective (symmetric flow matching + L_SC + L_ID) fine-tuning
+# the synthetic world's base editor with the world's expression and identity encoders, all shipped
+# in pixelsmile/world/ (pixelsmile/world_models.py), at 64 px: a few minutes on a CPU, so the loop
+# runs end to end on any machine (docs/model.md). A real recipe (the Qwen backbone, a LoRA, CLIP and
+# ArcFace) is a YAML of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_RECIPE).
+DEFAULT_RECIPE = {
     "backbone": "pixel",
-    "resolution": 32,
+    "base_weights": world_models.PREFIX + world_models.BASE,
+    "base_sha256": world_models.sha256(world_models.BASE),
+    "feature_encoder": world_models.PREFIX + world_models.EXPRESSION,
+    "identity_encoder": world_models.PREFIX + world_models.IDENTITY,
+    "resolution": 64,
     "batch_size": 8,
     "max_steps": 200,
-    "learning_rate": 1e-3,
+    "learning_rate": 3e-4,
     "lr_warmup_steps": 20,
     "checkpointing_steps": 50,
-    "pixel_channels": 32,
-    "pixel_blocks": 2,
     "log_every": 10,
 }
 SET_BY_THE_LOOP = ("output_dir", "release", "train_jsonl", "resume")
@@ -48,7 +54,7 @@ def load_recipe(path: str) -> dict:
     """The training recipe: a YAML of TrainConfig fields, or the tiny default when `path` is empty.
     Checked whole before any training is launched: FFEError naming the file and the key."""
     if not path:
-        return dict(TINY_RECIPE)
+        return dict(DEFAULT_RECIPE)
     try:
         recipe = read_yaml(path, "training recipe")
     except YamlFileError as err:
@@ -64,7 +70,35 @@ def load_recipe(path: str) -> dict:
         TrainConfig.from_dict({**recipe, "output_dir": "-", "release": "-"})
     except TrainingError as err:
         raise FFEError(f"training recipe {path}: {err}") from None
+    if problem := model_file_problem(recipe):
+        raise FFEError(f"training recipe {path}: {problem}")
     return recipe
+
+
+MODEL_FILES = ("base_weights", "feature_encoder", "identity_encoder")
+
+
+def model_file_problem(recipe: dict) -> str | None:
+    """What is wrong with the model files a recipe names (a `world:` name not shipped, a path that
+    does not exist, a base whose sha256 is not the recipe's), or None. Checked before a launch: the
+    trainer would find it only after the release is read."""
+    from pixelsmile.world_models import WorldModelError, resolve
+
+    for key in MODEL_FILES:
+        if not (value := recipe.get(key)):
+            continue
+        try:
+            found = Path(resolve(value)).expanduser()
+        except WorldModelError as err:
+            return f"{key}: {err}"
+        if not found.exists():
+            return f"{key}: {value} does not exist"
+        if key == "base_weights" and (want := recipe.get("base_sha256")):
+            if not found.is_file():
+                return f"{key}: {value} is a folder, not a base editor file"
+            if (got := file_digest(found)[0]) != want:
+                return f"{key}: {value} has sha256 {got}, not the base_sha256 {want} the recipe names"
+    return None
 
 
 def recipe_digest(recipe: dict) -> str:
@@ -124,8 +158,11 @@ class TrainedModel:
         if config.backbone == "pixel":
             from pixelsmile.pixel import PixelBackbone
 
-            backbone = PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
-            backbone.load_weights(self.weights)
+            if self.weights.is_file():  # a base editor's file
+                backbone = PixelBackbone.from_base(self.weights, self.digest)
+            else:
+                backbone = PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
+                backbone.load_weights(self.weights)
             return pixel_editor(backbone.eval(), steps=steps, seed=config.seed, size=config.resolution)
         from pixelsmile.infer import EditSettings
         from pixelsmile.lora import load_lora
@@ -134,6 +171,18 @@ class TrainedModel:
         pipe = load_pipeline(config.model_path)
         load_lora(pipe, self.weights)
         return pipeline_editor(pipe, EditSettings(size=config.resolution, seed=config.seed))
+
+
+def base_editor(config: TrainConfig) -> TrainedModel | None:
+    """The recipe's base editor, prompted and untrained (the paper's "PixelSmile without training"):
+    what fine-tuning started from, benched beside it. None when the recipe fine-tunes no base."""
+    if not config.base_weights:
+        return None
+    from pixelsmile.world_models import resolve
+
+    path = Path(resolve(config.base_weights))
+    digest = file_digest(path)[0]
+    return TrainedModel(f"base-editor@{digest[:10]}", path.parent, path, digest)
 
 
 def trained_model(config: TrainConfig, recipe: dict) -> TrainedModel | None:

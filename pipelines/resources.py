@@ -29,6 +29,7 @@ class FFEStorage(dg.ConfigurableResource):
     # one face already cropped (taken whole where no face is found).
     domain: str = "real"
     pre_cropped: bool = False
+    whole_images: bool = False  # each image one face taken whole, without detection
     # Read input files (and label files) through links that lead out of the input folder: off, so a
     # link to /etc/shadow or to someone else's photos is refused and recorded, not ingested.
     follow_links: bool = False
@@ -71,7 +72,7 @@ class PixelSmileResource(dg.ConfigurableResource):
     """How each release's model is trained and benched. Defaults: the tiny pixel model (trains in a
     minute on a CPU) judged by the face judge; settings `train.*` and `bench.*`."""
 
-    recipe: str = ""  # a YAML of TrainConfig fields (docs/model.md); "" = pipelines.model.TINY_RECIPE
+    recipe: str = ""  # a YAML of TrainConfig fields (docs/model.md); "" = pipelines.model.DEFAULT_RECIPE
     launcher: str = "accelerate"  # accelerate | python
     processes: int = 1  # training processes (`accelerate launch --num_processes`): one per GPU
     judge: str = "face"  # face | synthetic | vlm
@@ -147,7 +148,8 @@ def resources_from_settings(effective) -> dict[str, dg.ConfigurableResource]:
     return {
         "ffe": FFEStorage(workdir=str(effective.workdir), input_dir=str(effective.input_path),
                           input_settle_seconds=s.input.settle_seconds, domain=s.input.domain,
-                          pre_cropped=s.input.pre_cropped, follow_links=s.input.follow_links),
+                          pre_cropped=s.input.pre_cropped, whole_images=s.input.whole_images,
+                          follow_links=s.input.follow_links),
         "label_studio": LabelStudioResource(url=s.label_studio.url, token=token,
                                             document_root=s.label_studio.document_root,
                                             project_title=s.label_studio.project_title,

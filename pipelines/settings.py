@@ -43,6 +43,8 @@ class InputSettings(_Section):
     folder: str = Field("", description="input folder; relative paths are inside the work folder; '' = <workdir>/input")
     domain: Literal["real", "anime"] = Field("real", description="what new batches are")
     pre_cropped: bool = Field(False, description="each new image is one face: taken whole where none is found")
+    whole_images: bool = Field(False, description="each new image is one face taken whole, no face detection "
+                               "(a synthetic world, faces aligned already)")
     settle_seconds: float = Field(2.0, ge=0, le=3600, description="a file changed this recently may still be copied in")
     follow_links: bool = Field(False, description="read input files through links that leave the input folder")
 
@@ -114,6 +116,7 @@ ENV: dict[str, str] = {
     "input.folder": "FFE_INPUT",
     "input.domain": "FFE_INPUT_DOMAIN",
     "input.pre_cropped": "FFE_INPUT_PRE_CROPPED",
+    "input.whole_images": "FFE_INPUT_WHOLE_IMAGES",
     "input.follow_links": "FFE_INPUT_FOLLOW_LINKS",
     "build.workers": "FFE_BUILD_WORKERS",
     "train.recipe": "FFE_TRAIN_RECIPE",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pixelsmile.conditioning import Embedding
+from storage.blobs import file_digest
 from storage.schemas import CATEGORIES
 
 VOCAB = ("neutral", *CATEGORIES)
@@ -98,6 +99,7 @@ class PixelBackbone(nn.Module):
 
     def __init__(self, channels: int = 64, blocks: int = 4, text_dim: int = 32, seed: int = 0):
         super().__init__()
+        self.channels, self.blocks, self.text_dim = channels, blocks, text_dim
         self.text_encoder = TokenTextEncoder(text_dim, seed)
         self.net = PixelEditNet(channels, text_dim, blocks)
 
@@ -122,21 +124,46 @@ class PixelBackbone(nn.Module):
         return list(self.net.parameters())
 
     def save_weights(self, folder: Path) -> Path:
+        """The whole model (the net and its token table) as `<folder>/pixel_edit_net.pt`: loading it
+        does not depend on the seed that drew the table."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "pixel_edit_net.pt"
-        torch.save(self.net.state_dict(), path)
+        torch.save(self.state_dict(), path)
         return path
 
     def load_weights(self, folder: Path) -> None:
-        """Weights saved by `save_weights`; ValueError naming the file when it is missing or cut."""
+        """Weights saved by `save_weights` (or the net alone, as older versions saved it); ValueError
+        naming the file when it is missing or cut."""
         path = Path(folder) / "pixel_edit_net.pt"
-        try:
-            state = torch.load(path, map_location="cpu")
-        except FileNotFoundError:
-            raise ValueError(f"{path} is missing: not a trained pixel model's folder") from None
-        except Exception as err:  # a cut file: torch's error names no file
-            raise ValueError(f"cannot load {path}: {' '.join(str(err).split())[:160]}") from None
-        self.net.load_state_dict(state)
+        state = _read(path, "not a trained pixel model's folder")
+        if any(k.startswith("net.") for k in state):
+            self.load_state_dict(state)
+        else:
+            self.net.load_state_dict(state)
+
+    # --- a base editor: a pre-trained model that fine-tuning starts from ----------------------
+
+    def save_base(self, path: Path) -> Path:
+        """The model with its shape, as one file that `from_base` reads."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"channels": self.channels, "blocks": self.blocks, "text_dim": self.text_dim,
+                    "state": self.state_dict()}, path)  # fmt: skip
+        return path
+
+    @classmethod
+    def from_base(cls, path: str | Path, sha256: str = "") -> PixelBackbone:
+        """The base editor saved by `save_base`. With `sha256`, the file must have that hash (the one
+        its recipe names). ValueError naming the file when it is missing, cut or another file."""
+        path = Path(path)
+        if sha256 and path.is_file() and (actual := file_digest(path)[0]) != sha256:
+            raise ValueError(f"base editor {path} has sha256 {actual}, not the {sha256} its recipe names: "
+                             "another file than the one the recipe was written for")  # fmt: skip
+        saved = _read(path, "not a base editor file")
+        if not isinstance(saved, dict) or not {"channels", "blocks", "text_dim", "state"} <= set(saved):
+            raise ValueError(f"{path} is not a base editor file (written by PixelBackbone.save_base)")
+        model = cls(saved["channels"], saved["blocks"], saved["text_dim"])
+        model.load_state_dict(saved["state"])
+        return model
 
     @torch.no_grad()
     def generate(self, source: torch.Tensor, cond: Embedding, steps: int = 20, seed: int = 0) -> torch.Tensor:
@@ -148,3 +175,15 @@ class PixelBackbone(nn.Module):
             v = self.velocity(x, s.expand(source.shape[0]), source, cond)
             x = x + (s_next - s) * v
         return x.clamp(-1, 1)
+
+
+def _read(path: Path, what: str):
+    try:
+        return torch.load(path, map_location="cpu")
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: {what}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder: {what}") from None
+    except Exception as err:  # a cut file: torch's error names no file
+        raise ValueError(f"cannot load {path}: {' '.join(str(err).split())[:160]}") from None
+

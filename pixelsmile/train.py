@@ -81,6 +81,8 @@ class TrainConfig:
     train_jsonl: str = ""  # the reference's train.jsonl (image paths relative to its folder)
     backbone: str = "pixel"  # pixel | qwen
     model_path: str = ""  # qwen: the local Qwen-Image-Edit folder
+    base_weights: str = ""  # pixel: a base editor to fine-tune (PixelBackbone.save_base; world:base_editor.pt)
+    base_sha256: str = ""  # the base's sha256, checked when it loads ("" = not checked)
     feature_encoder: str = ""  # L_SC features: a CLIP folder or a TorchScript file ("" disables L_SC)
     identity_encoder: str = ""  # L_ID embeddings: a TorchScript file ("" disables L_ID)
     resolution: int = 512
@@ -129,6 +131,8 @@ class TrainConfig:
         if bool(config.release) == bool(config.train_jsonl):
             raise TrainingError("give exactly one of release (a release folder) and train_jsonl")
         # The pixel net halves the image once; Qwen-Image's VAE shrinks by 8 and packs 2x2 latents.
+        if config.base_weights and config.backbone != "pixel":
+            raise TrainingError("base_weights is the pixel backbone's base editor; qwen's base is model_path")
         multiple = {"pixel": 2, "qwen": 16}[config.backbone]
         if config.resolution % multiple:
             raise TrainingError(f"resolution must be a multiple of {multiple} for the {config.backbone} backbone, "
@@ -196,8 +200,20 @@ def _check_value(key: str, value: Any, kind: Any) -> None:
 def build_backbone(config: TrainConfig) -> Backbone:
     if config.backbone == "pixel":
         from pixelsmile.pixel import PixelBackbone
+        from pixelsmile.world_models import resolve
 
-        return PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
+        if not config.base_weights:
+            return PixelBackbone(config.pixel_channels, config.pixel_blocks, seed=config.seed)
+        try:
+            base = PixelBackbone.from_base(resolve(config.base_weights), config.base_sha256)
+        except ValueError as err:  # missing, cut, another file, or an unknown world: name
+            raise TrainingError(str(err)) from None
+        if (base.channels, base.blocks) != (config.pixel_channels, config.pixel_blocks):
+            raise TrainingError(f"base_weights {config.base_weights} is a net of {base.channels} channels x "
+                                f"{base.blocks} blocks: set pixel_channels: {base.channels} and pixel_blocks: "
+                                f"{base.blocks} (or leave both out), not {config.pixel_channels} x "
+                                f"{config.pixel_blocks}")  # fmt: skip
+        return base
     from pixelsmile.qwen_backbone import QwenBackbone
 
     try:
@@ -421,8 +437,12 @@ class Trainer:
         if not path:
             return None
         from pixelsmile.encoders import load_encoder
+        from pixelsmile.world_models import resolve
 
-        return load_encoder(path).to(self.accelerator.device)
+        try:
+            return load_encoder(resolve(path)).to(self.accelerator.device)
+        except ValueError as err:  # EncoderError or WorldModelError: both name the path
+            raise TrainingError(str(err)) from None
 
     # --- one step -----------------------------------------------------------------------------
 

@@ -125,6 +125,24 @@ def test_a_missing_model_fails_the_build_naming_key_and_path(tmp_path, sample_di
     assert "faces.landmarker_model" in line and f"{tmp_path}/junk.task is not a valid" in line
 
 
+def test_a_whole_images_batch_takes_every_image_whole_even_where_a_face_is_found(tmp_path, capsys):
+    """The synthetic world's drawn faces: a detector aligns some and not others, so the world is
+    ingested with --whole-images; the setting is remembered, and every face is the image's frame."""
+    from skimage import data
+
+    from pixelsmile.synthetic import write_world_input
+
+    folder = write_world_input(tmp_path / "world", people=2, faces_per_person=2)
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.png")  # a photo any detector finds
+    work = tmp_path / "w"
+    argv = ["build", "--input", str(folder), "--workdir", str(work), "--whole-images", "--select", "faces"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    rows = query(capsys, work, "SELECT detector, bbox_x0, bbox_y0 FROM faces")
+    assert len(rows) == 5 and {(r["detector"], r["bbox_x0"], r["bbox_y0"]) for r in rows} == {("whole_image", 0, 0)}
+    assert "whole_images: true" in (work / "settings.yaml").read_text()
+
+
 def test_anime_pre_cropped_batch_keeps_whole_images(tmp_path, capsys):
     from skimage import data
 

@@ -9,7 +9,7 @@ import pytest
 from curation.batches import manifests
 from curation.generation import GenerationSettings, generate_variants, usable_sources
 from pipelines.build import build
-from pipelines.model import TINY_RECIPE, training_config, write_training_config
+from pipelines.model import training_config, write_training_config
 from pipelines.status import render_status, status
 from pixelsmile.generate import GeneratorSpec, load_generator
 from pixelsmile.synthetic import world_release, write_world_input
@@ -28,7 +28,7 @@ def pixel_model(tmp_path_factory):
     128 px, since a smaller one's variants, scaled up to the crops' size, fail curation as blurry."""
     layout = Layout.at(tmp_path_factory.mktemp("trained") / "w")
     version = world_release(layout, ReleaseConfig(val_fraction=0.0, bench_fraction=0.0), people=8, size=128).name
-    recipe = {**TINY_RECIPE, "resolution": 128, "batch_size": 4, "max_steps": 20, "pixel_channels": 16,
+    recipe = {"backbone": "pixel", "resolution": 128, "batch_size": 4, "max_steps": 20, "pixel_channels": 16,
               "pixel_blocks": 1, "checkpointing_steps": 20}  # fmt: skip
     config = training_config(layout, version, recipe)
     write_training_config(config)

@@ -15,6 +15,7 @@ from pipelines.definitions import build_definitions
 from pipelines.defs.model import ffe_bench, nightly_bench, pixelsmile_lora, verified_release
 from pipelines.resources import PixelSmileResource
 from pipelines.status import status
+from pixelsmile import world_models
 from pixelsmile.synthetic import write_world_input
 from storage.layout import Layout
 from storage.leaderboard import failed_runs, leaderboard
@@ -85,7 +86,7 @@ def test_a_new_batch_alone_leads_to_a_release_a_model_and_a_leaderboard_row(tmp_
     layout, input_dir = Layout.at(tmp_path / "work"), tmp_path / "input"
     write_world_input(input_dir, people=12, faces_per_person=7)
     defs = build_definitions(str(layout.root), str(input_dir), PixelSmileResource(judge="synthetic"),
-                             pre_cropped=True)  # fmt: skip
+                             whole_images=True)  # fmt: skip
     time.sleep(defs.resources["ffe"].input_settle_seconds)  # files this young may still be being copied
     with dg.instance_for_test() as instance:
         daemon = Daemon(defs, instance)
@@ -103,8 +104,11 @@ def test_a_new_batch_alone_leads_to_a_release_a_model_and_a_leaderboard_row(tmp_
         assert len(rows) == 1 and rows[0]["model"].startswith("pixelsmile-pixel@")
         assert rows[0]["judge"] == "synthetic-exact@1" and 0.0 <= rows[0]["mscr"] <= 1.0
         assert 0.5 < rows[0]["id_sim"] <= 1.0  # the tiny model keeps who they are
-        (floor,) = [r for r in board if r["kind"] == "baseline"]  # benched beside it: no-edit
-        assert floor["model"] == "no-edit" and floor["id_sim"] == pytest.approx(1.0) and abs(floor["cls12"]) < 0.2
+        # Benched beside it: no edit, and the base editor it fine-tuned, untrained.
+        floor, base = (next(r for r in board if r["kind"] == "baseline" and r["model"].startswith(m))
+                       for m in ("no-edit", "base-editor@"))  # fmt: skip
+        assert floor["id_sim"] == pytest.approx(1.0) and abs(floor["cls12"]) < 0.2
+        assert base["model"] == f"base-editor@{world_models.sha256(world_models.BASE)[:10]}" and base["acc12"] > 0.3
         assert any(r["kind"] == "reported" for r in board)  # the paper's rows beside ours
         assert not failed_runs(layout)
         assert status(layout)["models"][version] == f"{rows[0]['model']}: HES {rows[0]['hes']:.3f}"

@@ -98,7 +98,7 @@ def test_regression_flags_a_metric_worse_beyond_both_intervals(tmp_path):
 
 def test_recipes_launchers_and_run_ids(tmp_path, world):
     layout, version = world
-    assert model.load_recipe("") == model.TINY_RECIPE
+    assert model.load_recipe("") == model.DEFAULT_RECIPE
     bad = tmp_path / "bad.yaml"
     bad.write_text("output_dir: /elsewhere\n")
     with pytest.raises(FFEError, match="sets output_dir"):

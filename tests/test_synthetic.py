@@ -56,6 +56,18 @@ def test_judged_intensity_rises_with_the_true_one():
         assert np.corrcoef(np.linspace(0, 1, 6), judged)[0, 1] > 0.95, cat
 
 
+def test_a_perfect_editor_scores_near_the_top_through_the_judge_at_the_models_size():
+    """The judge's ceiling: fresh people rendered with exactly the asked intensity, as the 64 px
+    models see them, read back over the proving ground's alpha grid. Every arm's number is read
+    against this one."""
+    from pixelsmile import metrics
+    from pixelsmile.proving import ProvingSettings, flat, perfect_editor
+
+    ceiling = metrics.summary(flat(perfect_editor(12, ProvingSettings())))
+    assert ceiling["Acc-12"] >= 0.97 and ceiling["CLS-12"] >= 0.97, ceiling
+    assert ceiling["mSCR"] <= 0.03 and ceiling["ID Sim"] >= 0.99, ceiling
+
+
 @pytest.mark.slow
 def test_a_synthetic_world_becomes_a_release_with_exact_labels(tmp_path):
     from storage.layout import Layout

@@ -238,9 +238,7 @@ def test_config_mistakes_are_one_clear_error(world, tmp_path):
         TrainConfig.from_dict({"output_dir": str(tmp_path), "release": world["release"], "learning_rat": 1})
     with pytest.raises(TrainingError, match="exactly one of release"):
         TrainConfig.from_dict({"output_dir": str(tmp_path)})
-    from pixelsmile.encoders import EncoderError
-
-    with pytest.raises(EncoderError, match="does not exist"):
+    with pytest.raises(TrainingError, match="nope.pt does not exist"):
         Trainer(config(world, tmp_path / "x", feature_encoder=str(tmp_path / "nope.pt")))
 
 

@@ -151,7 +151,8 @@ def new_input_files(context: dg.SensorEvaluationContext, ffe: FFEStorage) -> dg.
     if not ffe.input_path.is_dir():
         return dg.SkipReason(f"input folder {ffe.input_path} does not exist")
     register_new_batch(layout, ffe.input_path, min_age_s=ffe.input_settle_seconds, domain=ffe.domain,
-                       pre_cropped=ffe.pre_cropped, follow_links=ffe.follow_links)  # fmt: skip
+                       pre_cropped=ffe.pre_cropped, whole_images=ffe.whole_images,
+                       follow_links=ffe.follow_links)  # fmt: skip
     # Every registered batch becomes a partition (also those that `ffe build` registered), and each
     # one not yet ingested gets a run; its run key stops the daemon from launching it twice.
     known = set(context.instance.get_dynamic_partitions(ingest_batches.name))

@@ -27,7 +27,7 @@ from pipelines.defs.writers import one_writer
 from pipelines.errors import FFEError
 from pipelines.instance import GPU_POOL, REBUILD_TAG
 from pipelines.resources import FFEStorage, PixelSmileResource
-from pixelsmile.train import OUTCOME, PARENT_ENV, parent_token, read_outcome
+from pixelsmile.train import OUTCOME, PARENT_ENV, TrainConfig, parent_token, read_outcome
 from storage import tables
 from storage.leaderboard import record_run, regression
 from storage.releases.build import read_manifest
@@ -45,7 +45,7 @@ def _nothing_to_train(manifest: dict | None, recipe: dict) -> str | None:
     if not manifest or not manifest.get("complete"):
         return "the release is not built (no complete manifest)"
     triplets = manifest["counts"]["triplets"]["train"]
-    batch = int(recipe.get("batch_size", model.TINY_RECIPE["batch_size"]))
+    batch = int(recipe.get("batch_size", TrainConfig.batch_size))
     if triplets < batch:
         return (f"the release has {triplets} training triplets, fewer than one batch of {batch} "
                 "(too few identities with two expressions of a confusable pair)")  # fmt: skip
@@ -138,12 +138,19 @@ def ffe_bench(
     # release, drawn beside the model in its report.
     baseline_id = model.bench_run_id(version, "no-edit", judge_id, settings.digest(), commit)
     baseline = _bench_once(context, version, baseline_id, "no-edit", lambda: no_edit, judge, settings, "baseline")
+    # The base editor the recipe fine-tunes, prompted without training (the paper's "PixelSmile
+    # without training"): what the fine-tuning adds is the distance between these two rows.
+    base_id = None
+    if base := model.base_editor(config):
+        base_id = model.bench_run_id(version, base.digest, judge_id, settings.digest(), commit)
+        _bench_once(context, version, base_id, base.name, lambda: base.editor(config), judge, settings, "baseline")
     row = _bench_once(context, version, run_id, trained.name, lambda: trained.editor(config), judge, settings)
     folder = layout.runs / version / run_id / "bench"
     return dg.MaterializeResult(
         metadata=tidy({
             "run_id": run_id,
-            "baseline_run_id": baseline_id,  # `ffe check` finds both rows (tables/bench_runs/<id>.parquet)
+            "baseline_run_id": baseline_id,  # `ffe check` finds these rows (tables/bench_runs/<id>.parquet)
+            "base_run_id": base_id,  # the base editor untrained, when the recipe fine-tunes one
             "model": trained.name,
             "judge": judge_id,
             **{k: row[k] for k in ("mscr", "acc12", "cls12", "id_sim", "hes")},
