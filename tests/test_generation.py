@@ -87,7 +87,7 @@ def test_variants_flow_back_as_a_generated_batch_into_identities_prelabels_and_t
     assert joined > len(faces) // 2
 
     prelabels = tables.read_partition(layout, "prelabels", generated.batch).to_pylist()
-    assert prelabels and {p["model_version"] for p in prelabels} == {"synthetic-exact@1"}
+    assert prelabels and {p["model_version"] for p in prelabels} == {"synthetic-exact@2"}
     # The next release holds them: those that are not copies of another variant (a barely trained
     # model gives near-identical pictures for 0.5 and 1.0: one of them is kept).
     eligible = {r["face_id"] for r in assigned if r["batch"] == generated.batch and r["duplicate_of"] is None}

@@ -102,7 +102,7 @@ def test_a_new_batch_alone_leads_to_a_release_a_model_and_a_leaderboard_row(tmp_
         board = leaderboard(layout, version)
         rows = [r for r in board if r["kind"] == "measured"]
         assert len(rows) == 1 and rows[0]["model"].startswith("pixelsmile-pixel@")
-        assert rows[0]["judge"] == "synthetic-exact@1" and 0.0 <= rows[0]["mscr"] <= 1.0
+        assert rows[0]["judge"] == "synthetic-exact@2" and 0.0 <= rows[0]["mscr"] <= 1.0
         assert 0.5 < rows[0]["id_sim"] <= 1.0  # the tiny model keeps who they are
         # Benched beside it: no edit, and the base editor it fine-tuned, untrained.
         floor, base = (next(r for r in board if r["kind"] == "baseline" and r["model"].startswith(m))

@@ -84,7 +84,7 @@ def test_under_ffe_ui_new_files_become_a_release_a_model_and_a_leaderboard_row(t
         assert rows, f"no leaderboard row after 20 minutes; runs: {_runs(port)}"
         (version,) = planned_versions(layout)
         (row,) = rows
-        assert row["release"] == version and row["judge"] == "synthetic-exact@1"
+        assert row["release"] == version and row["judge"] == "synthetic-exact@2"
         assert row["model"].startswith("pixelsmile-pixel@") and (layout.runs / version).is_dir()
         assert any(r["kind"] == "baseline" for r in leaderboard(layout, version))
         failed = [r for r in _runs(port) if r["status"] == "FAILURE"]

@@ -40,9 +40,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class SyntheticJudge:
-    """The synthetic world's exact judge (pixelsmile/synthetic.py): it always reads a face."""
+    """The synthetic world's exact judge (pixelsmile/synthetic.py): it always reads a face. Version 2:
+    the ridge calibration and sparsity prior (a perfect editor's Acc-12 at 64 px 0.92 -> 0.98)."""
 
-    name, version = "synthetic-exact", "1"
+    name, version = "synthetic-exact", "2"
 
     def read(self, image: Image.Image) -> Reading:
         from pixelsmile.synthetic import judge
