@@ -34,10 +34,7 @@ from storage.yamlfile import YamlFileError, read_yaml
 # ArcFace) is a YAML of TrainConfig fields given to the `pixelsmile` resource (or $FFE_TRAIN_RECIPE).
 DEFAULT_RECIPE = {
     "backbone": "pixel",
-    "base_weights": world_models.PREFIX + world_models.BASE,
-    "base_sha256": world_models.sha256(world_models.BASE),
-    "feature_encoder": world_models.PREFIX + world_models.EXPRESSION,
-    "identity_encoder": world_models.PREFIX + world_models.IDENTITY,
+    **world_models.recipe_models(),
     "resolution": 64,
     "batch_size": 8,
     "max_steps": 200,

@@ -177,10 +177,7 @@ def fine_tune(out: Path, release: Path, name: str, settings: ProvingSettings, pr
     """The base fine-tuned as arm `name` says, through the trainer and a recipe like the default's
     (resumed when `out/<name>` holds a run): (the model, the last logged losses)."""
     symmetric, w_sc, w_id = ARMS[name]
-    recipe = {"backbone": "pixel", "base_weights": world_models.PREFIX + world_models.BASE,
-              "base_sha256": world_models.sha256(world_models.BASE),
-              "feature_encoder": world_models.PREFIX + world_models.EXPRESSION,
-              "identity_encoder": world_models.PREFIX + world_models.IDENTITY, "resolution": settings.size,
+    recipe = {"backbone": "pixel", **world_models.recipe_models(), "resolution": settings.size,
               "batch_size": settings.batch_size, "max_steps": settings.steps, "learning_rate": settings.learning_rate,
               "lr_warmup_steps": min(100, settings.steps // 10), "checkpointing_steps": max(settings.steps // 3, 1),
               "symmetric": symmetric, "contrastive_weight": w_sc, "identity_weight": w_id, "seed": settings.seed}

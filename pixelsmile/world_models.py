@@ -68,6 +68,13 @@ def sha256(name: str) -> str:
     return manifest().get("files", {}).get(name, {}).get("sha256", "")
 
 
+def recipe_models() -> dict[str, str]:
+    """The recipe keys that fine-tune the shipped base with the shipped encoders (the default
+    recipe's, and the proving ground's)."""
+    return {"base_weights": PREFIX + BASE, "base_sha256": sha256(BASE), "feature_encoder": PREFIX + EXPRESSION,
+            "identity_encoder": PREFIX + IDENTITY}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class WorldModelSettings:
     size: int = 64
